@@ -1,0 +1,1 @@
+"""Command-line front ends.  Only entry points import this package."""

@@ -1,0 +1,121 @@
+"""Entry points: ``hpccont``, ``container-exec`` and ``run-singularity``.
+
+Sub-commands live in their own modules and are imported only when used, so that
+``hpccont exec`` (on the hot path of every task of every job) imports nothing it does not need.
+Every HpccontError becomes one line on stderr and the error's exit status.
+"""
+import os
+import sys
+
+# sub-command -> module with ``main(argv) -> int``
+COMMANDS = {
+    "exec": "hpccont.cli.launch",
+    "run": "hpccont.cli.launch",
+    "shell": "hpccont.cli.launch",
+    "test": "hpccont.cli.launch",
+    "inspect": "hpccont.cli.inspect_cmd",
+    "sif": "hpccont.cli.sif_cmd",
+    "build": "hpccont.cli.build_cmd",
+    "config": "hpccont.cli.config_cmd",
+    "instance": "hpccont.cli.instance_cmd",
+    "slurm": "hpccont.cli.slurm_cmd",
+    "pbs": "hpccont.cli.pbs_cmd",
+    "mpi": "hpccont.cli.mpi_cmd",
+    "nv": "hpccont.cli.nv_cmd",
+    "module": "hpccont.cli.module_cmd",
+    "verify": "hpccont.cli.sign_cmd",
+    "sign": "hpccont.cli.sign_cmd",
+    "key": "hpccont.cli.sign_cmd",
+}
+
+USAGE = """usage: hpccont COMMAND [options] ...
+
+Run containers:
+  exec IMAGE CMD [ARGS]   run a command in the image
+  run IMAGE [ARGS]        run the image's runscript
+  shell IMAGE             interactive shell in the image
+  test IMAGE              run the image's test script
+  instance ...            start/list/stop background instances
+Images:
+  build OUT SRC           build an image (SIF, or --sandbox directory)
+  inspect IMAGE           labels, definition file, runscript, environment
+  sif list|info|dump      SIF objects, like 'apptainer sif'
+  sign / verify / key     image signatures
+Site and schedulers:
+  config show             effective site configuration
+  slurm ...               SPANK plugin install, job accounting
+  pbs ...                 PBS hook support
+  mpi check IMAGE         host and container MPI, chosen mode
+  nv list                 what --nv would bind on this node
+  module ...              generate Lmod/Tcl modules for images
+
+'hpccont COMMAND --help' for a command's options.
+"""
+
+
+def _debug_wanted(argv) -> bool:
+    return "--debug" in argv or os.environ.get("HPCCONT_DEBUG") not in (None, "", "0")
+
+
+def run_module(module_name: str, label: str, name: str, argv: list) -> int:
+    """Import a sub-command's module and run ``main(name, argv)``, turning errors into one line."""
+    from ..errors import HpccontError  # cheap: no dependencies
+    try:
+        module = __import__(module_name, fromlist=["main"])
+        return module.main(name, argv)
+    except HpccontError as e:
+        sys.stderr.write(f"{label}: {e.one_line()}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{label}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 141
+    except Exception as e:  # a bug: still one line unless the user asked for details
+        if _debug_wanted(argv):
+            raise
+        sys.stderr.write(f"{label}: internal error: {type(e).__name__}: {e} "
+                         "(rerun with --debug for details)\n")
+        return 255
+
+
+def run_command(name: str, argv: list) -> int:
+    return run_module(COMMANDS[name], f"hpccont {name}", name, argv)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0 if argv else 2
+    if argv[0] in ("--version", "version"):
+        from .. import __version__
+        sys.stdout.write(f"hpccont {__version__}\n")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        sys.stderr.write(f"hpccont: unknown command {name!r} (see 'hpccont --help')\n")
+        return 2
+    return run_command(name, argv[1:])
+
+
+def container_exec_main(argv=None) -> int:
+    """``container-exec [IMAGE] CMD...``: what a launcher (mpirun, srun) starts per rank."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_module("hpccont.cli.container_exec", "container-exec", "container-exec", argv)
+
+
+def run_singularity_main(argv=None) -> int:
+    """``#!/usr/bin/env run-singularity`` launch line of SIF files: run the image's runscript.
+
+    The kernel calls ``run-singularity IMAGE ARGS...`` when an executable SIF is started.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        sys.stderr.write("run-singularity: usage: run-singularity IMAGE [ARGS]\n")
+        return 2
+    return run_module(COMMANDS["run"], "run-singularity", "run", ["--", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Environment-module (Lmod / Tcl) generation that hides a container behind plain commands."""

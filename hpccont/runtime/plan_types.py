@@ -1,0 +1,82 @@
+"""The data a launch is made of.  Computed first, applied second.
+
+A LaunchPlan is plain data: tests compare plans without privileges, and ``--dry-run`` prints
+one.  Only ``runtime/apply.py`` turns a plan into system calls.
+"""
+from dataclasses import dataclass, field, asdict
+from typing import Dict, List, Optional
+
+
+@dataclass
+class Mount:
+    """One mount in the container, applied in list order.
+
+    kind:
+      "bind"   recursive bind of host path ``source`` at ``target`` (a dir or a file)
+      "tmpfs"  a fresh tmpfs at ``target``
+      "file"   ``content`` written to a private file and bound over ``target``
+      "dev"    a device node from the host bound at ``target`` (same as bind, but kept nodev-free)
+    target is always an absolute path inside the container.
+    """
+    kind: str
+    target: str
+    source: str = ""
+    readonly: bool = False
+    optional: bool = False        # skip silently when the source does not exist
+    why: str = ""                 # shown by --dry-run: "default", "user -B", "nv: libcuda.so.1"...
+    content: Optional[str] = None
+
+
+@dataclass
+class HostAdditions:
+    """What a host adapter (nvidia, mpi) adds to a plan.  Merged by the planner, never applied directly."""
+    mounts: List[Mount] = field(default_factory=list)
+    env: Dict[str, str] = field(default_factory=dict)
+    ld_library_path: List[str] = field(default_factory=list)   # container paths, prepended in order
+    path: List[str] = field(default_factory=list)              # container paths, prepended to PATH
+    warnings: List[str] = field(default_factory=list)
+
+    def extend(self, other: "HostAdditions") -> None:
+        self.mounts += other.mounts
+        self.env.update(other.env)
+        self.ld_library_path += other.ld_library_path
+        self.path += other.path
+        self.warnings += other.warnings
+
+
+@dataclass
+class ImageSource:
+    """Where the root filesystem comes from."""
+    kind: str            # "sif" | "squashfs" | "sandbox"
+    path: str            # absolute host path
+    offset: int = 0      # byte offset of the filesystem inside the file
+    size: int = 0        # bytes of the filesystem (0: to end of file)
+    fs_type: str = "squashfs"   # "squashfs" | "ext3" | "dir"
+
+
+@dataclass
+class Identity:
+    uid: int
+    gid: int
+    user: str
+    home: str
+    shell: str = "/bin/sh"
+    gecos: str = ""
+    groups: List[int] = field(default_factory=list)
+
+
+@dataclass
+class LaunchPlan:
+    image: ImageSource
+    mode: str                       # "rootless" (user namespaces + squashfuse) | "root" (loop + kernel mount)
+    identity: Identity
+    mounts: List[Mount]
+    env: Dict[str, str]
+    cwd: str                        # inside the container
+    argv: List[str]                 # argv[0] is looked up on the container's PATH at exec time
+    writable_tmpfs: bool = False
+    join: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,1 @@
+"""One module per batch system behind the same interface (see common.py)."""

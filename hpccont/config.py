@@ -1,0 +1,209 @@
+"""Site configuration: one YAML file an admin edits (site-config/hpccont.yaml documents every key).
+
+Read from ``$HPCCONT_CONFIG`` or ``/etc/hpccont/hpccont.yaml``; a missing file means defaults.
+Unknown keys and values of the wrong type are ConfigError (one line, naming the key).
+
+``hpccont exec`` runs once per task of every job, and a YAML parser costs more to import than
+the whole launch.  So the validated config is cached as JSON, keyed by the file's path, size
+and mtime, in a per-user cache directory; the YAML parser is imported only when the cache is
+stale.  A cache file must be owned by the user and not writable by others, or it is ignored.
+"""
+import os
+from typing import Any, Dict
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "/etc/hpccont/hpccont.yaml"
+
+# section -> key -> (type, default).  ``list`` means a list of strings; ``dict`` an open mapping.
+SCHEMA: Dict[str, Dict[str, tuple]] = {
+    "mounts": {
+        "binds": (list, []),              # extra "src[:dst[:ro]]" binds for every container
+        "home": (bool, True),             # mount the user's home directory
+        "tmp": (bool, True),              # bind host /tmp and /var/tmp
+        "cwd": (bool, True),              # bind the working directory when it is outside $HOME
+        "proc": (bool, True),
+        "sys": (bool, True),
+        "dev": (bool, True),
+        "hostfiles": (list, ["/etc/hosts", "/etc/localtime", "/etc/resolv.conf"]),
+        "user_binds": (bool, True),       # may users add their own -B binds?
+        "user_bind_denylist": (list, ["/etc/shadow", "/etc/gshadow", "/root"]),
+    },
+    "images": {
+        "allowed_dirs": (list, []),       # empty: images anywhere; else only under these dirs
+        "image_dirs": (list, []),         # where bare names (--container=pytorch) are looked up
+        "allow_sandbox": (bool, True),
+        "allow_squashfs": (bool, True),
+    },
+    "runtime": {
+        "rootless": (str, "auto"),        # auto | always | never (never: non-root users refused)
+        "squashfuse": (str, "squashfuse_ll"),   # FUSE server for rootless mounts
+        "overlay": (str, "kernel"),       # kernel | fuse-overlayfs
+        "root_mount": (str, "loop"),      # loop (kernel squashfs) | fuse
+        "tmp_size": (str, "64m"),         # size of --writable-tmpfs and of the scratch tmpfs
+        "state_dir": (str, "/run/hpccont"),     # joined containers (shared namespaces) when root
+    },
+    "signatures": {
+        "require": (bool, False),         # refuse unsigned or unverifiable SIF images
+        "keyring": (list, []),            # trusted public keys (PEM or armored PGP files)
+    },
+    "nvidia": {
+        "always": (bool, False),          # behave as if --nv were always given
+        "liblist": (str, ""),             # nvliblist.conf; "" = the one shipped in site-config/
+        "ldconfig": (str, "/sbin/ldconfig"),
+    },
+    "mpi": {
+        "installations": (list, []),      # host MPI prefixes (e.g. /usr/lib/x86_64-linux-gnu/openmpi)
+        "extra_libs": (list, []),         # more libraries to bind in bind mode (globs)
+        "devices": (list, ["/dev/infiniband"]),
+        "default_mode": (str, "hybrid"),
+    },
+    "modules": {
+        "tree": (list, []),               # module trees bound into containers (module load inside)
+        "lmod_init": (str, "/usr/share/lmod/lmod/init"),
+        "central_image_dir": (str, ""),   # source of image-update
+    },
+}
+
+CHOICES = {
+    ("runtime", "rootless"): ("auto", "always", "never"),
+    ("runtime", "squashfuse"): ("squashfuse", "squashfuse_ll"),
+    ("runtime", "overlay"): ("kernel", "fuse-overlayfs"),
+    ("runtime", "root_mount"): ("loop", "fuse"),
+    ("mpi", "default_mode"): ("hybrid", "bind"),
+}
+
+
+def defaults() -> Dict[str, Dict[str, Any]]:
+    return {sec: {k: (list(v[1]) if isinstance(v[1], list) else v[1]) for k, v in keys.items()}
+            for sec, keys in SCHEMA.items()}
+
+
+def validate(raw: Any, source: str = "config") -> Dict[str, Dict[str, Any]]:
+    """Merge ``raw`` (parsed YAML) over the defaults, refusing unknown keys and wrong types."""
+    cfg = defaults()
+    if raw is None:
+        return cfg
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    for sec, body in raw.items():
+        if sec not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section {sec!r} (known: {', '.join(SCHEMA)})")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section {sec!r} must be a mapping")
+        for key, value in body.items():
+            if key not in SCHEMA[sec]:
+                raise ConfigError(f"{source}: unknown key {sec}.{key} "
+                                  f"(known: {', '.join(SCHEMA[sec])})")
+            typ = SCHEMA[sec][key][0]
+            cfg[sec][key] = _check(value, typ, f"{source}: {sec}.{key}")
+            choices = CHOICES.get((sec, key))
+            if choices and cfg[sec][key] not in choices:
+                raise ConfigError(f"{source}: {sec}.{key} must be one of {', '.join(choices)}, "
+                                  f"not {value!r}")
+    return cfg
+
+
+def _check(value: Any, typ: type, where: str) -> Any:
+    if typ is list:
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, (str, dict)) for v in value):
+            raise ConfigError(f"{where} must be a list")
+        return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a string, not {value!r}")
+        return str(value)
+    return value
+
+
+def config_path(environ=os.environ) -> str:
+    return environ.get("HPCCONT_CONFIG") or DEFAULT_PATH
+
+
+def _cache_file(path: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    key = path.replace("/", "%")
+    return os.path.join(base, "hpccont", f"config-{key}.json")
+
+
+def _read_cache(cache: str, st: os.stat_result):
+    import json
+    try:
+        fd = os.open(cache, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        cst = os.fstat(fd)
+        if cst.st_uid != os.getuid() or cst.st_mode & 0o022:
+            return None
+        with os.fdopen(fd, "r") as f:
+            fd = -1
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if data.get("stamp") != [st.st_size, st.st_mtime_ns, st.st_ino]:
+        return None
+    return data.get("config")
+
+
+def _write_cache(cache: str, st: os.stat_result, cfg: dict) -> None:
+    import json
+    try:
+        os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
+        tmp = f"{cache}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"stamp": [st.st_size, st.st_mtime_ns, st.st_ino], "config": cfg}, f)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only home only costs speed
+
+
+def parse_file(path: str) -> Dict[str, Dict[str, Any]]:
+    """Read and validate a YAML config file (no cache)."""
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("reading the site config needs PyYAML (pip install pyyaml)")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read site config {path}: {e.strerror}")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"site config {path}{where}: not valid YAML")
+    return validate(raw, path)
+
+
+def load(environ=os.environ, use_cache: bool = True) -> Dict[str, Dict[str, Any]]:
+    """The effective site config."""
+    path = config_path(environ)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if environ.get("HPCCONT_CONFIG"):
+            raise ConfigError(f"site config {path} (from HPCCONT_CONFIG) does not exist")
+        return defaults()
+    except OSError as e:
+        raise ConfigError(f"cannot read site config {path}: {e.strerror}")
+    if use_cache:
+        cache = _cache_file(path)
+        cfg = _read_cache(cache, st)
+        if cfg is not None:
+            return cfg
+    cfg = parse_file(path)
+    if use_cache:
+        _write_cache(cache, st, cfg)
+    return cfg

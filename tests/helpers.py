@@ -1,0 +1,159 @@
+"""Plain helpers shared by the test suites (imported by conftest files and tests).
+
+Everything here uses real components: busybox-static, mksquashfs, useradd, runuser.
+"""
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_USER = "hpcuser"
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+
+RUNSCRIPT = """#!/bin/sh
+echo "runscript args: $*"
+"""
+
+
+def make_busybox_rootfs(root: Path, runscript: str = RUNSCRIPT) -> Path:
+    """A tiny but complete rootfs: busybox + applet links, /etc files, Apptainer metadata layout."""
+    root.mkdir(parents=True, exist_ok=True)
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "var/tmp", "proc", "sys", "dev",
+              "home", "root", "opt", ".singularity.d/env", ".singularity.d/libs", ".singularity.d/actions"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "tmp", 0o1777)
+    shutil.copy2(BUSYBOX, root / "bin/busybox")
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for a in applets:
+        link = root / "bin" / a
+        if a != "busybox" and not link.exists():
+            link.symlink_to("busybox")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    (root / "etc/hostname").write_text("container\n")
+    sd = root / ".singularity.d"
+    (sd / "runscript").write_text(runscript)
+    (sd / "test").write_text("#!/bin/sh\necho test-ok\nexit 0\n")
+    (sd / "startscript").write_text("#!/bin/sh\n")
+    (sd / "env/90-environment.sh").write_text(
+        "#!/bin/sh\nexport IMAGE_VAR=from-image\nexport PATH=/bin:/usr/bin:/sbin:/usr/sbin\n")
+    (sd / "labels.json").write_text('{\n    "org.label-schema.name": "busybox-test"\n}\n')
+    for f in ("runscript", "test", "startscript", "env/90-environment.sh"):
+        os.chmod(sd / f, 0o755)
+    (root / "singularity").symlink_to(".singularity.d/runscript")
+    return root
+
+
+def mksquashfs(src: Path, out: Path, comp: str = "gzip") -> Path:
+    subprocess.run(["mksquashfs", str(src), str(out), "-noappend", "-quiet", "-comp", comp,
+                    "-all-root", "-no-progress"], check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def ensure_test_user(name: str = TEST_USER) -> pwd.struct_passwd:
+    """Create the unprivileged test user once (needs root).  /dev/fuse opened for users as udev would."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+        pw = pwd.getpwnam(name)
+    if os.path.exists("/dev/fuse"):
+        mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+        if mode != 0o666:
+            os.chmod("/dev/fuse", 0o666)
+    return pw
+
+
+def as_user(argv, user: str = TEST_USER, env=None, **kw) -> subprocess.CompletedProcess:
+    """Run argv as ``user`` with a clean login-like environment (runuser, no PAM session needed)."""
+    pw = pwd.getpwnam(user)
+    base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": pw.pw_dir, "USER": user,
+            "LOGNAME": user, "LANG": "C.UTF-8"}
+    if env:
+        base.update(env)
+    cmd = ["runuser", "-u", user, "--", "env", "-i"] + [f"{k}={v}" for k, v in base.items()] + list(argv)
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    kw.setdefault("timeout", 120)
+    return subprocess.run(cmd, **kw)
+
+
+def write_launchers(bindir: Path, libdir: Path, python: str = sys.executable) -> dict:
+    """Entry-point scripts like the installed ones, but running the package copied into ``libdir``."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    scripts = {"hpccont": "main", "container-exec": "container_exec_main",
+               "run-singularity": "run_singularity_main"}
+    paths = {}
+    for name, func in scripts.items():
+        p = bindir / name
+        p.write_text(textwrap.dedent(f"""\
+            #!{python}
+            import sys
+            sys.path.insert(0, {str(libdir)!r})
+            from hpccont.cli.main import {func}
+            sys.exit({func}())
+            """))
+        p.chmod(0o755)
+        paths[name] = str(p)
+    return paths
+
+
+def mounts_mentioning(fragment: str) -> list:
+    """Host mount table lines mentioning ``fragment`` (to prove nothing was left mounted)."""
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if fragment in line]
+
+
+def fuse_processes(fragment: str = "") -> list:
+    """squashfuse / fuse-overlayfs processes still alive whose command line mentions ``fragment``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if ("squashfuse" in cmd or "fuse-overlayfs" in cmd) and fragment in cmd:
+            found.append((int(pid), cmd))
+    return found
+
+
+DEBOOTSTRAP_CACHE = Path(os.environ.get("HPCCONT_TEST_CACHE", "/var/cache/hpccont-tests"))
+DEBIAN_MIRROR = os.environ.get("HPCCONT_TEST_MIRROR", "http://deb.debian.org/debian")
+
+
+def debootstrap_rootfs(name: str, include=(), suite: str = "bookworm") -> Path:
+    """A debootstrap minbase tree, built once per machine and reused (keyed by name + packages).
+
+    Parallel callers wait on a lock file instead of building twice.  Returns the tree (read it,
+    copy it, or mksquashfs it; do not modify it).
+    """
+    import fcntl
+    import hashlib
+    key = hashlib.sha256((suite + " " + " ".join(sorted(include))).encode()).hexdigest()[:10]
+    DEBOOTSTRAP_CACHE.mkdir(parents=True, exist_ok=True)
+    DEBOOTSTRAP_CACHE.chmod(0o755)
+    tree = DEBOOTSTRAP_CACHE / f"{name}-{key}"
+    with open(DEBOOTSTRAP_CACHE / f".{name}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (tree / ".complete").exists():
+            return tree
+        if tree.exists():
+            shutil.rmtree(tree)
+        cmd = ["debootstrap", "--variant=minbase"]
+        if include:
+            cmd.append("--include=" + ",".join(include))
+        cmd += [suite, str(tree), DEBIAN_MIRROR]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            shutil.rmtree(tree, ignore_errors=True)
+            raise RuntimeError(f"debootstrap failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
+        subprocess.run(["chroot", str(tree), "apt-get", "clean"], check=False)
+        (tree / ".complete").write_text("ok\n")
+    return tree

@@ -23,10 +23,14 @@ This module reads with ``struct`` and ``os.pread`` only, because ``open_image`` 
 runs it on every ``hpccont exec``.  The writer at the end of the file follows the reference
 implementation's object order and alignment so that Apptainer reads what hpccont writes.
 """
+from __future__ import annotations
+
 import os
 import struct
-from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:           # typing costs milliseconds at import; only checkers need it
+    from typing import Iterator
 
 from ..errors import SifError
 
@@ -62,7 +66,7 @@ DATA_OCI_BLOB = 0x400A
 DATA_OCI_ROOT_INDEX = 0x400B
 
 # code -> (name used in hpccont's JSON and the conformance data, name `sif list` prints)
-DATA_TYPES: Dict[int, Tuple[str, str]] = {
+DATA_TYPES: dict[int, tuple[str, str]] = {
     DATA_DEFFILE: ("Deffile", "Def.FILE"),
     DATA_ENVVAR: ("EnvVar", "Env.Vars"),
     DATA_LABELS: ("Labels", "JSON.Labels"),
@@ -123,21 +127,29 @@ def host_arch() -> str:
 
 
 # ---------------------------------------------------------------- data structures
-@dataclass
 class Header:
-    launch_script: str
-    magic: bytes
-    version: str
-    arch: str                    # Go name: "amd64", "386", "unknown"
-    id: bytes                    # 16 raw bytes
-    created_at: int
-    modified_at: int
-    descriptors_free: int
-    descriptors_total: int
-    descriptors_offset: int
-    descriptors_size: int
-    data_offset: int
-    data_size: int
+    """The 128-byte global header.  Plain class (no dataclass): it is built on every exec."""
+    __slots__ = ("launch_script", "magic", "version", "arch", "id", "created_at", "modified_at",
+                 "descriptors_free", "descriptors_total", "descriptors_offset",
+                 "descriptors_size", "data_offset", "data_size")
+
+    def __init__(self, launch_script: str, magic: bytes, version: str, arch: str, id: bytes,
+                 created_at: int, modified_at: int, descriptors_free: int,
+                 descriptors_total: int, descriptors_offset: int, descriptors_size: int,
+                 data_offset: int, data_size: int):
+        self.launch_script = launch_script
+        self.magic = magic
+        self.version = version
+        self.arch = arch            # Go name: "amd64", "386", "unknown"
+        self.id = id                # 16 raw bytes
+        self.created_at = created_at
+        self.modified_at = modified_at
+        self.descriptors_free = descriptors_free
+        self.descriptors_total = descriptors_total
+        self.descriptors_offset = descriptors_offset
+        self.descriptors_size = descriptors_size
+        self.data_offset = data_offset
+        self.data_size = data_size
 
     @property
     def id_hex(self) -> str:
@@ -177,22 +189,32 @@ class Header:
                 "data_size": self.data_size}
 
 
-@dataclass
 class Descriptor:
-    data_type: int
-    used: bool
-    id: int
-    raw_group: int               # with GROUP_MASK
-    raw_link: int                # GROUP_MASK set when the link names a group
-    offset: int
-    size: int
-    size_with_padding: int
-    created_at: int = 0
-    modified_at: int = 0
-    uid: int = 0
-    gid: int = 0
-    name: str = ""
-    extra: bytes = b"\x00" * EXTRA_LEN
+    """One 585-byte object descriptor."""
+    __slots__ = ("data_type", "used", "id", "raw_group", "raw_link", "offset", "size",
+                 "size_with_padding", "created_at", "modified_at", "uid", "gid", "name", "extra")
+
+    def __init__(self, data_type: int, used: bool, id: int, raw_group: int, raw_link: int,
+                 offset: int, size: int, size_with_padding: int, created_at: int = 0,
+                 modified_at: int = 0, uid: int = 0, gid: int = 0, name: str = "",
+                 extra: bytes = b""):
+        self.data_type = data_type
+        self.used = used
+        self.id = id
+        self.raw_group = raw_group      # with GROUP_MASK
+        self.raw_link = raw_link        # GROUP_MASK set when the link names a group
+        self.offset = offset
+        self.size = size
+        self.size_with_padding = size_with_padding
+        self.created_at = created_at
+        self.modified_at = modified_at
+        self.uid = uid
+        self.gid = gid
+        self.name = name
+        self.extra = extra.ljust(EXTRA_LEN, b"\x00")
+
+    def __repr__(self) -> str:
+        return f"Descriptor(id={self.id}, type={self.type_name}, offset={self.offset}, size={self.size})"
 
     @classmethod
     def unpack(cls, raw: bytes, pos: int = 0) -> "Descriptor":
@@ -348,8 +370,8 @@ def read_prefix(fd: int, path: str, want: int) -> bytes:
         raise SifError(f"cannot read {path}: {e.strerror}") from None
 
 
-def parse(raw: bytes, path: str, file_size: int, fd: Optional[int] = None
-          ) -> Tuple[Header, List[Descriptor]]:
+def parse(raw: bytes, path: str, file_size: int, fd: int | None = None
+          ) -> tuple[Header, list[Descriptor]]:
     """Header and used descriptors from the file's first bytes (``raw``), fully validated.
 
     ``raw`` usually holds the header and the whole table (one read); when the table lies
@@ -419,13 +441,15 @@ def _check_descriptor(d: Descriptor, path: str, file_size: int) -> None:
                        f"{d.offset + d.size}, file has {file_size})")
 
 
-@dataclass
 class SifImage:
     """A SIF file's header and used descriptors.  Object data is read on demand."""
-    path: str
-    header: Header
-    descriptors: List[Descriptor] = field(default_factory=list)
-    file_size: int = 0
+    __slots__ = ("path", "header", "descriptors", "file_size")
+
+    def __init__(self, path: str, header: Header, descriptors: list[Descriptor], file_size: int):
+        self.path = path
+        self.header = header
+        self.descriptors = descriptors
+        self.file_size = file_size
 
     @classmethod
     def open(cls, path: str) -> "SifImage":
@@ -451,10 +475,10 @@ class SifImage:
                 return d
         raise SifError(f"{self.path}: no object with id {object_id}")
 
-    def find(self, data_type: int) -> List[Descriptor]:
+    def find(self, data_type: int) -> list[Descriptor]:
         return [d for d in self.descriptors if d.data_type == data_type]
 
-    def primary_partition(self) -> Optional[Descriptor]:
+    def primary_partition(self) -> Descriptor | None:
         for d in self.find(DATA_PARTITION):
             if d.part_type == PART_PRIMSYS:
                 return d

@@ -1,0 +1,102 @@
+"""The host's dynamic linker cache and ELF identities.
+
+``--nv`` must bind the driver libraries the host's own programs would load, so it asks the
+same authority the dynamic linker uses: the ldconfig cache (``ldconfig -p``).  A cache lists
+every architecture installed (x86-64 and i386 multiarch, for example); only libraries whose
+ELF class, byte order and machine match the host's can be loaded by the container's programs,
+so each candidate's ELF header is checked against the host interpreter's.
+"""
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import List, Optional
+
+from ..errors import HostError
+
+# "\tlibcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1"
+# glibc may append ", OS ABI: Linux 3.2.0" or ", hwcap: ..." inside the parentheses.
+_LINE = re.compile(r"^\s*(?P<name>\S+)\s+\((?P<flags>[^)]*)\)\s+=>\s+(?P<path>/.*\S)\s*$")
+
+
+@dataclass(frozen=True)
+class LdCacheEntry:
+    name: str        # the name programs ask for, e.g. libcuda.so.1
+    flags: str       # ldconfig's description, e.g. "libc6,x86-64"
+    path: str        # where the dynamic linker would find it
+
+
+@dataclass(frozen=True)
+class ElfId:
+    """What decides whether the dynamic linker can load a library into a process."""
+    elf_class: int   # 1: 32-bit, 2: 64-bit
+    data: int        # 1: little endian, 2: big endian
+    machine: int     # e_machine (62: x86-64, 183: aarch64, 21: ppc64)
+
+    def describe(self) -> str:
+        bits = {1: "32-bit", 2: "64-bit"}.get(self.elf_class, "?")
+        return f"{bits} machine {self.machine}"
+
+
+def parse_ldconfig_output(text: str) -> List[LdCacheEntry]:
+    """Entries of ``ldconfig -p`` in cache order (the order the dynamic linker prefers)."""
+    entries = []
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m:
+            entries.append(LdCacheEntry(m.group("name"), m.group("flags").strip(), m.group("path")))
+    return entries
+
+
+def ldconfig_argv(ldconfig: str) -> List[str]:
+    """The site setting ``nvidia.ldconfig`` is a command: a program, optionally with arguments
+    (``/sbin/ldconfig -C /opt/driver/ld.so.cache`` reads another cache).  ``-p`` is appended."""
+    argv = shlex.split(ldconfig or "/sbin/ldconfig")
+    if not argv:
+        argv = ["/sbin/ldconfig"]
+    return argv + ["-p"]
+
+
+def read_ldcache(ldconfig: str) -> List[LdCacheEntry]:
+    argv = ldconfig_argv(ldconfig)
+    try:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           timeout=30, env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    except FileNotFoundError:
+        raise HostError(f"nv: ldconfig program {argv[0]} not found (site setting nvidia.ldconfig)")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HostError(f"nv: cannot run {argv[0]}: {e}")
+    if r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or ["failed"])[-1]
+        raise HostError(f"nv: {' '.join(argv)}: {msg}")
+    return parse_ldconfig_output(r.stdout)
+
+
+def parse_elf_header(head: bytes) -> Optional[ElfId]:
+    """ElfId from the first 20 bytes of a file, or None when it is not ELF."""
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    elf_class, data = head[4], head[5]
+    if elf_class not in (1, 2) or data not in (1, 2):
+        return None
+    machine = int.from_bytes(head[18:20], "little" if data == 1 else "big")
+    return ElfId(elf_class, data, machine)
+
+
+def elf_id(path: str) -> Optional[ElfId]:
+    try:
+        with open(path, "rb") as f:
+            return parse_elf_header(f.read(20))
+    except OSError:
+        return None
+
+
+def host_elf_id() -> Optional[ElfId]:
+    """The identity of this process's own executable: the ABI the host's programs use."""
+    for exe in ("/proc/self/exe", os.path.realpath(sys.executable)):
+        found = elf_id(exe)
+        if found:
+            return found
+    return None

@@ -74,6 +74,7 @@ class LaunchPlan:
     env: Dict[str, str]
     cwd: str                        # inside the container
     argv: List[str]                 # argv[0] is looked up on the container's PATH at exec time
+    env_overrides: Dict[str, str] = field(default_factory=dict)   # re-applied after image env scripts
     writable_tmpfs: bool = False
     join: Optional[str] = None
     warnings: List[str] = field(default_factory=list)

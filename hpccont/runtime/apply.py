@@ -1,0 +1,267 @@
+"""Execute a LaunchPlan: the only code in hpccont that changes kernel state.
+
+The sequence, and why it is in this order:
+
+1. Namespaces.  Unprivileged: one new user namespace plus a mount namespace, with the caller's
+   uid and gid mapped to themselves.  The creator of a user namespace holds every capability in
+   it until it execs a program with a non-zero uid, so all mount work below is allowed, and
+   the final execve() drops the capabilities by itself: no second, nested namespace is needed
+   to come back to the caller's identity.  Root: a mount namespace only.
+2. ``/`` is made recursively private first.  Without it, mount events would propagate between
+   our namespace and the host's (systemd makes ``/`` shared), and a container's mounts could
+   appear on the host.
+3. A private tmpfs over the packaged ``session`` directory is the staging area: the image
+   mount, the overlay's upper and work directories, generated /etc/passwd and /etc/group.
+   Being inside our mount namespace it vanishes with it: nothing to clean up, however we end.
+4. The image: unprivileged, we open /dev/fuse and mount the FUSE filesystem ourselves (we hold
+   CAP_SYS_ADMIN in the namespace), then start squashfuse on ``/dev/fd/N`` (libfuse's
+   "already mounted" convention), so squashfuse itself needs no privilege.  The kernel queues
+   requests until squashfuse answers, so no readiness polling is needed.  squashfuse gets
+   PR_SET_PDEATHSIG: when the command (which this process becomes) ends, it is killed, the
+   namespace has no process left and every mount in it is gone.  Root: a read-only autoclear
+   loop device and a kernel squashfs mount; the loop device frees itself with the last mount.
+5. An overlay with the image as lower layer and the staging tmpfs as upper layer: bind targets
+   that the read-only image lacks (``-B /scratch``) are created in the upper layer without
+   touching the image.  Unless ``--writable-tmpfs`` was asked for, the overlay is remounted
+   read-only once the mount points exist.
+6. Mounts from the plan, each resolved inside the new root so that ``..`` or a symlink in the
+   image can never point a mount at the host.  Binds are recursive (a user namespace refuses a
+   non-recursive bind of a tree with submounts: EINVAL) and then remounted nosuid (and ro),
+   keeping the flags the kernel locked on the source mount, or the remount fails with EPERM.
+7. pivot_root(".", ".") then a lazy unmount of the old root: the host's tree is no longer
+   reachable from the container.  chroot alone could be escaped by a process with
+   CAP_SYS_CHROOT in the namespace.
+8. PR_SET_NO_NEW_PRIVS, then execve.  The command keeps this process's PID, parent and cgroup:
+   the batch system still sees, accounts and signals it.
+"""
+import errno
+import os
+import signal
+from typing import Dict, List, Optional
+
+from ..errors import CommandNotFound, CommandNotExecutable, LaunchError
+from . import kernel as K
+from .environment import env_script
+from .identity import group_content, passwd_content
+from .mounts import resolve_in_root
+from .plan_types import LaunchPlan, Mount
+
+SESSION_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "data", "session")
+FUSE_SERVERS = {"squashfuse_ll": "squashfuse_ll", "squashfuse": "squashfuse"}
+
+
+class Step:
+    """Names the step in progress, so that a failure becomes one line saying what failed."""
+
+    def __init__(self):
+        self.name = "start"
+
+    def __call__(self, name: str) -> "Step":
+        self.name = name
+        return self
+
+
+def apply(plan: LaunchPlan, cfg: Dict[str, dict], *, debug: bool = False) -> None:
+    """Set up the container described by ``plan`` and exec its command.  Never returns."""
+    step = Step()
+    try:
+        root = setup(plan, cfg, step)
+        enter(root, plan, step)
+    except OSError as e:
+        raise LaunchError(f"cannot start container ({step.name}): "
+                          f"{e.strerror or e}") from None
+    execute(plan, step)
+
+
+def setup(plan: LaunchPlan, cfg: Dict[str, dict], step: Step) -> str:
+    """Steps 1-6: returns the host path of the finished container root (in our namespace)."""
+    ident = plan.identity
+    step("creating namespaces")
+    if plan.mode == "rootless":
+        K.unshare(K.CLONE_NEWUSER | K.CLONE_NEWNS)
+        _write_id_maps(ident.uid, ident.gid)
+    else:
+        K.unshare(K.CLONE_NEWNS)
+    step("making / private")
+    K.mount(None, "/", None, K.MS_REC | K.MS_PRIVATE)
+    step("mounting the staging tmpfs")
+    stage = cfg["runtime"].get("session_dir") or SESSION_DIR
+    K.mount("hpccont", stage, "tmpfs", K.MS_NOSUID | K.MS_NODEV,
+            f"mode=0755,size={cfg['runtime']['tmp_size']}")
+    for d in ("lower", "upper", "work", "root", "files"):
+        os.mkdir(f"{stage}/{d}", 0o755)
+    step("mounting the image")
+    lower = _mount_image(plan, cfg, f"{stage}/lower")
+    step("mounting the overlay")
+    root = f"{stage}/root"
+    K.mount("overlay", root, "overlay", K.MS_NOSUID | K.MS_NODEV,
+            f"lowerdir={_overlay_escape(lower)},upperdir={stage}/upper,workdir={stage}/work")
+    for m in plan.mounts:
+        step(f"mounting {m.target}")
+        _apply_mount(m, root, lower, f"{stage}/files", plan)
+    if not plan.writable_tmpfs:
+        step("making the root read-only")
+        K.mount(None, root, None, K.MS_REMOUNT | K.MS_BIND | K.MS_RDONLY | K.MS_NOSUID | K.MS_NODEV)
+    return root
+
+
+def _write_id_maps(uid: int, gid: int) -> None:
+    # setgroups must be denied before an unprivileged process may write gid_map.
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def _overlay_escape(path: str) -> str:
+    # overlayfs splits lowerdir on ':' and options on ','
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+def _mount_image(plan: LaunchPlan, cfg: Dict[str, dict], target: str) -> str:
+    img = plan.image
+    if img.kind == "sandbox":
+        return img.path
+    if plan.mode == "root":
+        return _mount_loop(img, target)
+    return _mount_fuse(img, cfg, target, plan.identity.uid, plan.identity.gid)
+
+
+def _mount_loop(img, target: str) -> str:
+    fd = os.open(img.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dev, loop_fd = K.attach_loop(fd, img.offset, img.size)
+    finally:
+        os.close(fd)
+    try:
+        K.mount(dev, target, "squashfs", K.MS_RDONLY | K.MS_NOSUID | K.MS_NODEV)
+    finally:
+        os.close(loop_fd)   # autoclear: the device now lives exactly as long as the mount
+    return target
+
+
+def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
+    server = FUSE_SERVERS[cfg["runtime"]["squashfuse"]]
+    fd = os.open("/dev/fuse", os.O_RDWR)   # inheritable on purpose: squashfuse serves it
+    os.set_inheritable(fd, True)
+    K.mount("squashfuse", target, "fuse.squashfuse", K.MS_RDONLY | K.MS_NOSUID | K.MS_NODEV,
+            f"fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions")
+    argv = [server, "-f", "-o", f"offset={img.offset}", img.path, f"/dev/fd/{fd}"]
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # child: becomes the FUSE server
+        try:
+            K.prctl(K.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:      # parent died before prctl took effect
+                os._exit(1)
+            devnull = os.open("/dev/null", os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.execvp(server, argv)
+        except BaseException:
+            pass
+        os._exit(127)
+    os.close(fd)
+    return target
+
+
+def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) -> None:
+    if m.kind in ("passwd", "group"):
+        m = _identity_file(m, lower, files, plan)
+    if m.kind == "bind" and m.optional and not os.path.exists(m.source):
+        return
+    host_target = resolve_in_root(root, m.target)
+    if m.kind == "tmpfs":
+        os.makedirs(host_target, exist_ok=True)
+        K.mount("tmpfs", host_target, "tmpfs", K.MS_NOSUID | K.MS_NODEV, "mode=0755")
+        return
+    _make_mountpoint(host_target, os.path.isdir(m.source))
+    K.mount(m.source, host_target, None, K.MS_BIND | K.MS_REC)
+    flags = K.MS_REMOUNT | K.MS_BIND | K.MS_NOSUID | K.locked_flags(host_target)
+    if m.readonly:
+        flags |= K.MS_RDONLY
+    K.mount(None, host_target, None, flags)
+
+
+def _identity_file(m: Mount, lower: str, files: str, plan: LaunchPlan) -> Mount:
+    try:
+        with open(f"{lower}{m.target}") as f:
+            current = f.read()
+    except OSError:
+        current = ""
+    make = passwd_content if m.kind == "passwd" else group_content
+    path = f"{files}/{m.kind}"
+    with open(path, "w") as f:
+        f.write(make(current, plan.identity))
+    return Mount(kind="bind", target=m.target, source=path, readonly=True, why=m.why)
+
+
+def _make_mountpoint(path: str, is_dir: bool) -> None:
+    if os.path.lexists(path):
+        return
+    if is_dir:
+        os.makedirs(path, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+
+def enter(root: str, plan: LaunchPlan, step: Step) -> None:
+    """Step 7: make ``root`` the root of our mount namespace and drop the host's tree."""
+    step("pivoting into the container root")
+    os.chdir(root)
+    K.pivot_root(".", ".")
+    K.umount2(".", K.MNT_DETACH)
+    os.chdir("/")
+    step(f"changing to working directory {plan.cwd}")
+    try:
+        os.chdir(plan.cwd)
+    except OSError as e:
+        raise LaunchError(f"working directory {plan.cwd} is not usable in the container: "
+                          f"{e.strerror}") from None
+
+
+def execute(plan: LaunchPlan, step: Step) -> None:
+    """Step 8: exec the command.  Image environment scripts run through /bin/sh when present."""
+    argv = list(plan.argv)
+    env = dict(plan.env)
+    if argv[0] == "/bin/sh" and len(argv) == 1 and os.path.exists("/bin/bash"):
+        argv[0] = "/bin/bash"
+    if argv[0] in ("/bin/sh", "/bin/bash"):
+        env.setdefault("PS1", "Hpccont> ")
+    if _has_env_scripts() and os.path.exists("/bin/sh"):
+        # $0 is "hpccont"; the command and its arguments are "$@", untouched
+        argv = ["/bin/sh", "-c", env_script(plan.env_overrides, _ld_first(plan)), "hpccont"] + argv
+        path = "/bin/sh"
+    else:
+        path = _which(argv[0], env.get("PATH", ""))
+    try:
+        K.prctl(K.PR_SET_NO_NEW_PRIVS, 1)
+        os.execve(path, argv, env)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise CommandNotFound(f"{plan.argv[0]}: command not found in the container") from None
+        raise CommandNotExecutable(f"{plan.argv[0]}: cannot execute: {e.strerror}") from None
+
+
+def _which(cmd: str, path: str) -> str:
+    if "/" in cmd:
+        return cmd
+    for d in path.split(":"):
+        candidate = f"{d or '.'}/{cmd}"
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise CommandNotFound(f"{cmd}: command not found in the container")
+
+
+def _has_env_scripts() -> bool:
+    try:
+        return any(n.endswith(".sh") for n in os.listdir("/.singularity.d/env"))
+    except OSError:
+        return False
+
+
+def _ld_first(plan: LaunchPlan) -> List[str]:
+    ld = plan.env.get("LD_LIBRARY_PATH", "")
+    return [p for p in ld.split(":") if p and p != "/.singularity.d/libs"]

@@ -1,0 +1,110 @@
+"""The container's environment, following Apptainer's rules so that existing images behave.
+
+Order of precedence (lowest first):
+  1. the host environment (all of it, or only the essentials with --cleanenv), minus variables
+     that only make sense on the host (PATH, LD_LIBRARY_PATH, PS1 ...);
+  2. the image's /.singularity.d/env/*.sh scripts (sourced by a shell inside, at apply time);
+  3. HPCCONT_ENV_K / APPTAINERENV_K / SINGULARITYENV_K from the host, then --env-file, then --env.
+Variables of level 3 are re-applied after the image's scripts ran: the user's word wins.
+"""
+from typing import Dict, Iterable, List, Mapping, Tuple
+
+from ..errors import UsageError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CONTAINER_LIBS = "/.singularity.d/libs"
+
+# Never carried in from the host: they describe the host, not the container.
+HOST_ONLY = ("PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PS1", "PROMPT_COMMAND", "PYTHONHOME",
+             "HPCCONT_BIND")
+# What --cleanenv keeps.
+CLEAN_KEEP = ("HOME", "USER", "LOGNAME", "TERM", "LANG", "LC_ALL", "TZ")
+# Prefixes that set a variable inside the container (Apptainer's spellings for compatibility).
+INJECT_PREFIXES = ("SINGULARITYENV_", "APPTAINERENV_", "HPCCONT_ENV_")
+
+
+def parse_env_assignment(text: str, where: str = "--env") -> Tuple[str, str]:
+    if "=" not in text:
+        raise UsageError(f"{where}: expected NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    if not name or not (name[0].isalpha() or name[0] == "_") or not all(
+            c.isalnum() or c == "_" for c in name):
+        raise UsageError(f"{where}: invalid variable name {name!r}")
+    return name, value
+
+
+def read_env_file(path: str) -> Dict[str, str]:
+    """``NAME=VALUE`` lines; blank lines and ``#`` comments ignored; optional ``export``; quotes stripped."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise UsageError(f"--env-file {path}: {e.strerror}")
+    out: Dict[str, str] = {}
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].strip()
+        name, value = parse_env_assignment(line, f"--env-file {path} line {n}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[name] = value
+    return out
+
+
+def injected(environ: Mapping[str, str]) -> Dict[str, str]:
+    """HPCCONT_ENV_K (and the Apptainer spellings) -> {K: value}; later prefixes win."""
+    out: Dict[str, str] = {}
+    for prefix in INJECT_PREFIXES:
+        for k, v in environ.items():
+            if k.startswith(prefix) and len(k) > len(prefix):
+                out[k[len(prefix):]] = v
+    return out
+
+
+def base_environment(environ: Mapping[str, str], *, cleanenv: bool) -> Dict[str, str]:
+    if cleanenv:
+        return {k: environ[k] for k in CLEAN_KEEP if k in environ}
+    return {k: v for k, v in environ.items()
+            if k not in HOST_ONLY and not k.startswith(INJECT_PREFIXES)}
+
+
+def container_environment(environ: Mapping[str, str], *, cleanenv: bool, user_env: Mapping[str, str],
+                          home: str, user: str, image_path: str, ld_paths: Iterable[str] = (),
+                          bin_paths: Iterable[str] = ()) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """Returns (environment to exec with, overrides to re-apply after the image's env scripts)."""
+    env = base_environment(environ, cleanenv=cleanenv)
+    env["HOME"] = home
+    env["USER"] = env["LOGNAME"] = user
+    env["PATH"] = ":".join(list(bin_paths) + [DEFAULT_PATH])
+    env["LD_LIBRARY_PATH"] = ":".join(list(ld_paths) + [CONTAINER_LIBS])
+    name = image_path.rstrip("/").rsplit("/", 1)[-1]
+    for prefix in ("HPCCONT", "APPTAINER", "SINGULARITY"):
+        env[f"{prefix}_CONTAINER"] = image_path
+        env[f"{prefix}_NAME"] = name
+    overrides = injected(environ)
+    overrides.update(user_env)
+    env.update(overrides)
+    return env, overrides
+
+
+def shell_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def env_script(overrides: Mapping[str, str], ld_paths: List[str]) -> str:
+    """Shell run inside the container before the command: source the image's env scripts, then
+    put back what the user asked for, then check the command exists (one clear line, exit 127)."""
+    lines = ['for f in /.singularity.d/env/*.sh; do [ -f "$f" ] && . "$f"; done']
+    for k, v in overrides.items():
+        lines.append(f"export {k}={shell_quote(v)}")
+    if ld_paths:
+        # host libraries (--nv, MPI bind mode) must stay first even if the image reset the path
+        lines.append(f'export LD_LIBRARY_PATH={shell_quote(":".join(ld_paths))}'
+                     '${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}')
+    lines.append('command -v "$1" >/dev/null 2>&1 || '
+                 '{ echo "hpccont: $1: command not found in the container" >&2; exit 127; }')
+    lines.append('exec "$@"')
+    return "; ".join(lines)

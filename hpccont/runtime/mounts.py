@@ -1,0 +1,138 @@
+"""The default mount table and bind-spec parsing.
+
+Policy is data: DEFAULT_MOUNTS lists what every container gets and which site setting turns
+each entry off.  ``default_mounts`` expands it for one request; ``parse_binds`` turns
+``-B src[:dst[:ro|rw]],...`` into Bind objects with one-line errors for bad specs.
+"""
+import os
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ..errors import BindError
+from .plan_types import Mount
+from .request import Bind
+
+# (target, kind, source, site switch in config["mounts"], why).  Order matters: later mounts
+# may sit inside earlier ones.  /dev, /proc and /sys are recursive binds of the host's:
+# a user namespace without its own PID namespace may not mount a fresh procfs, and a
+# recursive bind keeps the submounts (/dev/pts, /dev/shm, /sys/fs/cgroup...).
+DEFAULT_MOUNTS: Tuple[Tuple[str, str, str, str, str], ...] = (
+    ("/proc", "bind", "/proc", "proc", "default: host /proc"),
+    ("/sys", "bind", "/sys", "sys", "default: host /sys"),
+    ("/dev", "bind", "/dev", "dev", "default: host /dev"),
+    ("/tmp", "bind", "/tmp", "tmp", "default: host /tmp"),
+    ("/var/tmp", "bind", "/var/tmp", "tmp", "default: host /var/tmp"),
+)
+
+# --contain replaces the host's /tmp and /var/tmp with private tmpfs.
+CONTAINED_TMP = ("/tmp", "/var/tmp")
+
+OPTIONS = {"ro": True, "rw": False}
+
+
+def parse_bind(spec: str) -> Bind:
+    """``src``, ``src:dst``, ``src:dst:ro``, ``src:dst:rw``.  Paths are made absolute."""
+    spec = spec.strip()
+    if not spec:
+        raise BindError("empty bind spec")
+    parts = spec.split(":")
+    if len(parts) > 3:
+        raise BindError(f"bad bind spec {spec!r}: expected SRC[:DST[:ro|rw]]")
+    src = parts[0]
+    dst = parts[1] if len(parts) > 1 and parts[1] else src
+    readonly = False
+    if len(parts) == 3:
+        if parts[2] not in OPTIONS:
+            raise BindError(f"bad bind option {parts[2]!r} in {spec!r}: use ro or rw")
+        readonly = OPTIONS[parts[2]]
+    if not src:
+        raise BindError(f"bad bind spec {spec!r}: empty source")
+    if not dst.startswith("/"):
+        raise BindError(f"bad bind spec {spec!r}: destination must be an absolute path")
+    return Bind(src=os.path.abspath(src), dst=os.path.normpath(dst), readonly=readonly)
+
+
+def parse_binds(specs: Iterable[str]) -> List[Bind]:
+    """Each entry may itself be a comma list (``-B a,b:/b``, ``HPCCONT_BIND``)."""
+    return [parse_bind(s) for spec in specs for s in spec.split(",") if s.strip()]
+
+
+def check_bind_source(bind: Bind, denylist: Iterable[str] = ()) -> None:
+    """The source must exist and be readable by the caller; some paths are never bindable."""
+    real = os.path.realpath(bind.src)
+    for denied in denylist:
+        if real == denied or real.startswith(denied.rstrip("/") + "/"):
+            raise BindError(f"bind source {bind.src} is not allowed by the site configuration")
+    try:
+        os.stat(bind.src)
+    except FileNotFoundError:
+        raise BindError(f"bind source {bind.src} does not exist")
+    except PermissionError:
+        raise BindError(f"bind source {bind.src}: permission denied")
+    if not os.access(bind.src, os.R_OK):
+        raise BindError(f"bind source {bind.src}: permission denied")
+
+
+def default_mounts(cfg: Dict[str, object], *, contain: bool) -> List[Mount]:
+    out = []
+    for target, kind, source, switch, why in DEFAULT_MOUNTS:
+        if not cfg.get(switch, True):
+            continue
+        if contain and target in CONTAINED_TMP:
+            out.append(Mount(kind="tmpfs", target=target, why="--contain: private tmpfs"))
+            continue
+        out.append(Mount(kind=kind, target=target, source=source, why=why))
+    if not contain:
+        for f in cfg.get("hostfiles", []):
+            out.append(Mount(kind="bind", target=f, source=f, readonly=True, optional=True,
+                             why="default: host file"))
+    return out
+
+
+def bind_mount(b: Bind, why: str) -> Mount:
+    return Mount(kind="bind", target=b.dst, source=b.src, readonly=b.readonly, why=why)
+
+
+def under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def dedupe(mounts: List[Mount]) -> List[Mount]:
+    """A later mount on the same target replaces an earlier one (user -B wins over defaults)."""
+    last: Dict[str, int] = {}
+    for i, m in enumerate(mounts):
+        last[m.target] = i
+    return [m for i, m in enumerate(mounts) if last[m.target] == i]
+
+
+def resolve_in_root(root: str, target: str, *, max_links: int = 40) -> Optional[str]:
+    """Resolve ``target`` (a container path) inside ``root`` without leaving it.
+
+    Symlinks in the image are followed as the container would see them (absolute links are
+    relative to the container root).  A path that would climb above the root through ``..`` or
+    a symlink is refused: binding there would mount onto the host.  Returns the host path of the
+    resolved location (which may not exist yet), or raises BindError.
+    """
+    parts = [p for p in target.split("/") if p]
+    resolved: List[str] = []
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            if not resolved:
+                raise BindError(f"bind destination {target} escapes the container root")
+            resolved.pop()
+            continue
+        host = os.path.join(root, *resolved, name)
+        if os.path.islink(host):
+            links += 1
+            if links > max_links:
+                raise BindError(f"bind destination {target}: too many symbolic links")
+            link = os.readlink(host)
+            if link.startswith("/"):
+                resolved = []
+            parts = [p for p in link.split("/") if p] + parts
+            continue
+        resolved.append(name)
+    return os.path.join(root, *resolved)

@@ -1,0 +1,160 @@
+"""request -> LaunchPlan: every decision about a launch, made without touching the kernel.
+
+``make_plan`` reads the site config, identifies the image (a stat and one pread), asks the host
+adapters for their additions and returns plain data.  ``--dry-run`` prints the result; tests
+compare plans directly.  Nothing here needs privileges or mounts anything.
+"""
+import os
+from typing import Dict, List, Mapping
+
+from ..errors import ImageError, PolicyError, UsageError
+from . import mounts as M
+from .environment import container_environment
+from .identity import current_identity
+from .plan_types import HostAdditions, ImageSource, LaunchPlan, Mount
+from .request import ACTIONS, ContainerRequest
+
+RUNSCRIPT = "/.singularity.d/runscript"
+TESTSCRIPT = "/.singularity.d/test"
+STARTSCRIPT = "/.singularity.d/startscript"
+
+
+def make_plan(req: ContainerRequest, cfg: Dict[str, dict], environ: Mapping[str, str],
+              cwd: str) -> LaunchPlan:
+    if req.action not in ACTIONS:
+        raise UsageError(f"unknown action {req.action!r}")
+    image = _open_image(req.image, cfg)
+    mode = _mode(cfg)
+    home_src, home_dst = _home(req)
+    ident = current_identity(home_dst)
+    additions = _host_additions(req, cfg, environ, image)
+    mounts = _mounts(req, cfg, ident, home_src, home_dst, cwd, additions)
+    env, overrides = container_environment(
+        environ, cleanenv=req.cleanenv, user_env=req.env, home=ident.home, user=ident.user,
+        image_path=image.path, ld_paths=additions.ld_library_path, bin_paths=additions.path)
+    env.update(additions.env)
+    overrides.update(additions.env)
+    return LaunchPlan(image=image, mode=mode, identity=ident, mounts=mounts, env=env,
+                      env_overrides=overrides,
+                      cwd=_workdir(req, mounts, cwd, ident.home), argv=_argv(req),
+                      writable_tmpfs=req.writable_tmpfs, join=req.join,
+                      warnings=list(additions.warnings))
+
+
+def _open_image(path: str, cfg: Dict[str, dict]) -> ImageSource:
+    from ..image.source import open_image
+    image = open_image(path)
+    allowed = cfg["images"]["allowed_dirs"]
+    if allowed and not any(M.under(os.path.realpath(image.path), os.path.realpath(d))
+                           for d in allowed):
+        raise PolicyError(f"image {path} is outside the site's allowed image directories "
+                          f"({', '.join(allowed)})")
+    if image.kind == "sandbox" and not cfg["images"]["allow_sandbox"]:
+        raise PolicyError("sandbox directories are disabled by the site configuration")
+    if image.kind == "squashfs" and not cfg["images"]["allow_squashfs"]:
+        raise PolicyError("plain squashfs images are disabled by the site configuration")
+    if image.fs_type not in ("squashfs", "dir"):
+        raise ImageError(f"{path}: {image.fs_type} partitions cannot be mounted without root "
+                         "and are not supported")
+    return image
+
+
+def _mode(cfg: Dict[str, dict]) -> str:
+    """Root uses kernel mounts of a loop device; everyone else user namespaces + FUSE."""
+    if os.geteuid() == 0 and cfg["runtime"]["root_mount"] == "loop":
+        return "root"
+    if os.geteuid() != 0 and cfg["runtime"]["rootless"] == "never":
+        raise PolicyError("unprivileged containers are disabled by the site configuration")
+    return "rootless"
+
+
+def _home(req: ContainerRequest):
+    if not req.home:
+        return None, None
+    src, _, dst = req.home.partition(":")
+    return os.path.abspath(src), (dst or src)
+
+
+def _host_additions(req: ContainerRequest, cfg, environ, image: ImageSource) -> HostAdditions:
+    """Host adapters are imported only when asked for: they pull in heavier modules."""
+    add = HostAdditions()
+    if req.nv or cfg["nvidia"]["always"]:
+        from ..host.nvidia import nv_additions
+        add.extend(nv_additions(req, cfg, environ))
+    if req.mpi == "bind":
+        from ..host.mpi import mpi_additions
+        add.extend(mpi_additions(req, cfg, environ, image))
+    if cfg["modules"]["tree"]:
+        from ..modules.inside import module_tree_additions
+        add.extend(module_tree_additions(cfg))
+    return add
+
+
+def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) -> List[Mount]:
+    mcfg = cfg["mounts"]
+    contain = req.contain or req.containall
+    out = M.default_mounts(mcfg, contain=contain)
+    if req.mount_home and not req.containall and mcfg["home"]:
+        src = home_src or ident.home
+        if os.path.isdir(src):
+            out.append(Mount(kind="bind", target=home_dst or ident.home, source=src,
+                             why="--home" if home_src else "default: home directory"))
+    elif req.containall or not req.mount_home:
+        out.append(Mount(kind="tmpfs", target=ident.home, why="private home (no host home)"))
+    if (mcfg["cwd"] and not contain and cwd not in ("/",) and not any(
+            m.kind == "bind" and M.under(cwd, m.target) and m.source == m.target for m in out)):
+        out.append(Mount(kind="bind", target=cwd, source=cwd, why="default: working directory"))
+    for spec in mcfg["binds"]:
+        for b in M.parse_binds([spec]):
+            out.append(M.Mount(kind="bind", target=b.dst, source=b.src, readonly=b.readonly,
+                               optional=True, why="site config: mounts.binds"))
+    if req.binds and not mcfg["user_binds"]:
+        raise PolicyError("user bind mounts are disabled by the site configuration")
+    for b in req.binds:
+        M.check_bind_source(b, mcfg["user_bind_denylist"])
+        out.append(M.bind_mount(b, "user -B"))
+    out += additions.mounts
+    out.append(Mount(kind="passwd", target="/etc/passwd", why="identity: user entry"))
+    out.append(Mount(kind="group", target="/etc/group", why="identity: group entry"))
+    return M.dedupe(out)
+
+
+def _workdir(req: ContainerRequest, mounts: List[Mount], cwd: str, home: str) -> str:
+    """--pwd, else the caller's directory when the container can see it, else $HOME."""
+    if req.pwd:
+        if not req.pwd.startswith("/"):
+            raise UsageError(f"--pwd must be an absolute path, not {req.pwd!r}")
+        return req.pwd
+    visible = any(m.kind == "bind" and m.source == m.target and M.under(cwd, m.target)
+                  and m.target not in ("/proc", "/sys", "/dev") for m in mounts)
+    return cwd if visible else home
+
+
+def _argv(req: ContainerRequest) -> List[str]:
+    if req.app:
+        return _app_argv(req)
+    if req.action == "exec":
+        if not req.argv:
+            raise UsageError("exec needs a command to run (hpccont exec IMAGE CMD [ARGS])")
+        return list(req.argv)
+    if req.action == "run":
+        return [RUNSCRIPT] + list(req.argv)
+    if req.action == "test":
+        return [TESTSCRIPT] + list(req.argv)
+    if req.action == "start":
+        return [STARTSCRIPT] + list(req.argv)
+    return ["/bin/sh"] + list(req.argv)   # shell: apply prefers /bin/bash when the image has it
+
+
+def _app_argv(req: ContainerRequest) -> List[str]:
+    """SCIF apps (Apptainer layout): /scif/apps/NAME/scif/{runscript,test}."""
+    base = f"/scif/apps/{req.app}/scif"
+    if req.action == "run":
+        return [f"{base}/runscript"] + list(req.argv)
+    if req.action == "test":
+        return [f"{base}/test"] + list(req.argv)
+    if req.action == "exec":
+        if not req.argv:
+            raise UsageError("exec needs a command to run")
+        return list(req.argv)
+    raise UsageError(f"--app is not supported with {req.action}")

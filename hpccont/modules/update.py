@@ -1,0 +1,144 @@
+"""``image-update``: refresh a user's own copy of a module's image from the site's central one.
+
+The copy lives in ``$HPCCONT_IMAGE_CACHE`` (default ``~/.local/share/hpccont/images``) under a
+name unique to the module; the modulefile prefers it over the central image once it exists.
+An update is copied to a temporary file next to the copy, its sha256 checked against the
+central image's (and against a published ``IMAGE.sha256`` file when the site ships one), its
+signature verified when hpccont has a verifier and the image is signed or the site requires
+signatures, and only then renamed over the old copy: a failed or interrupted update leaves the
+old copy untouched.
+"""
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+from ..errors import ImageError, SignatureError
+
+DEFAULT_CACHE = os.path.join(".local", "share", "hpccont", "images")
+CHUNK = 4 << 20
+
+
+@dataclass
+class UpdatePlan:
+    central: str
+    local: str
+    action: str                      # "copy" | "up-to-date"
+    reason: str
+    central_digest: str = ""
+
+
+def local_copy_path(module: str, copy_name: str, environ: Mapping[str, str]) -> str:
+    if environ.get("HPCCONT_MODULE") == module and environ.get("HPCCONT_IMAGE_LOCAL"):
+        return environ["HPCCONT_IMAGE_LOCAL"]
+    cache = environ.get("HPCCONT_IMAGE_CACHE") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), DEFAULT_CACHE)
+    return os.path.join(cache, copy_name)
+
+
+def resolve_central(central: str, config: Optional[dict]) -> str:
+    """The central image; when it moved, the same file name in ``modules.central_image_dir``."""
+    if os.path.exists(central) or not config:
+        return central
+    site_dir = config.get("modules", {}).get("central_image_dir") or ""
+    moved = os.path.join(site_dir, os.path.basename(central)) if site_dir else ""
+    return moved if moved and os.path.exists(moved) else central
+
+
+def digest_of(path: str) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for buf in iter(lambda: f.read(CHUNK), b""):
+                h.update(buf)
+    except OSError as e:
+        raise ImageError(f"cannot read {path}: {e.strerror}") from None
+    return "sha256:" + h.hexdigest()
+
+
+def published_digest(central: str) -> Optional[str]:
+    """``IMAGE.sha256`` next to the central image (``sha256sum`` format or a bare hex digest)."""
+    try:
+        with open(central + ".sha256") as f:
+            word = (f.read().split() or [""])[0]
+    except OSError:
+        return None
+    word = word.split(":", 1)[-1].lower()
+    if len(word) != 64 or any(c not in "0123456789abcdef" for c in word):
+        raise ImageError(f"{central}.sha256 does not hold a sha256 digest")
+    return "sha256:" + word
+
+
+def plan_update(central: str, local: str, force: bool = False) -> UpdatePlan:
+    if os.path.isdir(central):
+        raise ImageError(f"{central} is a sandbox directory: image-update copies image files only")
+    if not os.path.isfile(central):
+        raise ImageError(f"central image {central} does not exist")
+    cdigest = digest_of(central)
+    expected = published_digest(central)
+    if expected and expected != cdigest:
+        raise ImageError(f"central image {central} does not match its published digest "
+                         f"({cdigest} != {expected}); not copying it")
+    if force:
+        return UpdatePlan(central, local, "copy", "forced", cdigest)
+    if not os.path.exists(local):
+        return UpdatePlan(central, local, "copy", "no local copy yet", cdigest)
+    if digest_of(local) == cdigest:
+        return UpdatePlan(central, local, "up-to-date", "same digest", cdigest)
+    return UpdatePlan(central, local, "copy", "central image changed", cdigest)
+
+
+def verifier_available() -> bool:
+    return importlib.util.find_spec("hpccont.cli.sign_cmd") is not None
+
+
+def verify_signature(path: str, signed: bool, required: bool,
+                     run_verify: Optional[Callable[[str], int]] = None) -> str:
+    """'verified', 'unsigned' or 'no verifier'; SignatureError when verification fails."""
+    if not signed and not required:
+        return "unsigned"
+    if run_verify is None:
+        if not verifier_available():
+            if required:
+                raise SignatureError("the site requires signed images but this hpccont "
+                                     "has no signature verifier")
+            return "no verifier"
+        from ..cli.main import run_command
+        run_verify = lambda p: run_command("verify", [p])  # noqa: E731
+    if run_verify(path) != 0:
+        raise SignatureError(f"signature check of {path} failed; the old copy is kept")
+    return "verified"
+
+
+def copy_verified(plan: UpdatePlan, *, required_signature: bool = False,
+                  run_verify: Optional[Callable[[str], int]] = None) -> str:
+    """Copy, check digest and signature, then rename into place.  Returns the signature status."""
+    from .metadata import ImageReader
+    directory = os.path.dirname(os.path.abspath(plan.local))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise ImageError(f"cannot create {directory}: {e.strerror}") from None
+    tmp = os.path.join(directory, f".{os.path.basename(plan.local)}.tmp-{os.getpid()}")
+    try:
+        h = hashlib.sha256()
+        with open(plan.central, "rb") as src, open(tmp, "wb") as dst:
+            for buf in iter(lambda: src.read(CHUNK), b""):
+                h.update(buf)
+                dst.write(buf)
+        os.chmod(tmp, os.stat(plan.central).st_mode & 0o755)
+        # The digest is taken again from what landed on disk: a short or damaged copy shows here.
+        got = digest_of(tmp)
+        if got != plan.central_digest or "sha256:" + h.hexdigest() != plan.central_digest:
+            raise ImageError(f"copy of {plan.central} has digest {got}, expected "
+                             f"{plan.central_digest} (central image changed during the copy?)")
+        signed = ImageReader(tmp).signed
+        status = verify_signature(tmp, signed, required_signature, run_verify)
+        os.replace(tmp, plan.local)
+        return status
+    except OSError as e:
+        raise ImageError(f"cannot copy {plan.central} to {plan.local}: {e.strerror}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

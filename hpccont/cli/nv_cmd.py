@@ -22,8 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", parser_class=_Parser)
     ls = sub.add_parser("list", help="what --nv would bind on this node")
     ls.add_argument("--json", action="store_true", help="machine-readable report")
-    ls.add_argument("--contain", action="store_true",
-                    help="as for a container with a private /dev (GPUs renumbered from 0)")
+    ls.add_argument("--private-dev", action="store_true",
+                    help="as for a container without the host's /dev (GPUs renumbered from 0); "
+                         "default: the site setting mounts.dev")
     return p
 
 
@@ -34,10 +35,12 @@ def main(name: str, argv: list) -> int:
     except SystemExit as e:  # argparse already printed usage; keep its status
         return int(e.code or 0)
     if args.action != "list":
-        raise UsageError("usage: hpccont nv list [--json] [--contain]")
+        raise UsageError("usage: hpccont nv list [--json] [--private-dev]")
     from ..config import load
     from ..host.nvidia import discover
-    report = discover(load(os.environ), os.environ, private_dev=args.contain)
+    config = load(os.environ)
+    private_dev = args.private_dev or not config["mounts"]["dev"]
+    report = discover(config, os.environ, private_dev=private_dev)
     if args.json:
         json.dump(asdict(report), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -141,12 +141,15 @@ def select_libraries(entries: Sequence[LdCacheEntry], wanted: Sequence[str], dri
     taken = set()
     for entry in entries:
         why = liblist_match(entry.name, wanted)
-        if why is None or entry.name in taken:
+        if why is None:
             continue
         real = realpath(entry.path)
         reason = _unusable(real, driver_version, host, elf_of)
         if reason:
+            # Reported even when another copy won: stale files are what admins look for.
             skipped.append(Skipped(entry.name, entry.path, reason))
+            continue
+        if entry.name in taken:
             continue
         taken.add(entry.name)
         chosen.append(LibChoice(entry.name, real, f"{LIB_DIR}/{entry.name}", why))
@@ -423,8 +426,8 @@ def nv_additions(request, config: dict, environ, nvml=None, dev_root: str = "/de
     No driver: one warning and no GPU support (silent when only the site's ``nvidia.always``
     asked, so CPU nodes stay quiet); --nv-strict turns every problem into HostError.
     """
-    mounts = config.get("mounts", {})
-    private_dev = bool(request.contain or request.containall or not mounts.get("dev", True))
+    # The host's /dev shows every GPU node; only a container without it sees just ours.
+    private_dev = not config.get("mounts", {}).get("dev", True)
     report = discover(config, environ, nvml=nvml, dev_root=dev_root, private_dev=private_dev)
     problems = report.problems()
     if request.nv_strict and problems:

@@ -26,14 +26,16 @@ def _log(level, msg):
 
 
 def _raw_config():
+    """(path, parsed JSON or {}, problem).  Read here only to learn ``pythonpath``."""
     path = pbs.hook_config_filename
     if not path:
-        return None, {}
+        return None, {}, ""
     try:
         with open(path) as f:
-            return path, json.load(f)
-    except (OSError, ValueError):
-        return path, {}   # parse_hook_config reports it properly once hpccont is importable
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        return path, {}, f"hook config {path} unreadable or not valid JSON ({e})"
+    return path, (raw if isinstance(raw, dict) else {}), ""
 
 
 def _resources(job, names):
@@ -111,8 +113,8 @@ def main():
     handler = HANDLERS.get(event.type)
     if handler is None:
         event.accept()
-    path, raw = _raw_config()
-    for entry in reversed(raw.get("pythonpath", []) if isinstance(raw, dict) else []):
+    path, raw, problem = _raw_config()
+    for entry in reversed(raw.get("pythonpath", [])):
         if entry not in sys.path:
             sys.path.insert(0, entry)
     job_id = str(event.job.id)
@@ -120,8 +122,8 @@ def main():
         from hpccont.errors import ConfigError, HpccontError
         from hpccont.schedulers import pbs as hp
     except ImportError as e:
-        _refuse(event, job_id, f"hook cannot import hpccont ({e}); set pythonpath in the hook "
-                "config", "requeue")
+        _refuse(event, job_id, problem or f"hook cannot import hpccont ({e}); set pythonpath "
+                "in the hook config", "requeue")
     try:
         hook_cfg = hp.load_hook_config(path)
         site = hp.load_site_config(hook_cfg)

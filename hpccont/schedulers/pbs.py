@@ -88,7 +88,7 @@ HOOK_CONFIG_SCHEMA: Dict[str, tuple] = {
     "resources": (dict, None),                # custom resource -> option; None = DEFAULT_RESOURCES
     "wrap_job_script": (bool, True),          # the job's top shell runs in the container
     "wrap_tm_tasks": (bool, True),            # pbsdsh / TM mpiexec tasks run in the container
-    "join": (bool, True),                     # tasks of a job on one host share one container
+    "join": (bool, False),                    # tasks of a job on one host share one container
     "never_wrap": (list, []),                 # program basenames always left on the host
     "on_reject": (str, "delete"),             # execjob_begin refusal: delete | requeue the job
     "verify_command": (list, []),             # signature check; [] = [hpccont, "verify"]
@@ -106,7 +106,7 @@ class HookConfig:
     resources: Dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
     wrap_job_script: bool = True
     wrap_tm_tasks: bool = True
-    join: bool = True
+    join: bool = False
     never_wrap: List[str] = field(default_factory=list)
     on_reject: str = "delete"
     verify_command: List[str] = field(default_factory=list)

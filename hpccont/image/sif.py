@@ -515,3 +515,146 @@ def looks_like_sif(prefix: bytes) -> bool:
     """SIF magic, or what is left of a SIF header that was cut or damaged (then parse() says how)."""
     return (is_sif(prefix) or _looks_like_cut_header(prefix)
             or prefix.startswith(LAUNCH_SCRIPT.encode()[:30]))
+
+
+# ---------------------------------------------------------------- writing
+PAGE_SIZE = 4096     # the reference writer aligns every object to the page size by default
+
+
+class ObjectInput:
+    """One data object to write: bytes (``data``) or the contents of a file (``path``)."""
+    __slots__ = ("data_type", "data", "path", "name", "group", "link", "link_is_group", "extra",
+                 "alignment")
+
+    def __init__(self, data_type: int, *, data: bytes | None = None, path: str | None = None,
+                 name: str = "", group: int = DEFAULT_GROUP, link: int = 0,
+                 link_is_group: bool = False, extra: bytes = b"", alignment: int = PAGE_SIZE):
+        if (data is None) == (path is None):
+            raise ValueError("an object needs exactly one of data= or path=")
+        self.data_type = data_type
+        self.data = data
+        self.path = path
+        self.name = name
+        self.group = group                  # 0: no group
+        self.link = link                    # 0: no link
+        self.link_is_group = link_is_group
+        self.extra = extra
+        self.alignment = alignment
+
+
+def next_aligned(offset: int, alignment: int) -> int:
+    if alignment <= 1 or offset % alignment == 0:
+        return offset
+    return offset - offset % alignment + alignment
+
+
+def build_time() -> int:
+    """Now, or SOURCE_DATE_EPOCH for reproducible builds (as the reference tools honour it)."""
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if sde:
+        try:
+            return int(sde)
+        except ValueError:
+            raise SifError(f"SOURCE_DATE_EPOCH is not a number: {sde!r}") from None
+    import time
+    return int(time.time())
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _copy_into(fd: int, src_path: str, offset: int) -> int:
+    """Copy a file into ``fd`` at ``offset``; returns the bytes copied."""
+    total = 0
+    try:
+        src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SifError(f"cannot read {src_path}: {e.strerror}") from None
+    try:
+        while True:
+            chunk = os.read(src, 1 << 20)
+            if not chunk:
+                return total
+            _write_all(fd, chunk, offset + total)
+            total += len(chunk)
+    finally:
+        os.close(src)
+
+
+def create_sif(path: str, objects: list[ObjectInput], *, launch_script: str = LAUNCH_SCRIPT,
+               image_id: bytes | None = None, timestamp: int | None = None,
+               capacity: int = DEFAULT_DESCRIPTORS) -> SifImage:
+    """Write a new SIF file at ``path`` (mode 0755 less umask, like the reference writer).
+
+    Objects get ids 1..n in order, each placed at the next offset aligned to its alignment
+    after the previous one; ``size_with_padding`` includes the gap, and ``data_size`` is the sum
+    of those.  The header arch is the primary partition's; there may be only one primary.
+    """
+    if len(objects) > capacity:
+        raise SifError(f"{len(objects)} objects do not fit in {capacity} descriptors")
+    t = build_time() if timestamp is None else timestamp
+    if image_id is None:
+        image_id = _random_uuid()
+    table_size = capacity * DESCRIPTOR_SIZE
+    header = Header(launch_script=launch_script, magic=MAGIC, version=VERSION, arch="unknown",
+                    id=image_id, created_at=t, modified_at=t, descriptors_free=capacity,
+                    descriptors_total=capacity, descriptors_offset=DESCRIPTORS_OFFSET,
+                    descriptors_size=table_size, data_offset=DESCRIPTORS_OFFSET + table_size,
+                    data_size=0)
+    header.pack()                      # validates the launch script before anything is written
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o755)
+    except OSError as e:
+        raise SifError(f"cannot create {path}: {e.strerror}") from None
+    descriptors: list[Descriptor] = []
+    try:
+        for index, obj in enumerate(objects):
+            d = _write_object(fd, header, obj, index + 1, t)
+            if d.data_type == DATA_PARTITION and d.part_type == PART_PRIMSYS:
+                if any(x.data_type == DATA_PARTITION and x.part_type == PART_PRIMSYS
+                       for x in descriptors):
+                    raise SifError("an image can hold only one primary system partition")
+                header.arch = d.part_arch
+            descriptors.append(d)
+        table = b"".join(d.pack() for d in descriptors).ljust(table_size, b"\x00")
+        _write_all(fd, table, DESCRIPTORS_OFFSET)
+        _write_all(fd, header.pack().ljust(DESCRIPTORS_OFFSET, b"\x00"), 0)
+        os.ftruncate(fd, max(header.data_offset + header.data_size,
+                             max((d.offset + d.size for d in descriptors), default=0)))
+    except OSError as e:
+        raise SifError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    size = os.stat(path).st_size
+    return SifImage(path, header, descriptors, size)
+
+
+def _write_object(fd: int, header: Header, obj: ObjectInput, object_id: int, t: int) -> Descriptor:
+    unaligned = header.data_offset + header.data_size
+    offset = next_aligned(unaligned, obj.alignment)
+    if obj.data is not None:
+        _write_all(fd, obj.data, offset)
+        size = len(obj.data)
+    else:
+        size = _copy_into(fd, obj.path, offset)
+    group = GROUP_MASK | obj.group
+    link = (GROUP_MASK | obj.link) if obj.link_is_group else obj.link
+    d = Descriptor(obj.data_type, True, object_id, group, link, offset, size,
+                   offset - unaligned + size, t, t, 0, 0, obj.name, obj.extra)
+    d.pack()                           # validates the name length
+    header.descriptors_free -= 1
+    header.data_size += d.size_with_padding
+    return d
+
+
+def _random_uuid() -> bytes:
+    """A random (version 4) UUID, without importing the uuid module on this path."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return bytes(b)

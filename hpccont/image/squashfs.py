@@ -1,0 +1,98 @@
+"""Squashfs filesystems: make them with mksquashfs, read them with unsquashfs, never mount here.
+
+Every function takes the byte ``offset`` of the filesystem in its file, so the same calls work on
+a plain squashfs file (offset 0) and on the partition inside a SIF.  Failures are one-line
+errors naming the tool and its last complaint.
+"""
+import os
+import shutil
+import subprocess
+from typing import List, Optional, Sequence
+
+from ..errors import BuildError, ImageError
+
+# Compressors squashfs-tools 4.5 supports and the kernel here can read.
+COMPRESSORS = ("gzip", "xz", "lz4", "lzo", "zstd", "lzma")
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}")
+                                       if os.access(p, os.X_OK)), None)
+    if path is None:
+        raise ImageError(f"{name} not found (install squashfs-tools)")
+    return path
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def mksquashfs_argv(src: str, out: str, *, comp: Optional[str] = None,
+                    extra_args: Sequence[str] = (), all_root: Optional[bool] = None) -> List[str]:
+    """The mksquashfs command line for packing directory ``src`` into ``out``.
+
+    As Apptainer does: ``-noappend`` always; ``-all-root`` when not building as root, because
+    files an unprivileged user owns would otherwise show up as owned by an arbitrary uid
+    inside the container of whoever runs it.
+    """
+    if comp is not None and comp not in COMPRESSORS:
+        raise BuildError(f"unknown squashfs compression {comp!r} (one of {', '.join(COMPRESSORS)})")
+    argv = [_tool("mksquashfs"), src, out, "-noappend", "-no-progress", "-quiet"]
+    if all_root is None:
+        all_root = os.geteuid() != 0
+    if all_root:
+        argv.append("-all-root")
+    if comp:
+        argv += ["-comp", comp]
+    argv += list(extra_args)
+    return argv
+
+
+def mksquashfs(src: str, out: str, *, comp: Optional[str] = None,
+               extra_args: Sequence[str] = (), all_root: Optional[bool] = None) -> None:
+    if not os.path.isdir(src):
+        raise BuildError(f"cannot pack {src}: not a directory")
+    argv = mksquashfs_argv(src, out, comp=comp, extra_args=extra_args, all_root=all_root)
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise BuildError(f"mksquashfs failed: {_last_line(r.stderr or r.stdout)}")
+
+
+def _unsquashfs(image: str, offset: int, args: Sequence[str], binary: bool = False):
+    argv = [_tool("unsquashfs"), "-o", str(offset), *args]
+    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=not binary)
+
+
+def cat_file(image: str, path: str, offset: int = 0) -> Optional[bytes]:
+    """Contents of regular file ``path`` (relative to the filesystem root), None if absent."""
+    r = _unsquashfs(image, offset, ["-cat", image, path.lstrip("/")], binary=True)
+    if r.returncode != 0:
+        return None
+    return r.stdout
+
+
+def list_paths(image: str, offset: int = 0, under: str = "") -> List[str]:
+    """Paths in the filesystem (relative, no leading slash), optionally only those under a dir."""
+    args = ["-l", "-d", "", image]
+    if under:
+        args.append(under.lstrip("/"))
+    r = _unsquashfs(image, offset, args)
+    if r.returncode != 0:
+        raise ImageError(f"unsquashfs cannot read {image}: {_last_line(r.stderr)}")
+    out = []
+    for line in r.stdout.splitlines():
+        if line.startswith("/"):
+            out.append(line.lstrip("/"))
+    return [p for p in out if p]
+
+
+def extract(image: str, dest: str, offset: int = 0, paths: Sequence[str] = ()) -> None:
+    """Unpack the filesystem (or only ``paths``) into directory ``dest`` (which must not exist)."""
+    args = ["-d", dest, "-n", "-q"]
+    if os.geteuid() != 0:
+        args.append("-no-xattrs")
+    args += [image, *[p.lstrip("/") for p in paths]]
+    r = _unsquashfs(image, offset, args)
+    if r.returncode != 0:
+        raise ImageError(f"unsquashfs failed on {image}: {_last_line(r.stderr or r.stdout)}")

@@ -1,0 +1,453 @@
+"""Slurm policy: what the SPANK plugin's tasks run, and the per-step accounting record.
+
+The C plugin (spank_plugin/) only collects options and execs ``hpccont slurm task`` in each task
+(as the user, in the step's cgroup, keeping the task's PID) and ``hpccont slurm record`` once per
+node per step in slurmstepd (as root).  Every decision is made here:
+
+- which steps are wrapped (``STEP_KINDS``): a normal srun step always, the batch script only with
+  the plugstack switch ``wrap_batch``, the extern step never;
+- options: ``--hpccont-image`` (what ``--container`` becomes through the cli_filter) and the
+  ``--container-*`` options beat the ``HPCCONT_CONTAINER*`` variables of the job environment, so a
+  step inside a batch job inherits the job's container unless it names another or ``none``;
+- no task is wrapped twice: a task that is itself a container launcher is left alone;
+- errors: one line per node (the node's first task), the same exit status from every task.
+
+This module is on the path of every task: it imports only the stdlib it needs.
+"""
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from ..errors import HpccontError, ImageError, SchedulerError, UsageError
+from .common import JobOptions, launch_argv, parse_options, options_from_env, resolve_image
+
+# Plugstack arguments (``key=value`` after the plugin path) and their defaults.
+PLUGSTACK_DEFAULTS: Dict[str, str] = {
+    "hpccont": "/usr/bin/hpccont",            # the executable the plugin execs
+    "image_dir": "",                          # ':'-separated dirs for bare names (--container=pytorch)
+    "wrap_batch": "yes",                      # run the batch script itself in the container
+    "require_signature": "no",                # refuse images whose signature does not verify
+    "accounting": "/var/log/hpccont/slurm-steps.jsonl",   # per-node log of image + digest per step
+    "admin_comment": "yes",                   # also put the image + digest in the job's AdminComment
+}
+
+IMAGE_OPTION = "hpccont-image"                # the plugin's name for --container (cli_filter maps it)
+
+# Slurm's special step ids (slurm.h) -> the name used in keys, logs and ``sacct``.
+SPECIAL_STEPS = {
+    0xFFFFFFFA: "interactive",
+    0xFFFFFFFB: "batch",
+    0xFFFFFFFC: "extern",
+    0xFFFFFFFD: "pending",
+}
+
+# step kind -> does a container request apply to it?  (``wrap_batch`` handled by ``_wraps``.)
+STEP_KINDS = {
+    "step": True,
+    "interactive": True,
+    "batch": "wrap_batch",
+    "extern": False,
+    "pending": False,
+}
+
+# Commands that start a container themselves: wrapping them again would nest two containers.
+SELF_LAUNCHERS = ("hpccont", "container-exec", "run-singularity", "apptainer", "singularity")
+
+# Variable set in every wrapped task: which step's container it runs in.
+STEP_VAR = "HPCCONT_SLURM_STEP"
+# Where the client typed the options (set by the plugin on srun/sbatch/salloc).
+CWD_VAR = "HPCCONT_SLURM_CWD"
+
+SIF_MAGIC = (32, b"SIF_MAGIC")
+SQUASHFS_MAGIC = (0, b"hsqs")
+
+_YES = ("1", "yes", "true", "on")
+_NO = ("0", "no", "false", "off")
+
+
+@dataclass
+class PluginArgs:
+    hpccont: str
+    image_dirs: List[str]
+    wrap_batch: bool
+    require_signature: bool
+    accounting: str
+    admin_comment: bool
+
+
+@dataclass
+class Step:
+    job: str
+    step: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.job}.{self.step}"
+
+    @property
+    def kind(self) -> str:
+        return self.step if self.step in STEP_KINDS else "step"
+
+
+@dataclass
+class TaskPlan:
+    """What one task execs.  ``image`` is None when the task runs as Slurm would run it."""
+    argv: List[str]
+    image: Optional[str] = None
+    reason: str = ""
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+# -- parsing what the plugin hands over ---------------------------------------------------------
+def _switch(key: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _YES:
+        return True
+    if v in _NO:
+        return False
+    raise SchedulerError(f"plugstack.conf: {key}={value!r} must be yes or no")
+
+
+def parse_plugin_args(args: List[str]) -> PluginArgs:
+    values = dict(PLUGSTACK_DEFAULTS)
+    for a in args:
+        key, sep, value = a.partition("=")
+        if not sep or key not in PLUGSTACK_DEFAULTS:
+            raise SchedulerError(f"plugstack.conf: unknown argument {a!r} "
+                                 f"(known: {', '.join(k + '=' for k in PLUGSTACK_DEFAULTS)})")
+        values[key] = value
+    return PluginArgs(
+        hpccont=values["hpccont"],
+        image_dirs=[d for d in values["image_dir"].split(":") if d],
+        wrap_batch=_switch("wrap_batch", values["wrap_batch"]),
+        require_signature=_switch("require_signature", values["require_signature"]),
+        accounting=values["accounting"],
+        admin_comment=_switch("admin_comment", values["admin_comment"]),
+    )
+
+
+def parse_step(text: str) -> Step:
+    """``"12.4294967291"`` (as the plugin prints it) -> Step("12", "batch")."""
+    job, sep, step = text.partition(".")
+    if not sep or not job.isdigit() or not step.isdigit():
+        raise SchedulerError(f"bad step id {text!r} from the SPANK plugin")
+    return Step(job, SPECIAL_STEPS.get(int(step), step))
+
+
+def parse_spank_options(pairs: List[str]) -> Dict[str, Optional[str]]:
+    """``["hpccont-image=a.sif", "container-nv"]`` -> option dict in common.py's spelling."""
+    found: Dict[str, Optional[str]] = {}
+    for p in pairs:
+        name, sep, value = p.partition("=")
+        if name == IMAGE_OPTION:
+            name = "container"
+        found[name] = value if sep else None
+    return found
+
+
+def job_options(spank: Mapping[str, Optional[str]], environ: Mapping[str, str]) -> JobOptions:
+    """Typed options beat the ``HPCCONT_CONTAINER*`` variables, one by one."""
+    merged = options_from_env(environ)
+    merged.update(spank)
+    return parse_options(merged)
+
+
+# -- decisions ------------------------------------------------------------------------------------
+def _wraps(step: Step, args: PluginArgs) -> bool:
+    rule = STEP_KINDS[step.kind]
+    return getattr(args, rule) if isinstance(rule, str) else rule
+
+
+def skip_reason(opts: JobOptions, step: Step, args: PluginArgs, program: List[str]) -> str:
+    """Why this task runs without a container ("" when it gets one)."""
+    if not opts.wanted:
+        return "no container requested"
+    if not _wraps(step, args):
+        return f"{step.kind} steps are not wrapped here"
+    if program and os.path.basename(program[0]) in SELF_LAUNCHERS:
+        return f"{os.path.basename(program[0])} starts its own container"
+    return ""
+
+
+def search_dirs(environ: Mapping[str, str], cwd: str) -> List[str]:
+    """Where a relative image path may have been typed, best first."""
+    dirs = [environ.get(CWD_VAR, ""), cwd, environ.get("SLURM_SUBMIT_DIR", "")]
+    seen: List[str] = []
+    for d in dirs:
+        if d and d not in seen:
+            seen.append(d)
+    return seen
+
+
+def find_image(image: str, environ: Mapping[str, str], cwd: str, image_dirs: List[str]) -> str:
+    """common.resolve_image takes one submit directory; a step has several candidates."""
+    dirs = search_dirs(environ, cwd)
+    for d in dirs[:-1]:
+        try:
+            return resolve_image(image, d, [])
+        except ImageError:
+            pass
+    try:
+        return resolve_image(image, dirs[-1] if dirs else cwd, image_dirs)
+    except ImageError:
+        where = ", ".join(dirs + list(image_dirs))
+        raise ImageError(f"container image {image!r} not found (looked in {where})") from None
+
+
+def image_kind(path: str) -> str:
+    """sif | squashfs | sandbox, or ImageError with the reason (as the user: permissions count)."""
+    if os.path.isdir(path):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ImageError(f"container image {path} is not readable")
+        if os.path.isfile(os.path.join(path, "config.json")) and \
+                os.path.isdir(os.path.join(path, "rootfs")):
+            raise ImageError(f"{path} is an OCI bundle, not an hpccont image "
+                             "(Slurm's own --container handles OCI bundles)")
+        return "sandbox"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except PermissionError:
+        raise ImageError(f"container image {path} is not readable") from None
+    except OSError as e:
+        raise ImageError(f"cannot read container image {path}: {e.strerror}") from None
+    for kind, (offset, magic) in (("sif", SIF_MAGIC), ("squashfs", SQUASHFS_MAGIC)):
+        if head[offset:offset + len(magic)] == magic:
+            return kind
+    raise ImageError(f"{path} is not a SIF or squashfs image")
+
+
+def check_signature(path: str, kind: str) -> None:
+    """Only with ``require_signature=yes``.  Fails closed when signing is not installed."""
+    if kind != "sif":
+        raise ImageError(f"{path}: this site runs only signed SIF images (require_signature)")
+    try:
+        from ..image import sign  # lazy: cryptography
+    except ImportError:
+        raise SchedulerError("require_signature=yes but signature support is not installed")
+    verify = getattr(sign, "verify_image", None) or getattr(sign, "verify", None)
+    if verify is None:
+        raise SchedulerError("require_signature=yes but signature support is not installed")
+    verify(path)
+
+
+def plan_task(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]],
+              program: List[str], environ: Mapping[str, str], cwd: str) -> TaskPlan:
+    """The whole decision for one task, without side effects."""
+    opts = job_options(spank, environ)
+    reason = skip_reason(opts, step, args, program)
+    if reason:
+        return TaskPlan(argv=list(program), reason=reason)
+    if not program:
+        raise UsageError("no command to run in the container")
+    image = find_image(opts.image or "", environ, cwd, args.image_dirs)
+    kind = image_kind(image)
+    if args.require_signature:
+        check_signature(image, kind)
+    opts.image = image
+    # Passed with --env so that it survives --container-cleanenv.
+    opts.env_names = list(opts.env_names) + [STEP_VAR]
+    env = {STEP_VAR: step.key}
+    full_env = dict(environ)
+    full_env.update(env)
+    # One container per node per step: every task of the step joins the first one's namespaces.
+    argv = launch_argv(opts, program, hpccont=args.hpccont, environ=full_env, join=step.key)
+    return TaskPlan(argv=argv, image=image, env=env)
+
+
+# -- the task: exec the plan ----------------------------------------------------------------------
+def _exec_plain(program: List[str]) -> int:
+    """Run the task as slurmstepd would have (PATH search in the job environment)."""
+    try:
+        os.execvp(program[0], program)
+    except OSError as e:
+        sys.stderr.write(f"slurmstepd: error: execve(): {program[0]}: {e.strerror}\n")
+        return 127 if isinstance(e, FileNotFoundError) else 126
+
+
+def _first_on_node() -> bool:
+    return os.environ.get("SLURM_LOCALID", "0") == "0"
+
+
+def run_task(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
+             program: List[str]) -> int:
+    """Exec the task.  Returns only on failure (the exit status for the task)."""
+    try:
+        plan = plan_task(step, args, spank, program, os.environ, os.getcwd())
+    except HpccontError as e:
+        # Every task fails the same way; one line per node keeps srun's output readable.
+        if _first_on_node():
+            sys.stderr.write(f"hpccont: step {step.key}: {e.one_line()}\n")
+        return e.exit_code
+    if plan.image is None:
+        if not program:
+            return 0
+        return _exec_plain(program)
+    os.environ.update(plan.env)
+    from ..cli.main import run_command  # the runtime, in this process: one interpreter per task
+    return run_command(plan.argv[1], plan.argv[2:])
+
+
+# -- accounting -----------------------------------------------------------------------------------
+@dataclass
+class StepRecord:
+    time: str
+    job: str
+    step: str
+    node: str
+    user: str
+    uid: int
+    image: str
+    kind: str
+    sha256: str
+    size: int
+    options: Dict[str, Optional[str]]
+    error: str = ""
+
+
+def _digest_cache_path(log: str) -> str:
+    return log + ".digests"
+
+
+def file_digest(path: str, log: str) -> Tuple[str, int]:
+    """sha256 of a regular file, cached by (dev, inode, size, mtime) next to the log.
+
+    Opened non-blocking and checked with fstat: the path comes from the user, and this runs as
+    root (a FIFO or device must not hang or feed the step start).
+    """
+    import hashlib
+    import json
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        import stat as stat_mod
+        if not stat_mod.S_ISREG(st.st_mode):
+            return "", 0
+        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        cache_file = _digest_cache_path(log)
+        try:
+            with open(cache_file) as f:
+                cache = json.load(f)
+        except (OSError, ValueError):
+            cache = {}
+        if key in cache:
+            return cache[key], st.st_size
+        h = hashlib.sha256()
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+        cache[key] = h.hexdigest()
+        try:
+            tmp = f"{cache_file}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(dict(list(cache.items())[-1000:]), f)
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+        return cache[key], st.st_size
+    finally:
+        os.close(fd)
+
+
+def make_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
+                environ: Mapping[str, str]) -> Optional[StepRecord]:
+    """The accounting line for a step on this node, or None when the step has no container."""
+    import socket
+    import time
+    opts = job_options(spank, environ)
+    if skip_reason(opts, step, args, []):
+        return None
+    rec = StepRecord(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), job=step.job, step=step.step,
+                     node=socket.gethostname().split(".")[0],
+                     user=environ.get("SLURM_JOB_USER", ""),
+                     uid=int(environ.get("SLURM_JOB_UID", "-1") or -1),
+                     image=opts.image or "", kind="", sha256="", size=0, options=dict(spank))
+    cwd = environ.get("PWD") or environ.get("SLURM_SUBMIT_DIR") or "/"
+    try:
+        rec.image = find_image(opts.image or "", environ, cwd, args.image_dirs)
+        rec.kind = image_kind(rec.image)
+        if rec.kind != "sandbox":
+            rec.sha256, rec.size = file_digest(rec.image, args.accounting)
+    except (HpccontError, OSError) as e:
+        rec.error = e.one_line() if isinstance(e, HpccontError) else str(e)
+    return rec
+
+
+def append_record(rec: StepRecord, log: str) -> None:
+    import json
+    from dataclasses import asdict
+    os.makedirs(os.path.dirname(log) or ".", mode=0o755, exist_ok=True)
+    line = json.dumps(asdict(rec), sort_keys=True) + "\n"
+    # O_APPEND: several steps on a node write concurrently; one write() per line stays whole.
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def admin_comment(rec: StepRecord) -> str:
+    return f"hpccont:{rec.image}@sha256:{rec.sha256 or '-'}"
+
+
+def set_admin_comment(rec: StepRecord, environ: Mapping[str, str]) -> None:
+    """Best effort and not waited for: the step must not start later because of it."""
+    import subprocess
+    try:
+        subprocess.Popen(["scontrol", "update", f"JobId={rec.job}", f"AdminComment={admin_comment(rec)}"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=dict(environ), start_new_session=True)
+    except OSError:
+        pass
+
+
+def run_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]]) -> int:
+    if os.geteuid() != 0:
+        raise SchedulerError("'hpccont slurm record' is run by slurmstepd as root")
+    rec = make_record(step, args, spank, os.environ)
+    if rec is None:
+        return 0
+    append_record(rec, args.accounting)
+    if args.admin_comment and not rec.error and step.kind in ("batch", "step", "interactive"):
+        set_admin_comment(rec, os.environ)
+    return 0
+
+
+def read_records(log: str) -> List[dict]:
+    """Every record in a node's accounting log (admins read it; lines that do not parse are skipped)."""
+    import json
+    try:
+        with open(log) as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return []
+    except PermissionError:
+        raise SchedulerError(f"cannot read {log}: the step accounting log is for admins")
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def queue_jobs(environ: Optional[Mapping[str, str]] = None) -> Dict[str, dict]:
+    """jobid -> squeue --json job object ({} when squeue is missing or fails)."""
+    import json
+    import subprocess
+    try:
+        r = subprocess.run(["squeue", "--json"], capture_output=True, text=True, timeout=30,
+                           env=dict(environ) if environ is not None else None)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if r.returncode != 0:
+        return {}
+    try:
+        data = json.loads(r.stdout)
+    except ValueError:
+        return {}
+    return {str(j.get("job_id")): j for j in data.get("jobs", [])}

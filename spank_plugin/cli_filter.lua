@@ -1,0 +1,154 @@
+--[[
+cli_filter.lua: let users type --container=IMAGE for hpccont images.
+
+Slurm (21.08+) owns --container for OCI bundle directories, and a SPANK plugin cannot register
+that name.  This filter runs in srun, sbatch and salloc before anything is submitted and hands
+every --container value that is not an OCI bundle (a directory with config.json) to the hpccont
+SPANK plugin's own option, --hpccont-image.  OCI bundles stay with Slurm.
+
+Two routes, because a cli_filter cannot set a SPANK option nor unset options.container:
+ (a) the client re-executes itself with "--container" rewritten to "--hpccont-image" on its
+     command line (guarded by an environment variable against loops).  Works for everything
+     typed on the command line, including --export=NONE and an inner srun overriding the job's
+     image.
+ (b) for #SBATCH lines and scripts read from stdin (nothing to rewrite, or nothing left to read
+     after a re-exec): set the variables through which Slurm passes SPANK option values, and
+     blank options.container.
+
+Install: slurm.conf "CliFilterPlugins=cli_filter/lua", this file as cli_filter.lua next to
+slurm.conf, and "LaunchParameters=use_interactive_step" for salloc.  A Lua error in a filter is
+only logged by Slurm and the job would then run without its container, so every error here is
+caught and refuses the submission instead.
+]]
+
+local PLUGIN = "hpccont"
+local OPTION = "hpccont-image"
+local GUARD = "HPCCONT_CLI_FILTER_REEXEC"
+
+local ERROR = slurm.ERROR or slurm.FAILURE or -1
+
+local have_posix, posix = pcall(require, "posix")
+
+local function say(msg)
+   io.stderr:write(msg .. "\n")
+end
+
+local function setenv(name, value)
+   if have_posix then
+      posix.setenv(name, value)   -- value nil unsets
+   end
+end
+
+local function getenv(name)
+   return os.getenv(name)
+end
+
+-- SPANK passes option values in "_SLURM_SPANK_OPTION_<plugin>_<option>", non-alphanumerics as "_".
+local function spank_var(plugin, option)
+   return "_SLURM_SPANK_OPTION_" .. (plugin:gsub("[^%w]", "_")) .. "_" .. (option:gsub("[^%w]", "_"))
+end
+
+local function is_oci_bundle(path)
+   local f = io.open(path .. "/config.json", "r")
+   if f then
+      f:close()
+      return true
+   end
+   return false
+end
+
+local function read_cmdline()
+   local f = io.open("/proc/self/cmdline", "rb")
+   if not f then return nil end
+   local data = f:read("*a")
+   f:close()
+   local args = {}
+   for a in data:gmatch("([^%z]*)%z") do
+      args[#args + 1] = a
+   end
+   return args
+end
+
+-- The command line with the first "--container" whose value is `value` renamed, or nil.
+local function rewrite(args, value)
+   for i = 2, #args do
+      local a = args[i]
+      if a == "--" then return nil end
+      if a == "--container=" .. value then
+         args[i] = "--" .. OPTION .. "=" .. value
+         return args
+      end
+      if a == "--container" and args[i + 1] == value then
+         args[i] = "--" .. OPTION
+         return args
+      end
+   end
+   return nil
+end
+
+-- Route (a): never returns when it works.
+local function reexec(options, value)
+   if not have_posix or getenv(GUARD) then return false end
+   -- sbatch reading its script from stdin has consumed it already.
+   if options.type == "sbatch" and (options.argv == nil or options.argv[1] == nil) then
+      return false
+   end
+   local args = read_cmdline()
+   if not args then return false end
+   args = rewrite(args, value)
+   if not args then return false end
+   local argt = { [0] = args[1] }
+   for i = 2, #args do argt[i - 1] = args[i] end
+   setenv(GUARD, "1")
+   io.stdout:flush()
+   io.stderr:flush()
+   posix.exec("/proc/self/exe", argt)
+   setenv(GUARD, nil)   -- exec failed: fall back to route (b)
+   return false
+end
+
+-- Route (b).
+local function via_environment(options, value)
+   if not have_posix then
+      error("lua-posix is not installed: --container=IMAGE cannot reach the hpccont plugin")
+   end
+   local var = spank_var(PLUGIN, OPTION)
+   setenv(var, value)
+   if options.type ~= "srun" then
+      -- sbatch/salloc hand their SPANK options to the job (and its sruns) with this prefix.
+      setenv("SLURM_SPANK_" .. var, value)
+   end
+   setenv("SLURM_CONTAINER", nil)
+   options.container = ""
+end
+
+local function route(options)
+   if getenv(GUARD) then
+      -- Second pass after route (a): the guard must not reach the job, where it would stop
+      -- an inner srun's own rewrite.
+      setenv(GUARD, nil)
+   end
+   local value = options.container
+   if value == nil or value == "" then return end
+   if is_oci_bundle(value) then return end
+   if not reexec(options, value) then
+      via_environment(options, value)
+   end
+end
+
+function slurm_cli_setup_defaults(options, early_pass)
+   return slurm.SUCCESS
+end
+
+function slurm_cli_pre_submit(options, pack_offset)
+   local ok, err = pcall(route, options)
+   if not ok then
+      say("hpccont: --container: " .. tostring(err))
+      return ERROR
+   end
+   return slurm.SUCCESS
+end
+
+function slurm_cli_post_submit(offset, job_id, step_id)
+   return slurm.SUCCESS
+end

@@ -1,0 +1,1 @@
+"""The image builder: definition files, bootstrap agents, sections."""

@@ -1,0 +1,40 @@
+"""Bootstrap agents: each fills an empty rootfs directory for one ``Bootstrap:`` keyword.
+
+``AGENTS`` maps the keyword to the module that implements it; every module has
+``bootstrap(stage, rootfs, ctx) -> ImageConfig | None`` (an image config only where the source
+carries one: OCI/Docker images).
+"""
+import importlib
+
+from ....errors import BuildError
+from ..deffile import NETWORK_AGENTS, Stage
+from ..srcref import registry_error
+
+AGENTS = {
+    "busybox": "busybox",
+    "scratch": "scratch",
+    "localimage": "localimage",
+    "docker-archive": "ocitar",
+    "oci-archive": "ocitar",
+    "oci": "ocitar",
+    "debootstrap": "debootstrap",
+}
+
+# Registry agents -> the URI scheme the error message names.
+NETWORK_SCHEMES = {"docker": "docker://", "docker-daemon": "docker://", "library": "library://",
+                   "oras": "oras://", "shub": "shub://"}
+
+
+def bootstrap(stage: Stage, rootfs: str, ctx):
+    agent = stage.bootstrap
+    if agent in NETWORK_AGENTS:
+        scheme = NETWORK_SCHEMES.get(agent)
+        if scheme:
+            raise registry_error(scheme + stage.header.get("from", ""))
+        raise BuildError(f"Bootstrap: {agent}: needs network package repositories, which "
+                         "hpccont build does not use; offline alternatives: debootstrap from a "
+                         "local mirror, docker-archive:, oci-archive:, localimage")
+    if agent not in AGENTS:
+        raise BuildError(f"unknown bootstrap agent {agent!r}")
+    module = importlib.import_module(f"{__name__}.{AGENTS[agent]}")
+    return module.bootstrap(stage, rootfs, ctx)

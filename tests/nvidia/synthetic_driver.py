@@ -145,6 +145,7 @@ class SyntheticDriver:
 
 
 def gcc(out: Path, source: str, *args: str) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
     src = out.with_name(out.name + ".c")
     src.write_text(source)
     subprocess.run(["gcc", "-O0", "-o", str(out), str(src), *args], check=True,

@@ -167,7 +167,7 @@ class _Parser:
                 self.header_line(n, raw)
         self.close_section()
         if not self.stages:
-            raise self.fail(max(len(lines), 1), "no 'Bootstrap:' header (expected e.g. "
+            raise self.fail(1, "no 'Bootstrap:' header (expected e.g. "
                             "'Bootstrap: docker-archive' and 'From: image.tar')")
         for stage in self.stages:
             self.check_stage(stage)

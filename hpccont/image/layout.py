@@ -22,7 +22,7 @@ any ``read(path) -> bytes | None`` function (image/inspect uses unsquashfs for S
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 META_DIR = ".singularity.d"
 
@@ -121,6 +121,13 @@ export PATH
 DEFAULT_RUNSCRIPT = '#!/bin/sh\n\necho "There is no runscript defined for this container"\n'
 DEFAULT_STARTSCRIPT = "#!/bin/sh\n"
 
+# Mount points for the default binds and the metadata directories, created as Apptainer's
+# build does, so that a read-only image has a place for /proc, $HOME, /tmp...
+SKELETON_DIRS = ((META_DIR, 0o755), (f"{META_DIR}/actions", 0o755), (f"{META_DIR}/env", 0o755),
+                 (f"{META_DIR}/libs", 0o755), ("dev", 0o755), ("proc", 0o755), ("sys", 0o755),
+                 ("root", 0o700), ("home", 0o755), ("etc", 0o755), ("tmp", 0o1777),
+                 ("var", 0o755), ("var/tmp", 0o1777))
+
 # link in the root -> target (relative, so it resolves inside the container)
 SYMLINKS: Dict[str, str] = {
     "singularity": ".singularity.d/runscript",
@@ -139,6 +146,7 @@ INSPECT_FILES: Dict[str, str] = {
     "test": ".singularity.d/test",
     "helpfile": ".singularity.d/runscript.help",
     "labels": ".singularity.d/labels.json",
+    "deffile": ".singularity.d/Singularity",    # the definition a build used, inside the image
 }
 
 
@@ -163,6 +171,10 @@ class Metadata:
             out["environment"] = self.environment
         return out
 
+    def sif_document(self) -> bytes:
+        """The JSON.Generic object Apptainer stores as "inspect-metadata.json" in a SIF."""
+        return json.dumps({"attributes": self.attributes()}, indent=4).encode()
+
     def to_json(self) -> str:
         """The document ``apptainer inspect --json`` prints (and hpccont stores in the SIF)."""
         return json.dumps({"data": {"attributes": self.attributes()}, "type": "container"},
@@ -170,62 +182,108 @@ class Metadata:
 
 
 # ---------------------------------------------------------------- writing
-def _write_missing(path: str, content: str, mode: int) -> None:
-    if os.path.lexists(path):
-        return
-    with open(path, "w") as f:
-        f.write(content)
-    os.chmod(path, mode)
+@dataclass
+class Entry:
+    """One thing the layout adds to an image: planned first, then applied to a directory or
+    handed to mksquashfs as a pseudo file (so a source sandbox is never modified)."""
+    path: str                 # relative to the container root
+    kind: str                 # "dir" | "file" | "symlink"
+    mode: int
+    content: str = ""         # file content, or symlink target
+    replace: bool = False     # the image already has this path: it is replaced
 
 
-def write_layout(root: str, *, runscript: Optional[str] = None, startscript: Optional[str] = None,
-                 test: Optional[str] = None, helpfile: Optional[str] = None,
-                 environment: Optional[str] = None, labels: Optional[Dict[str, str]] = None) -> None:
-    """Complete the ``/.singularity.d`` layout under ``root``.
+def plan_layout(exists: Callable[[str], bool], read: "Reader", *, runscript: Optional[str] = None,
+                startscript: Optional[str] = None, test: Optional[str] = None,
+                helpfile: Optional[str] = None, environment: Optional[str] = None,
+                deffile: Optional[str] = None,
+                labels: Optional[Dict[str, str]] = None) -> List[Entry]:
+    """What completes the ``/.singularity.d`` layout of an image.
 
-    Existing files are kept; the explicit arguments replace the corresponding file (that is how
-    a build's %runscript, %test, %help, %environment and %labels land).  ``labels`` are merged
-    into labels.json.
+    Missing pieces get Apptainer's defaults; existing files are kept, except those given
+    explicitly (a build's %runscript, %startscript, %test, %help, %environment).  ``labels``
+    are merged into labels.json, which is rewritten when they change it.
     """
-    meta = os.path.join(root, META_DIR)
-    for d in ("actions", "env", "libs"):
-        os.makedirs(os.path.join(meta, d), exist_ok=True)
+    entries: List[Entry] = []
+
+    def add(path: str, kind: str, mode: int, content: str = "", force: bool = False) -> None:
+        there = exists(path)
+        if there and not force:
+            return
+        entries.append(Entry(path, kind, mode, content, replace=there))
+
+    for d, mode in SKELETON_DIRS:
+        add(d, "dir", mode)
     for name, body in ACTIONS.items():
-        _write_missing(os.path.join(meta, "actions", name), body, 0o755)
+        add(f"{META_DIR}/actions/{name}", "file", 0o755, body)
     for name, body in ENV_SCRIPTS.items():
-        _write_missing(os.path.join(meta, "env", name), body, 0o755)
-    explicit = {"runscript": runscript, "startscript": startscript, "test": test,
-                "runscript.help": helpfile}
-    for name, body in explicit.items():
+        add(f"{META_DIR}/env/{name}", "file", 0o755, body)
+    explicit = {"runscript": (runscript, 0o755), "startscript": (startscript, 0o755),
+                "test": (test, 0o755), "runscript.help": (helpfile, 0o644),
+                "env/90-environment.sh": (environment, 0o755), "Singularity": (deffile, 0o644)}
+    for name, (body, mode) in explicit.items():
         if body is not None:
-            _replace(os.path.join(meta, name), body, 0o644 if name == "runscript.help" else 0o755)
-    if environment is not None:
-        _replace(os.path.join(meta, "env", "90-environment.sh"), environment, 0o755)
-    _write_missing(os.path.join(meta, "runscript"), DEFAULT_RUNSCRIPT, 0o755)
-    _write_missing(os.path.join(meta, "startscript"), DEFAULT_STARTSCRIPT, 0o755)
-    merged = read_labels_dir(root)
+            add(f"{META_DIR}/{name}", "file", mode, body, force=True)
+    add(f"{META_DIR}/runscript", "file", 0o755, DEFAULT_RUNSCRIPT)
+    add(f"{META_DIR}/startscript", "file", 0o755, DEFAULT_STARTSCRIPT)
+    current = parse_labels(read(INSPECT_FILES["labels"]))
+    merged = dict(current)
     merged.update(labels or {})
-    _replace(os.path.join(meta, "labels.json"), labels_json(merged), 0o644)
+    if merged != current or not exists(INSPECT_FILES["labels"]):
+        add(INSPECT_FILES["labels"], "file", 0o644, labels_json(merged), force=True)
     for link, target in SYMLINKS.items():
-        path = os.path.join(root, link)
-        if not os.path.lexists(path):
-            os.symlink(target, path)
+        add(link, "symlink", 0o777, target)
+    return entries
 
 
-def _replace(path: str, content: str, mode: int) -> None:
-    if os.path.lexists(path) and not os.path.isfile(path):
-        os.unlink(path)
-    with open(path, "w") as f:
-        f.write(content)
-    os.chmod(path, mode)
+def apply_layout(root: str, entries: List[Entry]) -> None:
+    for e in entries:
+        path = os.path.join(root, e.path)
+        if e.kind == "dir":
+            os.makedirs(path, exist_ok=True)
+            os.chmod(path, e.mode)
+            continue
+        if os.path.lexists(path) and (e.kind == "symlink" or not os.path.isfile(path)
+                                      or os.path.islink(path)):
+            os.unlink(path)
+        if e.kind == "symlink":
+            os.symlink(e.content, path)
+        else:
+            with open(path, "w") as f:
+                f.write(e.content)
+            os.chmod(path, e.mode)
+
+
+def pseudo_definitions(entries: List[Entry], stage: str) -> Tuple[List[str], List[str]]:
+    """(mksquashfs -p definitions, paths to exclude) adding ``entries`` while packing a tree.
+
+    File contents are staged under ``stage`` and read back with ``cat``; replaced paths are
+    excluded from the source tree so the pseudo file takes their place.
+    """
+    pseudo, excludes = [], []
+    for i, e in enumerate(entries):
+        if e.replace:
+            excludes.append(e.path)
+        if e.kind == "dir":
+            pseudo.append(f"{e.path} d {e.mode:o} 0 0")
+        elif e.kind == "symlink":
+            pseudo.append(f"{e.path} s {e.mode:o} 0 0 {e.content}")
+        else:
+            staged = os.path.join(stage, f"{i:03d}")
+            with open(staged, "w") as f:
+                f.write(e.content)
+            pseudo.append(f"{e.path} f {e.mode:o} 0 0 cat {staged}")
+    return pseudo, excludes
+
+
+def write_layout(root: str, **kw) -> None:
+    """Complete the layout of the sandbox directory ``root`` in place (see plan_layout)."""
+    entries = plan_layout(lambda rel: os.path.lexists(os.path.join(root, rel)), dir_reader(root), **kw)
+    apply_layout(root, entries)
 
 
 def labels_json(labels: Dict[str, str]) -> str:
     return json.dumps(dict(sorted(labels.items())), indent=4) + "\n"
-
-
-def read_labels_dir(root: str) -> Dict[str, str]:
-    return parse_labels(_read_dir_file(root, INSPECT_FILES["labels"]))
 
 
 def parse_labels(raw: Optional[bytes]) -> Dict[str, str]:
@@ -303,6 +361,8 @@ def read_metadata(read: Reader, env_scripts: List[str], deffile: Optional[str] =
         content = text(rel)
         if content is not None:
             environment["/" + rel] = content
+    if deffile is None:
+        deffile = text(INSPECT_FILES["deffile"])
     return Metadata(labels=parse_labels(read(INSPECT_FILES["labels"])), deffile=deffile,
                     runscript=text(INSPECT_FILES["runscript"]),
                     startscript=text(INSPECT_FILES["startscript"]),

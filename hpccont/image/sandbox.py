@@ -10,11 +10,6 @@ import os
 # the usual top-level entries turns a wrong path (a data directory, a home) into a clear error.
 ROOTFS_MARKERS = (".singularity.d", "bin", "usr", "etc")
 
-# What Apptainer's build creates in every sandbox, so that binds have mount points.
-SKELETON_DIRS = ("proc", "sys", "dev", "tmp", "var/tmp", "home", "root", "etc",
-                 ".singularity.d/env", ".singularity.d/actions", ".singularity.d/libs")
-
-
 def is_rootfs(path: str) -> bool:
     return any(os.path.lexists(os.path.join(path, m)) for m in ROOTFS_MARKERS)
 
@@ -30,11 +25,3 @@ def check_sandbox(path: str) -> None:
         raise ImageError(f"{path}: directory is not a container root filesystem "
                          f"(none of {', '.join('/' + m for m in ROOTFS_MARKERS)})")
 
-
-def ensure_skeleton(root: str) -> None:
-    """Create the mount points and metadata directories a container needs (as Apptainer does)."""
-    for d in SKELETON_DIRS:
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-    tmp = os.path.join(root, "tmp")
-    os.chmod(tmp, 0o1777)
-    os.chmod(os.path.join(root, "var/tmp"), 0o1777)

@@ -9,9 +9,8 @@ Builds are reproducible by default: file times and the squashfs creation time ar
 SOURCE_DATE_EPOCH (0 when unset), mksquashfs sorts entries, and labels carry no build-host
 noise; the same inputs give the same bytes.
 """
-import email.utils
+import contextlib
 import os
-import platform
 import shutil
 import signal
 import tempfile
@@ -112,30 +111,58 @@ def convert(opts: BuildOptions, out: Path, source: BuildSource, progress: Progre
 
 
 def reproducible_mksquashfs_args(opts: BuildOptions) -> List[str]:
-    if not opts.reproducible:
-        return list(opts.mksquashfs_args)
-    epoch = str(opts.source_date_epoch)
-    return ["-mkfs-time", epoch, "-all-time", epoch, *opts.mksquashfs_args]
+    """mksquashfs takes every timestamp from SOURCE_DATE_EPOCH (set by _epoch) and refuses
+    -mkfs-time/-all-time alongside it; it sorts entries by default (-reproducible)."""
+    return list(opts.mksquashfs_args)
+
+
+@contextlib.contextmanager
+def _epoch(opts: BuildOptions):
+    """SOURCE_DATE_EPOCH set while packing: the SIF writer takes its header and descriptor
+    times from it, and mksquashfs its creation time."""
+    before = os.environ.get("SOURCE_DATE_EPOCH")
+    if opts.reproducible:
+        os.environ["SOURCE_DATE_EPOCH"] = str(opts.source_date_epoch)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = before
 
 
 def pack(opts: BuildOptions, src: str, dest: Path, *, sandbox: bool,
          deffile_text: Optional[str] = None, labels: Optional[Dict[str, str]] = None) -> None:
-    try:
-        from ..convert import image_from_source
-    except ImportError:
-        raise BuildError("packing images needs hpccont.image.convert, which is not installed")
-    env_before = os.environ.get("SOURCE_DATE_EPOCH")
-    if opts.reproducible:  # read by the SIF writer for header times, and by mksquashfs
-        os.environ["SOURCE_DATE_EPOCH"] = str(opts.source_date_epoch)
-    try:
+    from ..convert import image_from_source
+    with _epoch(opts):
         image_from_source(str(dest), src, sandbox=sandbox, force=True,
                           mksquashfs_args=reproducible_mksquashfs_args(opts),
                           deffile_text=deffile_text, labels=labels)
-    finally:
-        if env_before is None:
-            os.environ.pop("SOURCE_DATE_EPOCH", None)
-        else:
-            os.environ["SOURCE_DATE_EPOCH"] = env_before
+    if opts.reproducible and not sandbox:
+        set_content_uuid(str(dest))
+
+
+def set_content_uuid(path: str) -> None:
+    """Replace the SIF's random image UUID by one derived from its content (the file with the
+    UUID field zeroed), so that identical inputs give identical bytes."""
+    import hashlib
+    from .. import sif
+    image = sif.read_sif(path)
+    header = image.header
+    header.id = bytes(16)
+    digest = hashlib.sha256()
+    with open(path, "r+b") as f:
+        f.write(header.pack())
+        f.seek(0)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+        raw = bytearray(digest.digest()[:16])
+        raw[6] = (raw[6] & 0x0F) | 0x50       # name-based (version 5) UUID
+        raw[8] = (raw[8] & 0x3F) | 0x80
+        header.id = bytes(raw)
+        f.seek(0)
+        f.write(header.pack())
 
 
 class BuildJob:
@@ -300,22 +327,16 @@ def parse_labels(section: Optional[Section]) -> Dict[str, str]:
 
 
 def build_labels(stage: Stage, opts: BuildOptions) -> Dict[str, str]:
-    """The org.label-schema labels Apptainer adds; the date is SOURCE_DATE_EPOCH's when
-    reproducible, so it carries no build-host noise."""
-    import time
-    when = opts.source_date_epoch if opts.reproducible else int(time.time())
-    labels = {"org.label-schema.schema-version": "1.0",
-              "org.label-schema.build-arch": _arch(),
-              "org.label-schema.build-date": email.utils.formatdate(when, usegmt=True),
-              "org.label-schema.usage.singularity.deffile.bootstrap": stage.bootstrap}
+    """The org.label-schema labels Apptainer adds (the SIF writer's, so both paths agree); the
+    date is SOURCE_DATE_EPOCH's when reproducible, so it carries no build-host noise."""
+    from ..convert import build_labels as base_labels
+    from ..sif import host_arch
+    with _epoch(opts):
+        labels = base_labels(host_arch())
+    labels["org.label-schema.usage.singularity.deffile.bootstrap"] = stage.bootstrap
     if stage.header.get("from"):
         labels["org.label-schema.usage.singularity.deffile.from"] = stage.header["from"]
     return labels
-
-
-def _arch() -> str:
-    from ..sif import host_arch
-    return host_arch()
 
 
 def _skeleton(rootfs: str) -> None:

@@ -740,7 +740,13 @@ def inspect(image: ImageSource, config: dict, environ: Mapping[str, str], mode: 
                 "refuse", "bind mode: no host MPI found (set mpi.installations in the site config, "
                 "or put mpicc on PATH)"))
         host = choose_host(hosts, container)
-        return MpiReport(hosts, containers, launcher, mode, abi_check(host, container), host)
+        verdict = abi_check(host, container)
+        if verdict.level != "refuse" and launcher:
+            # The bound host library, not the image's, talks to the launcher.
+            speaks = hybrid_check(host, environ)
+            if speaks.level == "refuse":
+                verdict = Verdict("refuse", speaks.reason.replace("in the container", "(host, bound)"))
+        return MpiReport(hosts, containers, launcher, mode, verdict, host)
     return MpiReport(hosts, containers, launcher, mode, hybrid_check(container, environ))
 
 

@@ -114,3 +114,23 @@ def mpirun(install, test_user):
         full.setdefault("HOME", "/root")
         return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=timeout)
     return run
+
+
+UNDER_MPIRUN = "test_under_mpirun.py"
+PYTEST_MPI_SKIP = "need --with-mpi option to run"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Undo pytest-mpi's blanket skip for tests of this directory that start their own mpirun.
+
+    pytest-mpi skips every test whose keywords contain "mpi" unless --with-mpi is given; here
+    that is every test (the directory is named mpi, and the project's ``mpi`` marker means
+    "needs Debian's MPI").  Only the tests in UNDER_MPIRUN run as MPI ranks themselves (and are
+    started by test_launch.py with --with-mpi).
+    """
+    for item in items:
+        if HERE not in item.path.parents or item.path.name == UNDER_MPIRUN:
+            continue
+        item.own_markers[:] = [m for m in item.own_markers
+                               if not (m.name == "skip" and m.kwargs.get("reason") == PYTEST_MPI_SKIP)]

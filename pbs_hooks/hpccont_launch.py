@@ -93,9 +93,19 @@ def on_launch(hp, event, hook_cfg, site):
     event.accept()
 
 
+def _uid(user):
+    import pwd
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except (KeyError, TypeError):
+        return None
+
+
 def on_end(hp, event, hook_cfg, site):
-    job_id = str(event.job.id)
-    plan = hp.plan_cleanup(job_id, site)
+    ctx = _context(hp, event, hook_cfg, launch=False)
+    job_id = ctx.job_id
+    plan = hp.plan_cleanup(job_id, site, images=hp.job_images(ctx, hook_cfg, site),
+                           uid=_uid(event.job.euser))
     for problem in hp.apply_cleanup(plan, hook_cfg.cleanup_grace):
         _log(pbs.LOG_WARNING, f"{job_id}: cleanup: {problem}")
     event.accept()   # a job that already ended is never failed for its cleanup

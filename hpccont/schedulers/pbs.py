@@ -467,10 +467,36 @@ def leftover_paths(key: str, site: dict, extra_dirs: List[str] = ()) -> List[str
     return sorted(found)
 
 
-def plan_cleanup(job_id: str, site: dict, extra_dirs: List[str] = ()) -> CleanupPlan:
+def join_state_files(key: str, images: List[str], site: dict, uid: Optional[int]) -> List[str]:
+    """State files ``--join KEY`` leaves for IMAGE, named as the runtime names them."""
+    from types import SimpleNamespace
+    from ..runtime.join import state_name
+    dirs = [site.get("runtime", {}).get("state_dir", "/run/hpccont")]
+    if uid is not None:
+        # where the runtime keeps a non-root user's state
+        dirs += [f"/run/user/{uid}/hpccont-{uid}", f"/tmp/hpccont-{uid}"]
+    names = [state_name(SimpleNamespace(join=key, image=SimpleNamespace(path=i))) for i in images]
+    return [os.path.join(d, n) for d in dirs for n in names if os.path.lexists(os.path.join(d, n))]
+
+
+def plan_cleanup(job_id: str, site: dict, extra_dirs: List[str] = (), images: List[str] = (),
+                 uid: Optional[int] = None) -> CleanupPlan:
     key = join_key(job_id)
+    paths = leftover_paths(key, site, extra_dirs) + join_state_files(key, list(images), site, uid)
     return CleanupPlan(job_id=job_id, key=key, pids=leftover_pids(job_id),
-                       mounts=leftover_mounts(key), paths=leftover_paths(key, site, extra_dirs))
+                       mounts=leftover_mounts(key), paths=paths)
+
+
+def job_images(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> List[str]:
+    """The job-level image, resolved, or [] (execjob_end must not fail on a bad request)."""
+    try:
+        opts = job_options(ctx, hook_cfg)
+        if not opts.wanted:
+            return []
+        return [resolve_image(opts.image or "", submit_dir(ctx),
+                              site.get("images", {}).get("image_dirs", []))]
+    except HpccontError:
+        return []
 
 
 def _wait_gone(pids: List[int], seconds: float) -> List[int]:

@@ -309,3 +309,18 @@ def test_end_detaches_leftover_mounts(run_hook, tmp_path):
 def test_end_never_fails_the_job(run_hook):
     out = run_hook("execjob_end", site={"images": {"bogus": 1}})
     assert out["accepted"] and any("bogus" in m for _, m in out["log"])
+
+
+def test_end_removes_join_state_files(run_hook, busybox_squashfs, tmp_path, test_user):
+    from types import SimpleNamespace
+    from hpccont.runtime.join import state_name
+    state = tmp_path / "state"
+    state.mkdir()
+    name = state_name(SimpleNamespace(join="pbs-4242.pbsserver",
+                                      image=SimpleNamespace(path=str(busybox_squashfs))))
+    (state / name).write_text("12345 1\n")
+    (state / "join-unrelated").write_text("1 1\n")
+    out = run_hook("execjob_end", resources={"container": str(busybox_squashfs)},
+                   site={"runtime": {"state_dir": str(state)}})
+    assert out["accepted"], out
+    assert os.listdir(state) == ["join-unrelated"]

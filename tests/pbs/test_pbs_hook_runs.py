@@ -101,3 +101,21 @@ def test_end_after_a_real_job_leaves_nothing(job, run_hook, busybox_squashfs, us
     assert end["accepted"] and not [m for _, m in end["log"] if "cleanup" in m]
     assert not helpers.mounts_mentioning(str(busybox_squashfs))
     assert not helpers.fuse_processes(str(busybox_squashfs))
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_joined_tasks_share_a_container_and_end_cleans_up(job, run_hook, busybox_squashfs, user):
+    from hpccont.schedulers.pbs import leftover_pids
+    script = "readlink /proc/self/ns/mnt; sleep 1"
+    outs = [job(user, busybox_squashfs, progname="/bin/sh", argv=["sh", "-c", script],
+                config={"join": True}, env={"PBS_TASKNUM": str(n)}) for n in (2, 3)]
+    assert all("--join" in o["argv"] for o in outs)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as pool:          # both tasks alive at once, as MPI ranks are
+        results = list(pool.map(lambda o: execute(o, user), outs))
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert results[0].stdout == results[1].stdout      # same mount namespace
+    end = run_hook("execjob_end", resources={"container": str(busybox_squashfs)})
+    assert end["accepted"], end
+    assert leftover_pids("4242.pbsserver") == []
+    assert not helpers.fuse_processes(str(busybox_squashfs))

@@ -368,3 +368,68 @@ def read_metadata(read: Reader, env_scripts: List[str], deffile: Optional[str] =
                     startscript=text(INSPECT_FILES["startscript"]),
                     test=text(INSPECT_FILES["test"]), helpfile=text(INSPECT_FILES["helpfile"]),
                     environment=environment or None)
+
+
+# ---------------------------------------------------------------- metadata of any image
+SIF_METADATA_NAME = "inspect-metadata.json"
+
+
+def image_metadata(source) -> Metadata:
+    """Metadata of an ImageSource (SIF, squashfs or sandbox), read without mounting anything.
+
+    A SIF built by hpccont or Apptainer carries it as a JSON.Generic object (and the definition
+    as a Def.FILE object), which is read directly; otherwise the ``/.singularity.d`` directory is
+    unpacked from the squashfs filesystem with unsquashfs into a temporary directory.
+    """
+    if source.kind == "sandbox":
+        return read_metadata(dir_reader(source.path), list_env_dir(source.path))
+    deffile = None
+    if source.kind == "sif":
+        from . import sif
+        image = sif.read_sif(source.path)
+        defs = image.find(sif.DATA_DEFFILE)
+        if defs:
+            deffile = image.read_object(defs[0]).decode("utf-8", "replace")
+        stored = _stored_metadata(image, sif)
+        if stored is not None:
+            if deffile is not None:
+                stored.deffile = deffile
+            return stored
+    if source.fs_type != "squashfs":
+        from ..errors import ImageError
+        raise ImageError(f"{source.path}: cannot read metadata from a {source.fs_type} partition")
+    return _squashfs_metadata(source, deffile)
+
+
+def _stored_metadata(image, sif) -> Optional[Metadata]:
+    for d in image.find(sif.DATA_GENERIC_JSON):
+        if d.name != SIF_METADATA_NAME:
+            continue
+        try:
+            attrs = json.loads(image.read_object(d)).get("attributes", {})
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(attrs, dict):
+            return None
+        env = attrs.get("environment")
+        return Metadata(labels=parse_labels(json.dumps(attrs.get("labels") or {}).encode()),
+                        deffile=attrs.get("deffile"), runscript=attrs.get("runscript"),
+                        startscript=attrs.get("startscript"), test=attrs.get("test"),
+                        helpfile=attrs.get("helpfile"),
+                        environment=env if isinstance(env, dict) and env else None)
+    return None
+
+
+def _squashfs_metadata(source, deffile: Optional[str]) -> Metadata:
+    import shutil
+    import tempfile
+    from . import squashfs
+    tmp = tempfile.mkdtemp(prefix="hpccont-inspect-")
+    try:
+        root = os.path.join(tmp, "root")
+        squashfs.extract(source.path, root, offset=source.offset, paths=[META_DIR])
+        if not os.path.isdir(root):
+            os.mkdir(root)
+        return read_metadata(dir_reader(root), list_env_dir(root), deffile=deffile)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -42,6 +42,7 @@ SCHEMA: Dict[str, Dict[str, tuple]] = {
         "root_mount": (str, "loop"),      # loop (kernel squashfs) | fuse
         "tmp_size": (str, "64m"),         # size of --writable-tmpfs and of the scratch tmpfs
         "state_dir": (str, "/run/hpccont"),     # joined containers (shared namespaces) when root
+        "session_dir": (str, ""),         # staging mount point; "" = the one shipped in the package
     },
     "signatures": {
         "require": (bool, False),         # refuse unsigned or unverifiable SIF images

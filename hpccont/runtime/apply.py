@@ -2,11 +2,14 @@
 
 The sequence, and why it is in this order:
 
-1. Namespaces.  Unprivileged: one new user namespace plus a mount namespace, with the caller's
-   uid and gid mapped to themselves.  The creator of a user namespace holds every capability in
-   it until it execs a program with a non-zero uid, so all mount work below is allowed, and
-   the final execve() drops the capabilities by itself: no second, nested namespace is needed
-   to come back to the caller's identity.  Root: a mount namespace only.
+1. Namespaces.  Unprivileged: a new user namespace plus a mount namespace, with the caller
+   mapped to root (uid 0 -> caller's uid, gid 0 -> caller's gid).  Root inside is what lets the
+   mount work below create mount points in the image's root-owned directories: the image's
+   uid 0 files are owned by a *mapped* uid, so CAP_DAC_OVERRIDE applies to them (with the
+   caller mapped to itself instead, they would belong to the unmapped overflow uid, and no
+   capability in the namespace could write next to them).  Once the root is finished, a second
+   user namespace nested in the first maps the caller's uid back onto that root (step 7), so
+   the command runs as the same uid and gid as outside.  Root: a mount namespace only.
 2. ``/`` is made recursively private first.  Without it, mount events would propagate between
    our namespace and the host's (systemd makes ``/`` shared), and a container's mounts could
    appear on the host.
@@ -30,7 +33,8 @@ The sequence, and why it is in this order:
    keeping the flags the kernel locked on the source mount, or the remount fails with EPERM.
 7. pivot_root(".", ".") then a lazy unmount of the old root: the host's tree is no longer
    reachable from the container.  chroot alone could be escaped by a process with
-   CAP_SYS_CHROOT in the namespace.
+   CAP_SYS_CHROOT in the namespace.  Then, unprivileged, the nested user namespace that gives
+   the caller back their own uid and gid (the parent namespace's root maps to the caller).
 8. PR_SET_NO_NEW_PRIVS, then execve.  The command keeps this process's PID, parent and cgroup:
    the batch system still sees, accounts and signals it.
 """
@@ -80,7 +84,7 @@ def setup(plan: LaunchPlan, cfg: Dict[str, dict], step: Step) -> str:
     step("creating namespaces")
     if plan.mode == "rootless":
         K.unshare(K.CLONE_NEWUSER | K.CLONE_NEWNS)
-        _write_id_maps(ident.uid, ident.gid)
+        _write_id_maps(f"0 {ident.uid} 1", f"0 {ident.gid} 1", deny_setgroups=True)
     else:
         K.unshare(K.CLONE_NEWNS)
     step("making / private")
@@ -106,12 +110,24 @@ def setup(plan: LaunchPlan, cfg: Dict[str, dict], step: Step) -> str:
     return root
 
 
-def _write_id_maps(uid: int, gid: int) -> None:
-    # setgroups must be denied before an unprivileged process may write gid_map.
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                       ("gid_map", f"{gid} {gid} 1")):
+def _write_id_maps(uid_map: str, gid_map: str, deny_setgroups: bool) -> None:
+    # setgroups must be denied before a process without CAP_SETGID in the parent namespace
+    # may write gid_map; the nested namespace inherits the denial.
+    items = [("uid_map", uid_map), ("gid_map", gid_map)]
+    if deny_setgroups:
+        items.insert(0, ("setgroups", "deny"))
+    for name, text in items:
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
+
+
+def become_user(plan: LaunchPlan) -> None:
+    """Rootless: nested user namespace mapping the caller's uid/gid onto the outer root."""
+    if plan.mode != "rootless":
+        return
+    uid, gid = plan.identity.uid, plan.identity.gid
+    K.unshare(K.CLONE_NEWUSER)
+    _write_id_maps(f"{uid} 0 1", f"{gid} 0 1", deny_setgroups=False)
 
 
 def _overlay_escape(path: str) -> str:
@@ -125,7 +141,8 @@ def _mount_image(plan: LaunchPlan, cfg: Dict[str, dict], target: str) -> str:
         return img.path
     if plan.mode == "root":
         return _mount_loop(img, target)
-    return _mount_fuse(img, cfg, target, plan.identity.uid, plan.identity.gid)
+    # user_id/group_id are read in the mounting namespace, where the caller is root.
+    return _mount_fuse(img, cfg, target, 0, 0)
 
 
 def _mount_loop(img, target: str) -> str:
@@ -176,7 +193,7 @@ def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) 
         os.makedirs(host_target, exist_ok=True)
         K.mount("tmpfs", host_target, "tmpfs", K.MS_NOSUID | K.MS_NODEV, "mode=0755")
         return
-    _make_mountpoint(host_target, os.path.isdir(m.source))
+    _make_mountpoint(host_target, os.path.isdir(m.source), files)
     K.mount(m.source, host_target, None, K.MS_BIND | K.MS_REC)
     flags = K.MS_REMOUNT | K.MS_BIND | K.MS_NOSUID | K.locked_flags(host_target)
     if m.readonly:
@@ -197,14 +214,43 @@ def _identity_file(m: Mount, lower: str, files: str, plan: LaunchPlan) -> Mount:
     return Mount(kind="bind", target=m.target, source=path, readonly=True, why=m.why)
 
 
-def _make_mountpoint(path: str, is_dir: bool) -> None:
+def _make_mountpoint(path: str, is_dir: bool, stash: str) -> None:
     if os.path.lexists(path):
         return
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        _make_mountpoint(parent, True, stash)
+    try:
+        _create(path, is_dir)
+    except PermissionError:
+        # The image directory belongs to a uid our namespace cannot map (a root-owned sandbox
+        # used without root): no capability lets us add an entry.  Lay a tmpfs over the
+        # directory that shows the same entries (bound back from a stash), plus the new one.
+        _underlay(parent, stash)
+        _create(path, is_dir)
+
+
+def _create(path: str, is_dir: bool) -> None:
     if is_dir:
-        os.makedirs(path, exist_ok=True)
+        os.mkdir(path, 0o755)
     else:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+
+def _underlay(directory: str, stash: str) -> None:
+    keep = f"{stash}/underlay-{len(os.listdir(stash))}"
+    os.mkdir(keep)
+    K.mount(directory, keep, None, K.MS_BIND | K.MS_REC)
+    st = os.stat(directory)
+    K.mount("tmpfs", directory, "tmpfs", K.MS_NOSUID | K.MS_NODEV,
+            f"mode={st.st_mode & 0o7777:o}")
+    for name in os.listdir(keep):
+        src, dst = f"{keep}/{name}", f"{directory}/{name}"
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+            continue
+        _create(dst, os.path.isdir(src))
+        K.mount(src, dst, None, K.MS_BIND | K.MS_REC)
 
 
 def enter(root: str, plan: LaunchPlan, step: Step) -> None:
@@ -214,6 +260,8 @@ def enter(root: str, plan: LaunchPlan, step: Step) -> None:
     K.pivot_root(".", ".")
     K.umount2(".", K.MNT_DETACH)
     os.chdir("/")
+    step("mapping back to the caller's uid and gid")
+    become_user(plan)
     step(f"changing to working directory {plan.cwd}")
     try:
         os.chdir(plan.cwd)

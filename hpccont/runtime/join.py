@@ -12,9 +12,11 @@ while any process other than itself and its FUSE server is inside its mount name
 once a second, and removes its state file when it goes.
 
 Kernel rules that shape this:
-- setns(CLONE_NEWUSER) first: it gives every capability inside that user namespace, which
-  setns(CLONE_NEWNS) then needs (the mount namespace is owned by the user namespace).  The
-  target user namespace must be owned by our uid, i.e. made by a task of the same user.
+- Unprivileged containers have two user namespaces (see apply.py): the outer one owns the mount
+  namespace, the nested one gives the caller back their uid.  A joiner enters the outer one
+  first (found from the keeper's nested one with the NS_GET_PARENT ioctl): it is owned by our
+  uid, so setns gives every capability in it, which setns(CLONE_NEWNS) then needs.  From the
+  outer namespace the nested one (its child, also owned by our uid) can be entered last.
 - After setns(CLONE_NEWNS) the root and working directory are the namespace's root, which is
   the container root because the keeper ran pivot_root in it.
 - A process with threads may not setns into a user namespace: this runs before any thread.
@@ -96,17 +98,20 @@ def _start_time(pid: int) -> str:
 
 def _enter(pid: int, plan: LaunchPlan) -> None:
     from . import kernel as K
-    if plan.mode == "rootless":
-        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            K.setns(fd, K.CLONE_NEWUSER)
-        finally:
-            os.close(fd)
-    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    mnt = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    if plan.mode != "rootless":
+        K.setns(mnt, K.CLONE_NEWNS)
+        os.close(mnt)
+        return
+    nested = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    outer = K.ioctl_int(nested, K.NS_GET_PARENT)
     try:
-        K.setns(fd, K.CLONE_NEWNS)
+        K.setns(outer, K.CLONE_NEWUSER)
+        K.setns(mnt, K.CLONE_NEWNS)
+        K.setns(nested, K.CLONE_NEWUSER)
     finally:
-        os.close(fd)
+        for fd in (outer, mnt, nested):
+            os.close(fd)
 
 
 def _start_keeper(plan: LaunchPlan, cfg: Dict[str, dict], d: str, name: str, lock_fd: int) -> int:

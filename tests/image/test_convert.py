@@ -160,3 +160,32 @@ def test_built_sif_is_executable_end_to_end(rootfs, tmp_path, install):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("runscript args: x y")
     assert out
+
+
+def test_build_command_converts_between_kinds(hpccont, rootfs, tmp_path):
+    a = tmp_path / "a.sif"
+    r = hpccont("build", a, rootfs)
+    assert r.returncode == 0, r.stderr
+    r = hpccont("build", "--sandbox", tmp_path / "box", a)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "box/.singularity.d/runscript").read_text() == helpers.RUNSCRIPT
+    r = hpccont("build", a, tmp_path / "box")
+    assert r.returncode != 0 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    r = hpccont("build", "--force", a, tmp_path / "box")
+    assert r.returncode == 0, r.stderr
+    assert sif.read_sif(str(a)).primary_partition() is not None
+
+
+@pytest.mark.rootless
+def test_build_as_unprivileged_user_packs_all_root(hpccont_user, shared_tmp):
+    root = helpers.make_busybox_rootfs(shared_tmp / "userroot")
+    subprocess.run(["chown", "-R", helpers.TEST_USER, str(root)], check=True)
+    out = shared_tmp / "user.sif"
+    r = hpccont_user("build", out, root)
+    assert r.returncode == 0, r.stderr
+    assert os.stat(out).st_uid != 0 and os.access(out, os.X_OK)
+    src = open_image(str(out))
+    listing = subprocess.run(["unsquashfs", "-lln", "-d", "", "-o", str(src.offset), str(out)],
+                             capture_output=True, text=True).stdout
+    owners = {line.split()[1] for line in listing.splitlines() if line.strip()}
+    assert owners == {"0/0"}

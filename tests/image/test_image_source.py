@@ -1,7 +1,6 @@
 """open_image: what `hpccont exec` learns about an image, and one-line errors for bad ones."""
 import os
 import struct
-import subprocess
 
 import pytest
 

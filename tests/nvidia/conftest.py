@@ -1,5 +1,7 @@
 """Fixtures for the --nv tests: one synthetic driver per session (see synthetic_driver.py)."""
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,13 @@ import synthetic_driver  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def driver(world_tmp):
-    return synthetic_driver.build(world_tmp / "nvidia-driver")
+def driver():
+    """Built in its own world-readable directory: the session's ``install`` fixture resets the
+    modes of everything under world_tmp, which would take nvidia-smi's execute bit."""
+    d = Path(tempfile.mkdtemp(prefix="hpccont-nv-driver-", dir="/tmp"))
+    d.chmod(0o755)
+    yield synthetic_driver.build(d / "driver")
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -23,10 +23,55 @@ VERSION = "535.104.05"
 STALE_VERSION = "470.82.01"
 CUDA_MARKER = "synthetic libcuda"
 
+# The driver API calls tests/gpu/check_on_gpu_node.sh makes, answering from SYNTHETIC_NVML_GPUS
+# and honouring CUDA_VISIBLE_DEVICES (ordinals or UUIDs) the way libcuda does.
 LIBCUDA_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 const char *hpccont_synthetic_libcuda(void) { return "%(marker)s " DRIVER_VERSION " from " ORIGIN; }
-int cuInit(unsigned int flags) { (void)flags; return 0; }
+static int n = -1;
+static char uuid[16][64], name[16][64];
+int cuInit(unsigned int flags) {
+    char all[16][64], names[16][64], buf[4096], vis[1024];
+    int total = 0;
+    (void)flags;
+    n = 0;
+    snprintf(buf, sizeof buf, "%%s", getenv("SYNTHETIC_NVML_GPUS") ? getenv("SYNTHETIC_NVML_GPUS") : "");
+    for (char *s1 = NULL, *it = strtok_r(buf, ";", &s1); it && total < 16; it = strtok_r(NULL, ";", &s1)) {
+        char *s2 = NULL, *minor = strtok_r(it, ":", &s2), *u = strtok_r(NULL, ":", &s2), *nm = strtok_r(NULL, "", &s2);
+        if (!minor || !u) continue;
+        snprintf(all[total], 64, "%%s", u);
+        snprintf(names[total], 64, "%%s", nm ? nm : "Synthetic GPU");
+        total++;
+    }
+    const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
+    if (!cvd) {
+        for (int i = 0; i < total; i++) { strcpy(uuid[n], all[i]); strcpy(name[n++], names[i]); }
+        return 0;
+    }
+    snprintf(vis, sizeof vis, "%%s", cvd);
+    for (char *s3 = NULL, *t = strtok_r(vis, ",", &s3); t; t = strtok_r(NULL, ",", &s3)) {
+        int k = -1;
+        for (int i = 0; i < total; i++)
+            if (strcmp(t, all[i]) == 0 || (t[0] >= '0' && t[0] <= '9' && atoi(t) == i)) k = i;
+        if (k < 0) break;
+        strcpy(uuid[n], all[k]); strcpy(name[n++], names[k]);
+    }
+    return 0;
+}
 int cuDriverGetVersion(int *v) { *v = 12020; return 0; }
+int cuDeviceGetCount(int *c) { if (n < 0) return 3; *c = n; return 0; }
+int cuDeviceGet(int *d, int i) { if (i >= n) return 101; *d = i; return 0; }
+int cuDeviceGetName(char *out, int len, int d) { snprintf(out, len, "%%s", name[d]); return 0; }
+int cuDeviceGetUuid(unsigned char *out, int d) {
+    unsigned v[16];
+    if (sscanf(uuid[d], "GPU-%%2x%%2x%%2x%%2x-%%2x%%2x-%%2x%%2x-%%2x%%2x-%%2x%%2x%%2x%%2x%%2x%%2x",
+               &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10],
+               &v[11], &v[12], &v[13], &v[14], &v[15]) != 16) { memset(out, 0, 16); return 0; }
+    for (int i = 0; i < 16; i++) out[i] = (unsigned char)v[i];
+    return 0;
+}
 """
 
 LIBNVML_C = r"""
@@ -108,6 +153,15 @@ int nvmlDeviceGetName(void *h, char *out, unsigned int len) {
 }
 """
 
+# nvidia-smi's answers that the scripts use: -L, --query-gpu=uuid -i N, and a banner otherwise.
+SMI_SH = r"""#!/bin/sh
+case "$1" in
+-L) echo "$SYNTHETIC_NVML_GPUS" | tr ';' '\n' | awk -F: 'NF>=2 {printf "GPU %d: %s (UUID: %s)\n", NR-1, $3, $2}' ;;
+--query-gpu=uuid) echo "$SYNTHETIC_NVML_GPUS" | tr ';' '\n' | awk -F: -v i="$4" 'NR-1==i {print $2}' ;;
+*) echo "synthetic nvidia-smi, driver @VERSION@" ;;
+esac
+"""
+
 SIMPLE_C = "int %(sym)s(void) { return 1; }\n"
 
 PROBE_C = r"""
@@ -186,7 +240,7 @@ def build(root: Path, version: str = VERSION) -> SyntheticDriver:
                "-m32", "-nostdlib")
     bindir.mkdir(exist_ok=True)
     smi = bindir / "nvidia-smi"
-    smi.write_text(f"#!/bin/sh\necho 'synthetic nvidia-smi, driver {version}'\n")
+    smi.write_text(SMI_SH.replace("@VERSION@", version))
     smi.chmod(0o755)
     icd = root / "etc/vulkan/icd.d/nvidia_icd.json"
     icd.parent.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def test_libraries_binaries_configs_and_env_inside(hpccont, cuda_image, nv_env, 
     assert set(libs.split()) == {"libcuda.so", "libcuda.so.1", "libnvidia-ml.so",
                                  "libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so",
                                  "libnvidia-ptxjitcompiler.so.1", "libEGL.so", "libEGL.so.1"}
-    assert smi.strip() == f"synthetic nvidia-smi, driver {driver.version}"
+    assert smi.strip() == f"synthetic nvidia-smi, driver {driver.version}", r.stdout + r.stderr
     assert '"library_path": "libGLX_nvidia.so.0"' in icd
     uuid1 = GPUS.split(";")[1].split(":")[1]
     assert f"CVD={uuid1} NVD={uuid1}" in rest

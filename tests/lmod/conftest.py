@@ -1,10 +1,5 @@
 """Fixtures for the module tests: labelled images, real Lmod in non-interactive shells, and a
 recording stand-in for hpccont that shows exactly what a wrapper script passes on."""
-import json
-import os
-import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,34 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helpers  # noqa: E402
-
-LMOD_INIT = Path("/usr/share/lmod/lmod/init")
-SHELLS = {"bash": "/bin/bash", "sh": "/bin/sh"}
-
-# Prints its arguments NUL-terminated between markers, copies stdin, exits with $FAKE_RC.
-RECORDER = """#!/bin/sh
-printf 'ARGS:'
-printf '%s\\0' "$@"
-printf '\\nEND\\n'
-if [ -n "${FAKE_STDIN-}" ]; then /bin/cat; fi
-exit "${FAKE_RC:-0}"
-"""
-
-
-def labelled_rootfs(dest: Path, base: Path, labels: dict, help_text: str = "",
-                    apps=()) -> Path:
-    """A copy of the busybox rootfs with the given labels, %help text and SCIF apps."""
-    shutil.copytree(base, dest, symlinks=True)
-    sd = dest / ".singularity.d"
-    (sd / "labels.json").write_text(json.dumps(labels, indent=4) + "\n")
-    if help_text:
-        (sd / "runscript.help").write_text(help_text)
-    for app in apps:
-        (dest / "scif/apps" / app / "scif").mkdir(parents=True)
-        runscript = dest / "scif/apps" / app / "scif/runscript"
-        runscript.write_text(f"#!/bin/sh\necho app {app} \"$@\"\n")
-        runscript.chmod(0o755)
-    return dest
+from lmodlib import LMOD_INIT, RECORDER, labelled_rootfs, run_lmod  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -47,22 +15,6 @@ def lmod_available():
     if not (LMOD_INIT / "bash").exists():
         pytest.skip("Lmod (Debian package lmod) is not installed")
     return LMOD_INIT
-
-
-def run_lmod(shell: str, modulepath, body: str, env=None, user=None, **kw):
-    """Run ``body`` in a non-interactive ``shell`` after Lmod's init and MODULEPATH."""
-    init = LMOD_INIT / ("bash" if shell == "bash" else "sh")
-    script = f". {init}\nexport MODULEPATH={shlex.quote(str(modulepath))}\n{body}\n"
-    argv = [SHELLS[shell], "-c", script]
-    if user:
-        return helpers.as_user(argv, user=user, env=env, **kw)
-    base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
-            "LANG": "C.UTF-8"}
-    base.update(env or {})
-    kw.setdefault("capture_output", True)
-    kw.setdefault("text", True)
-    kw.setdefault("timeout", 60)
-    return subprocess.run(["env", "-i"] + [f"{k}={v}" for k, v in base.items()] + argv, **kw)
 
 
 @pytest.fixture
@@ -81,15 +33,14 @@ def recorder(shared_tmp):
     return d / "hpccont"
 
 
-def recorded_args(stdout: str) -> list:
-    """The arguments the recorder saw, in order."""
-    body = stdout.split("ARGS:", 1)[1].split("\nEND\n", 1)[0]
-    return body.split("\0")[:-1]
-
-
 @pytest.fixture(scope="session")
-def module_image(busybox_rootfs, world_tmp):
-    """A sandbox image naming its commands in a label, with %help text."""
+def module_image(install, busybox_rootfs, world_tmp):
+    """A sandbox image naming its commands in a label, with %help text.
+
+    ``install`` first: it makes every file under world_tmp 0644, busybox included.
+    """
+    busybox = busybox_rootfs / "bin" / "busybox"
+    busybox.chmod(0o755)
     return labelled_rootfs(world_tmp / "images" / "mod-sandbox", busybox_rootfs,
                            {"org.hpccont.commands": "cat sh bbprintf=/bin/printf",
                             "org.opencontainers.image.description": "Busybox tools for tests",

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import labelled_rootfs, recorded_args
+from lmodlib import labelled_rootfs, recorded_args
 
 pytestmark = pytest.mark.lmod
 

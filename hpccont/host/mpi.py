@@ -329,6 +329,9 @@ def _candidates_from_config(config: dict, view: HostView) -> List[Tuple[str, str
         prefix = entry.get("path", "") if isinstance(entry, dict) else entry
         if not prefix:
             continue
+        if os.path.isfile(view.path(prefix)) and family_of(os.path.basename(prefix)):
+            found.append((prefix, "site config mpi.installations"))   # the library itself
+            continue
         dirs = [prefix, os.path.join(prefix, "lib"), os.path.join(prefix, "lib64")]
         for soname, _fam in MPI_SONAMES:
             for d in dirs:

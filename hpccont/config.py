@@ -8,15 +8,16 @@ the whole launch.  So the validated config is cached as JSON, keyed by the file'
 and mtime, in a per-user cache directory; the YAML parser is imported only when the cache is
 stale.  A cache file must be owned by the user and not writable by others, or it is ignored.
 """
+from __future__ import annotations
+
 import os
-from typing import Any, Dict
 
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/hpccont/hpccont.yaml"
 
 # section -> key -> (type, default).  ``list`` means a list of strings; ``dict`` an open mapping.
-SCHEMA: Dict[str, Dict[str, tuple]] = {
+SCHEMA: dict[str, dict[str, tuple]] = {
     "mounts": {
         "binds": (list, []),              # extra "src[:dst[:ro]]" binds for every container
         "home": (bool, True),             # mount the user's home directory
@@ -75,12 +76,12 @@ CHOICES = {
 }
 
 
-def defaults() -> Dict[str, Dict[str, Any]]:
+def defaults() -> dict[str, dict[str, object]]:
     return {sec: {k: (list(v[1]) if isinstance(v[1], list) else v[1]) for k, v in keys.items()}
             for sec, keys in SCHEMA.items()}
 
 
-def validate(raw: Any, source: str = "config") -> Dict[str, Dict[str, Any]]:
+def validate(raw: object, source: str = "config") -> dict[str, dict[str, object]]:
     """Merge ``raw`` (parsed YAML) over the defaults, refusing unknown keys and wrong types."""
     cfg = defaults()
     if raw is None:
@@ -107,7 +108,7 @@ def validate(raw: Any, source: str = "config") -> Dict[str, Dict[str, Any]]:
     return cfg
 
 
-def _check(value: Any, typ: type, where: str) -> Any:
+def _check(value: object, typ: type, where: str) -> object:
     if typ is list:
         if value is None:
             return []
@@ -170,7 +171,7 @@ def _write_cache(cache: str, st: os.stat_result, cfg: dict) -> None:
         pass  # a read-only home only costs speed
 
 
-def parse_file(path: str) -> Dict[str, Dict[str, Any]]:
+def parse_file(path: str) -> dict[str, dict[str, object]]:
     """Read and validate a YAML config file (no cache)."""
     try:
         import yaml
@@ -188,7 +189,7 @@ def parse_file(path: str) -> Dict[str, Dict[str, Any]]:
     return validate(raw, path)
 
 
-def load(environ=os.environ, use_cache: bool = True) -> Dict[str, Dict[str, Any]]:
+def load(environ=os.environ, use_cache: bool = True) -> dict[str, dict[str, object]]:
     """The effective site config."""
     path = config_path(environ)
     try:

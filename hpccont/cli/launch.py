@@ -4,15 +4,16 @@ A small table-driven parser instead of argparse: this module runs once per task 
 and argparse plus its imports cost more than the rest of the launch.  Parsing stops at the
 first positional argument (the image); everything after it belongs to the command untouched.
 """
+from __future__ import annotations
+
 import os
 import sys
-from typing import Dict, List, Tuple
 
 from ..errors import UsageError
 from ..runtime.request import ContainerRequest
 
 # option -> (ContainerRequest attribute or pseudo-attribute, kind); kind: flag | value | list
-OPTIONS: Dict[str, Tuple[str, str]] = {
+OPTIONS: dict[str, tuple[str, str]] = {
     "-B": ("binds", "list"), "--bind": ("binds", "list"),
     "--env": ("env", "list"),
     "--env-file": ("env_files", "list"),
@@ -60,9 +61,9 @@ Options:
 """
 
 
-def parse(action: str, argv: List[str]) -> Tuple[ContainerRequest, List[str]]:
+def parse(action: str, argv: list[str]) -> tuple[ContainerRequest, list[str]]:
     """Returns the request and the raw --env-file names (read after parsing)."""
-    values: Dict[str, object] = {"binds": [], "env": [], "env_files": []}
+    values: dict[str, object] = {"binds": [], "env": [], "env_files": []}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -112,7 +113,7 @@ def parse(action: str, argv: List[str]) -> Tuple[ContainerRequest, List[str]]:
     return req, values  # type: ignore[return-value]
 
 
-def build_request(action: str, argv: List[str], environ=os.environ) -> ContainerRequest:
+def build_request(action: str, argv: list[str], environ=os.environ) -> ContainerRequest:
     from ..runtime.environment import parse_env_assignment, read_env_file
     from ..runtime.mounts import parse_binds
     req, values = parse(action, argv)
@@ -120,7 +121,7 @@ def build_request(action: str, argv: List[str], environ=os.environ) -> Container
     if environ.get("HPCCONT_BIND"):
         specs.insert(0, environ["HPCCONT_BIND"])
     req.binds = parse_binds(specs)
-    env: Dict[str, str] = {}
+    env: dict[str, str] = {}
     for path in values["env_files"]:
         env.update(read_env_file(path))
     for item in values["env"]:
@@ -131,10 +132,10 @@ def build_request(action: str, argv: List[str], environ=os.environ) -> Container
     return req
 
 
-def _split_env_list(item: str) -> List[str]:
+def _split_env_list(item: str) -> list[str]:
     """``--env A=1,B=2`` (Apptainer allows comma lists); a comma inside a value stays if the
     next piece is not NAME=..."""
-    out: List[str] = []
+    out: list[str] = []
     for piece in item.split(","):
         head = piece.split("=", 1)[0]
         if out and ("=" not in piece or not head.replace("_", "a").isalnum()):
@@ -161,7 +162,7 @@ def current_dir() -> str:
     return real
 
 
-def main(action: str, argv: List[str]) -> int:
+def main(action: str, argv: list[str]) -> int:
     from .. import config
     from ..runtime.plan import make_plan
     req = build_request(action, argv)

@@ -38,10 +38,10 @@ The sequence, and why it is in this order:
 8. PR_SET_NO_NEW_PRIVS, then execve.  The command keeps this process's PID, parent and cgroup:
    the batch system still sees, accounts and signals it.
 """
+from __future__ import annotations
+
 import errno
 import os
-import signal
-from typing import Dict, List, Optional
 
 from ..errors import CommandNotFound, CommandNotExecutable, LaunchError
 from . import kernel as K
@@ -66,7 +66,7 @@ class Step:
         return self
 
 
-def apply(plan: LaunchPlan, cfg: Dict[str, dict], *, debug: bool = False) -> None:
+def apply(plan: LaunchPlan, cfg: dict[str, dict], *, debug: bool = False) -> None:
     """Set up the container described by ``plan`` and exec its command.  Never returns."""
     step = Step()
     try:
@@ -78,7 +78,7 @@ def apply(plan: LaunchPlan, cfg: Dict[str, dict], *, debug: bool = False) -> Non
     execute(plan, step)
 
 
-def setup(plan: LaunchPlan, cfg: Dict[str, dict], step: Step) -> str:
+def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> str:
     """Steps 1-6: returns the host path of the finished container root (in our namespace)."""
     ident = plan.identity
     step("creating namespaces")
@@ -135,7 +135,7 @@ def _overlay_escape(path: str) -> str:
     return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
 
 
-def _mount_image(plan: LaunchPlan, cfg: Dict[str, dict], target: str) -> str:
+def _mount_image(plan: LaunchPlan, cfg: dict[str, dict], target: str) -> str:
     img = plan.image
     if img.kind == "sandbox":
         return img.path
@@ -169,7 +169,7 @@ def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
     pid = os.fork()
     if pid == 0:  # child: becomes the FUSE server
         try:
-            K.prctl(K.PR_SET_PDEATHSIG, signal.SIGKILL)
+            K.prctl(K.PR_SET_PDEATHSIG, K.SIGKILL)
             if os.getppid() != parent:      # parent died before prctl took effect
                 os._exit(1)
             devnull = os.open("/dev/null", os.O_RDWR)
@@ -310,6 +310,6 @@ def _has_env_scripts() -> bool:
         return False
 
 
-def _ld_first(plan: LaunchPlan) -> List[str]:
+def _ld_first(plan: LaunchPlan) -> list[str]:
     ld = plan.env.get("LD_LIBRARY_PATH", "")
     return [p for p in ld.split(":") if p and p != "/.singularity.d/libs"]

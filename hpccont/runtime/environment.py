@@ -7,7 +7,7 @@ Order of precedence (lowest first):
   3. HPCCONT_ENV_K / APPTAINERENV_K / SINGULARITYENV_K from the host, then --env-file, then --env.
 Variables of level 3 are re-applied after the image's scripts ran: the user's word wins.
 """
-from typing import Dict, Iterable, List, Mapping, Tuple
+from __future__ import annotations
 
 from ..errors import UsageError
 
@@ -23,7 +23,7 @@ CLEAN_KEEP = ("HOME", "USER", "LOGNAME", "TERM", "LANG", "LC_ALL", "TZ")
 INJECT_PREFIXES = ("SINGULARITYENV_", "APPTAINERENV_", "HPCCONT_ENV_")
 
 
-def parse_env_assignment(text: str, where: str = "--env") -> Tuple[str, str]:
+def parse_env_assignment(text: str, where: str = "--env") -> tuple[str, str]:
     if "=" not in text:
         raise UsageError(f"{where}: expected NAME=VALUE, got {text!r}")
     name, value = text.split("=", 1)
@@ -33,14 +33,14 @@ def parse_env_assignment(text: str, where: str = "--env") -> Tuple[str, str]:
     return name, value
 
 
-def read_env_file(path: str) -> Dict[str, str]:
+def read_env_file(path: str) -> dict[str, str]:
     """``NAME=VALUE`` lines; blank lines and ``#`` comments ignored; optional ``export``; quotes stripped."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
     except OSError as e:
         raise UsageError(f"--env-file {path}: {e.strerror}")
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     for n, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -54,9 +54,9 @@ def read_env_file(path: str) -> Dict[str, str]:
     return out
 
 
-def injected(environ: Mapping[str, str]) -> Dict[str, str]:
+def injected(environ: dict[str, str]) -> dict[str, str]:
     """HPCCONT_ENV_K (and the Apptainer spellings) -> {K: value}; later prefixes win."""
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     for prefix in INJECT_PREFIXES:
         for k, v in environ.items():
             if k.startswith(prefix) and len(k) > len(prefix):
@@ -64,16 +64,16 @@ def injected(environ: Mapping[str, str]) -> Dict[str, str]:
     return out
 
 
-def base_environment(environ: Mapping[str, str], *, cleanenv: bool) -> Dict[str, str]:
+def base_environment(environ: dict[str, str], *, cleanenv: bool) -> dict[str, str]:
     if cleanenv:
         return {k: environ[k] for k in CLEAN_KEEP if k in environ}
     return {k: v for k, v in environ.items()
             if k not in HOST_ONLY and not k.startswith(INJECT_PREFIXES)}
 
 
-def container_environment(environ: Mapping[str, str], *, cleanenv: bool, user_env: Mapping[str, str],
-                          home: str, user: str, image_path: str, ld_paths: Iterable[str] = (),
-                          bin_paths: Iterable[str] = ()) -> Tuple[Dict[str, str], Dict[str, str]]:
+def container_environment(environ: dict[str, str], *, cleanenv: bool, user_env: dict[str, str],
+                          home: str, user: str, image_path: str, ld_paths: list[str] = (),
+                          bin_paths: list[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
     """Returns (environment to exec with, overrides to re-apply after the image's env scripts)."""
     env = base_environment(environ, cleanenv=cleanenv)
     env["HOME"] = home
@@ -94,7 +94,7 @@ def shell_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def env_script(overrides: Mapping[str, str], ld_paths: List[str]) -> str:
+def env_script(overrides: dict[str, str], ld_paths: list[str]) -> str:
     """Shell run inside the container before the command: source the image's env scripts, then
     put back what the user asked for, then check the command exists (one clear line, exit 127)."""
     lines = ['for f in /.singularity.d/env/*.sh; do [ -f "$f" ] && . "$f"; done']

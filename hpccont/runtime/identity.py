@@ -4,15 +4,16 @@ The container's /etc/passwd and /etc/group are the image's own files plus one en
 user and their primary group, so that ``id``, ``whoami`` and ``~`` work for a user the image has
 never heard of.  The files are generated here (plain text) and bound over the image's by apply.
 """
+from __future__ import annotations
+
 import grp
 import os
 import pwd
-from typing import Optional
 
 from .plan_types import Identity
 
 
-def current_identity(home_override: Optional[str] = None) -> Identity:
+def current_identity(home_override: str | None = None) -> Identity:
     uid, gid = os.getuid(), os.getgid()
     try:
         pw = pwd.getpwuid(uid)

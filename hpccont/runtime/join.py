@@ -21,11 +21,12 @@ Kernel rules that shape this:
   the container root because the keeper ran pivot_root in it.
 - A process with threads may not setns into a user namespace: this runs before any thread.
 """
+from __future__ import annotations
+
 import fcntl
 import hashlib
 import os
 import time
-from typing import Dict, Optional
 
 from ..errors import LaunchError
 from .plan_types import LaunchPlan
@@ -34,7 +35,7 @@ LINGER_CHECKS = 2          # consecutive empty checks before the keeper leaves
 FIRST_JOIN_GRACE_S = 10.0  # a keeper nobody joined within this long leaves
 
 
-def state_dir(cfg: Dict[str, dict]) -> str:
+def state_dir(cfg: dict[str, dict]) -> str:
     if os.geteuid() == 0:
         d = cfg["runtime"]["state_dir"]
     else:
@@ -54,7 +55,7 @@ def state_name(plan: LaunchPlan) -> str:
     return f"join-{digest}"
 
 
-def apply_joined(plan: LaunchPlan, cfg: Dict[str, dict]) -> None:
+def apply_joined(plan: LaunchPlan, cfg: dict[str, dict]) -> None:
     """Enter (creating if needed) the shared container for ``plan.join``, then exec.  No return."""
     from .apply import Step, execute
     d = state_dir(cfg)
@@ -78,7 +79,7 @@ def apply_joined(plan: LaunchPlan, cfg: Dict[str, dict]) -> None:
     execute(plan, step)
 
 
-def _live_keeper(path: str) -> Optional[int]:
+def _live_keeper(path: str) -> int | None:
     """The keeper's PID if the state file names a live keeper of ours (not a reused PID)."""
     try:
         with open(path) as f:
@@ -114,7 +115,7 @@ def _enter(pid: int, plan: LaunchPlan) -> None:
             os.close(fd)
 
 
-def _start_keeper(plan: LaunchPlan, cfg: Dict[str, dict], d: str, name: str, lock_fd: int) -> int:
+def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, lock_fd: int) -> int:
     """Double-fork a keeper that builds the container; returns its PID once it is ready."""
     rfd, wfd = os.pipe()
     child = os.fork()
@@ -143,7 +144,7 @@ def _start_keeper(plan: LaunchPlan, cfg: Dict[str, dict], d: str, name: str, loc
     return pid
 
 
-def _keeper(plan: LaunchPlan, cfg: Dict[str, dict], d: str, name: str, wfd: int) -> None:
+def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int) -> None:
     from .apply import Step, enter, setup
     # Keep no terminal or output pipe of the job open: srun waits for EOF on its pipes.
     devnull = os.open("/dev/null", os.O_RDWR)

@@ -7,7 +7,6 @@ one-line LaunchError naming the step that failed.
 """
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -45,6 +44,7 @@ _ST_TO_MS = ((ST_RDONLY, MS_RDONLY), (ST_NOSUID, MS_NOSUID), (ST_NODEV, MS_NODEV
 # <sys/prctl.h>
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+SIGKILL = 9   # without importing signal (and enum) on the hot path
 
 # pivot_root has no glibc wrapper; syscall numbers per machine.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "riscv64": 41}
@@ -87,9 +87,9 @@ def umount2(target: str, flags: int = 0) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if nr is None:
-        raise OSError(38, f"pivot_root: unknown syscall number on {platform.machine()}")
+        raise OSError(38, f"pivot_root: unknown syscall number on {os.uname().machine}")
     _check(_libc.syscall(ctypes.c_long(nr), new_root.encode(), put_old.encode()), "pivot_root")
 
 
@@ -125,8 +125,10 @@ class _LoopConfig(ctypes.Structure):
                 ("info", _LoopInfo64), ("__reserved", ctypes.c_uint64 * 8)]
 
 
-def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 20) -> str:
-    """Attach ``image_fd`` to a free loop device, read-only and autoclear; return its path.
+def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 20) -> tuple:
+    """Attach ``image_fd`` to a free loop device, read-only and autoclear.
+
+    Returns (device path, open fd of the device): close the fd once the device is mounted.
 
     Autoclear: the kernel detaches the device when its last user (the mount) goes away, so a
     container that ends, however it ends, leaves no loop device behind.  LOOP_CTL_GET_FREE and

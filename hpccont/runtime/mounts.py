@@ -4,8 +4,9 @@ Policy is data: DEFAULT_MOUNTS lists what every container gets and which site se
 each entry off.  ``default_mounts`` expands it for one request; ``parse_binds`` turns
 ``-B src[:dst[:ro|rw]],...`` into Bind objects with one-line errors for bad specs.
 """
+from __future__ import annotations
+
 import os
-from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..errors import BindError
 from .plan_types import Mount
@@ -15,7 +16,7 @@ from .request import Bind
 # may sit inside earlier ones.  /dev, /proc and /sys are recursive binds of the host's:
 # a user namespace without its own PID namespace may not mount a fresh procfs, and a
 # recursive bind keeps the submounts (/dev/pts, /dev/shm, /sys/fs/cgroup...).
-DEFAULT_MOUNTS: Tuple[Tuple[str, str, str, str, str], ...] = (
+DEFAULT_MOUNTS: tuple[tuple[str, str, str, str, str], ...] = (
     ("/proc", "bind", "/proc", "proc", "default: host /proc"),
     ("/sys", "bind", "/sys", "sys", "default: host /sys"),
     ("/dev", "bind", "/dev", "dev", "default: host /dev"),
@@ -65,12 +66,12 @@ def _refuse_climbing(dst: str) -> None:
             depth += 1
 
 
-def parse_binds(specs: Iterable[str]) -> List[Bind]:
+def parse_binds(specs: list[str]) -> list[Bind]:
     """Each entry may itself be a comma list (``-B a,b:/b``, ``HPCCONT_BIND``)."""
     return [parse_bind(s) for spec in specs for s in spec.split(",") if s.strip()]
 
 
-def check_bind_source(bind: Bind, denylist: Iterable[str] = ()) -> None:
+def check_bind_source(bind: Bind, denylist: list[str] = ()) -> None:
     """The source must exist and be readable by the caller; some paths are never bindable."""
     real = os.path.realpath(bind.src)
     for denied in denylist:
@@ -86,7 +87,7 @@ def check_bind_source(bind: Bind, denylist: Iterable[str] = ()) -> None:
         raise BindError(f"bind source {bind.src}: permission denied")
 
 
-def default_mounts(cfg: Dict[str, object], *, contain: bool) -> List[Mount]:
+def default_mounts(cfg: dict[str, object], *, contain: bool) -> list[Mount]:
     out = []
     for target, kind, source, switch, why in DEFAULT_MOUNTS:
         if not cfg.get(switch, True):
@@ -110,15 +111,15 @@ def under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def dedupe(mounts: List[Mount]) -> List[Mount]:
+def dedupe(mounts: list[Mount]) -> list[Mount]:
     """A later mount on the same target replaces an earlier one (user -B wins over defaults)."""
-    last: Dict[str, int] = {}
+    last: dict[str, int] = {}
     for i, m in enumerate(mounts):
         last[m.target] = i
     return [m for i, m in enumerate(mounts) if last[m.target] == i]
 
 
-def resolve_in_root(root: str, target: str, *, max_links: int = 40) -> Optional[str]:
+def resolve_in_root(root: str, target: str, *, max_links: int = 40) -> str | None:
     """Resolve ``target`` (a container path) inside ``root`` without leaving it.
 
     Symlinks in the image are followed as the container would see them (absolute links are
@@ -127,7 +128,7 @@ def resolve_in_root(root: str, target: str, *, max_links: int = 40) -> Optional[
     resolved location (which may not exist yet), or raises BindError.
     """
     parts = [p for p in target.split("/") if p]
-    resolved: List[str] = []
+    resolved: list[str] = []
     links = 0
     while parts:
         name = parts.pop(0)

@@ -4,8 +4,9 @@
 adapters for their additions and returns plain data.  ``--dry-run`` prints the result; tests
 compare plans directly.  Nothing here needs privileges or mounts anything.
 """
+from __future__ import annotations
+
 import os
-from typing import Dict, List, Mapping
 
 from ..errors import ImageError, PolicyError, UsageError
 from . import mounts as M
@@ -19,7 +20,7 @@ TESTSCRIPT = "/.singularity.d/test"
 STARTSCRIPT = "/.singularity.d/startscript"
 
 
-def make_plan(req: ContainerRequest, cfg: Dict[str, dict], environ: Mapping[str, str],
+def make_plan(req: ContainerRequest, cfg: dict[str, dict], environ: dict[str, str],
               cwd: str) -> LaunchPlan:
     if req.action not in ACTIONS:
         raise UsageError(f"unknown action {req.action!r}")
@@ -41,7 +42,7 @@ def make_plan(req: ContainerRequest, cfg: Dict[str, dict], environ: Mapping[str,
                       warnings=list(additions.warnings))
 
 
-def _open_image(path: str, cfg: Dict[str, dict]) -> ImageSource:
+def _open_image(path: str, cfg: dict[str, dict]) -> ImageSource:
     from ..image.source import open_image
     image = open_image(path)
     allowed = cfg["images"]["allowed_dirs"]
@@ -59,7 +60,7 @@ def _open_image(path: str, cfg: Dict[str, dict]) -> ImageSource:
     return image
 
 
-def _mode(cfg: Dict[str, dict]) -> str:
+def _mode(cfg: dict[str, dict]) -> str:
     """Root uses kernel mounts of a loop device; everyone else user namespaces + FUSE."""
     if os.geteuid() == 0 and cfg["runtime"]["root_mount"] == "loop":
         return "root"
@@ -90,7 +91,7 @@ def _host_additions(req: ContainerRequest, cfg, environ, image: ImageSource) -> 
     return add
 
 
-def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) -> List[Mount]:
+def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) -> list[Mount]:
     mcfg = cfg["mounts"]
     contain = req.contain or req.containall
     out = M.default_mounts(mcfg, contain=contain)
@@ -119,7 +120,7 @@ def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) 
     return M.dedupe(out)
 
 
-def _workdir(req: ContainerRequest, mounts: List[Mount], cwd: str, home: str) -> str:
+def _workdir(req: ContainerRequest, mounts: list[Mount], cwd: str, home: str) -> str:
     """--pwd, else the caller's directory when the container can see it, else $HOME."""
     if req.pwd:
         if not req.pwd.startswith("/"):
@@ -130,7 +131,7 @@ def _workdir(req: ContainerRequest, mounts: List[Mount], cwd: str, home: str) ->
     return cwd if visible else home
 
 
-def _argv(req: ContainerRequest) -> List[str]:
+def _argv(req: ContainerRequest) -> list[str]:
     if req.app:
         return _app_argv(req)
     if req.action == "exec":
@@ -146,7 +147,7 @@ def _argv(req: ContainerRequest) -> List[str]:
     return ["/bin/sh"] + list(req.argv)   # shell: apply prefers /bin/bash when the image has it
 
 
-def _app_argv(req: ContainerRequest) -> List[str]:
+def _app_argv(req: ContainerRequest) -> list[str]:
     """SCIF apps (Apptainer layout): /scif/apps/NAME/scif/{runscript,test}."""
     base = f"/scif/apps/{req.app}/scif"
     if req.action == "run":

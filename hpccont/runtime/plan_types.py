@@ -3,11 +3,12 @@
 A LaunchPlan is plain data: tests compare plans without privileges, and ``--dry-run`` prints
 one.  Only ``runtime/apply.py`` turns a plan into system calls.
 """
-from dataclasses import dataclass, field, asdict
-from typing import Dict, List, Optional
+from __future__ import annotations
+
+from ..record import factory, record
 
 
-@dataclass
+@record
 class Mount:
     """One mount in the container, applied in list order.
 
@@ -24,17 +25,17 @@ class Mount:
     readonly: bool = False
     optional: bool = False        # skip silently when the source does not exist
     why: str = ""                 # shown by --dry-run: "default", "user -B", "nv: libcuda.so.1"...
-    content: Optional[str] = None
+    content: str | None = None
 
 
-@dataclass
+@record
 class HostAdditions:
     """What a host adapter (nvidia, mpi) adds to a plan.  Merged by the planner, never applied directly."""
-    mounts: List[Mount] = field(default_factory=list)
-    env: Dict[str, str] = field(default_factory=dict)
-    ld_library_path: List[str] = field(default_factory=list)   # container paths, prepended in order
-    path: List[str] = field(default_factory=list)              # container paths, prepended to PATH
-    warnings: List[str] = field(default_factory=list)
+    mounts: list[Mount] = factory(list)
+    env: dict[str, str] = factory(dict)
+    ld_library_path: list[str] = factory(list)   # container paths, prepended in order
+    path: list[str] = factory(list)              # container paths, prepended to PATH
+    warnings: list[str] = factory(list)
 
     def extend(self, other: "HostAdditions") -> None:
         self.mounts += other.mounts
@@ -44,7 +45,7 @@ class HostAdditions:
         self.warnings += other.warnings
 
 
-@dataclass
+@record
 class ImageSource:
     """Where the root filesystem comes from."""
     kind: str            # "sif" | "squashfs" | "sandbox"
@@ -54,7 +55,7 @@ class ImageSource:
     fs_type: str = "squashfs"   # "squashfs" | "ext3" | "dir"
 
 
-@dataclass
+@record
 class Identity:
     uid: int
     gid: int
@@ -62,22 +63,19 @@ class Identity:
     home: str
     shell: str = "/bin/sh"
     gecos: str = ""
-    groups: List[int] = field(default_factory=list)
+    groups: list[int] = factory(list)
 
 
-@dataclass
+@record
 class LaunchPlan:
     image: ImageSource
     mode: str                       # "rootless" (user namespaces + squashfuse) | "root" (loop + kernel mount)
     identity: Identity
-    mounts: List[Mount]
-    env: Dict[str, str]
+    mounts: list[Mount]
+    env: dict[str, str]
     cwd: str                        # inside the container
-    argv: List[str]                 # argv[0] is looked up on the container's PATH at exec time
-    env_overrides: Dict[str, str] = field(default_factory=dict)   # re-applied after image env scripts
+    argv: list[str]                 # argv[0] is looked up on the container's PATH at exec time
+    env_overrides: dict[str, str] = factory(dict)   # re-applied after image env scripts
     writable_tmpfs: bool = False
-    join: Optional[str] = None
-    warnings: List[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    join: str | None = None
+    warnings: list[str] = factory(list)

@@ -4,13 +4,14 @@ Every front end (CLI flags, SPANK options, PBS hook request, module wrapper, con
 produces one of these; ``plan.make_plan`` turns it into a LaunchPlan.  Plain data only: building
 a request touches no file and needs no privilege.
 """
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from __future__ import annotations
+
+from ..record import factory, record
 
 ACTIONS = ("exec", "run", "shell", "test", "start")
 
 
-@dataclass
+@record
 class Bind:
     """One ``-B src[:dst[:ro|rw]]`` entry.  ``dst`` is a path inside the container."""
     src: str
@@ -21,24 +22,24 @@ class Bind:
         return f"{self.src}:{self.dst}:{'ro' if self.readonly else 'rw'}"
 
 
-@dataclass
+@record
 class ContainerRequest:
     image: str                                  # path (SIF, squashfs, sandbox dir) as given
     action: str = "exec"                        # one of ACTIONS
-    argv: List[str] = field(default_factory=list)
-    binds: List[Bind] = field(default_factory=list)
-    env: Dict[str, str] = field(default_factory=dict)      # --env K=V (already merged with --env-file)
+    argv: list[str] = factory(list)
+    binds: list[Bind] = factory(list)
+    env: dict[str, str] = factory(dict)      # --env K=V (already merged with --env-file)
     cleanenv: bool = False
     contain: bool = False                       # no host /tmp, /var/tmp, cwd; only $HOME
     containall: bool = False                    # contain + no host $HOME
     mount_home: bool = True
-    home: Optional[str] = None                  # --home SRC[:DST]
-    pwd: Optional[str] = None                   # --pwd inside the container
+    home: str | None = None                  # --home SRC[:DST]
+    pwd: str | None = None                   # --pwd inside the container
     writable_tmpfs: bool = False
     nv: bool = False
     nv_strict: bool = False
-    mpi: Optional[str] = None                   # None | "hybrid" | "bind"
-    app: Optional[str] = None                   # SCIF app for run/exec/test
-    join: Optional[str] = None                  # key: tasks with the same key share one container
+    mpi: str | None = None                   # None | "hybrid" | "bind"
+    app: str | None = None                   # SCIF app for run/exec/test
+    join: str | None = None                  # key: tasks with the same key share one container
     dry_run: bool = False
     debug: bool = False

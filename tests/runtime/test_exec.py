@@ -137,7 +137,7 @@ def test_bad_images(run, busybox_sif, shared_tmp, damage):
         bad.write_bytes(b"")
     elif damage == "corrupt-sif":
         b = bytearray(data)
-        b[0x80:0x80 + 8] = b"\xff" * 8  # descriptor table overwritten
+        b[96:104] = (1 << 40).to_bytes(8, "little")  # descriptor table offset beyond the end
         bad.write_bytes(bytes(b))
     if bad.exists():
         bad.chmod(0o644)

@@ -1,0 +1,278 @@
+"""srun / sbatch / salloc with --container on a real cluster, submitted by the user hpcuser.
+
+The busybox image's /etc/hostname says "container", the second image's says "other"; the host's
+says neither, so reading it tells where a task ran.
+"""
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+import helpers
+
+pytestmark = [pytest.mark.slurm, pytest.mark.rootless, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="session")
+def other_image(images):
+    return images["other"]
+
+
+def _lines(r):
+    return [line for line in r.stdout.splitlines() if line.strip()]
+
+
+def _ok(r):
+    assert r.returncode == 0, f"rc={r.returncode}\nstdout:{r.stdout}\nstderr:{r.stderr}"
+    return r
+
+
+# -- srun ------------------------------------------------------------------------------------------
+def test_srun_one_task(submit, images, test_user):
+    r = _ok(submit("srun", f"--container={images['sqsh']}", "sh", "-c",
+                   "cat /etc/hostname; id -u; echo $HPCCONT_SLURM_STEP"))
+    host, uid, step = _lines(r)
+    assert host == "container"
+    assert uid == str(test_user.pw_uid)
+    assert re.fullmatch(r"\d+\.0", step)
+
+
+def test_srun_many_tasks_share_one_container(submit, images):
+    r = _ok(submit("srun", "-n", "8", "--overcommit", f"--container={images['sqsh']}", "sh", "-c",
+                   'echo "$SLURM_PROCID $(cat /etc/hostname) $(readlink /proc/self/ns/mnt)"'))
+    rows = [line.split() for line in _lines(r)]
+    assert sorted(int(p) for p, _, _ in rows) == list(range(8))
+    assert {h for _, h, _ in rows} == {"container"}
+    assert len({ns for _, _, ns in rows}) == 1, "tasks of one step on one node share a mount ns"
+
+
+def test_plugin_option_and_site_image_name(submit, images):
+    r = _ok(submit("srun", f"--hpccont-image={images['name']}", "cat", "/etc/hostname"))
+    assert _lines(r) == ["container"]
+
+
+def test_relative_path_against_submit_dir(submit, images):
+    r = _ok(submit("srun", "--container=busybox.sqsh", "cat", "/etc/hostname", cwd=images["dir"]))
+    assert _lines(r) == ["container"]
+
+
+def test_environment_variable_form(submit, images):
+    r = _ok(submit("srun", "cat", "/etc/hostname", env={"HPCCONT_CONTAINER": str(images["sqsh"])}))
+    assert _lines(r) == ["container"]
+    r = _ok(submit("srun", "--container=none", "cat", "/etc/hostname",
+                   env={"HPCCONT_CONTAINER": str(images["sqsh"])}))
+    assert _lines(r) == [Path("/etc/hostname").read_text().strip()]
+
+
+def test_without_option_nothing_changes(submit):
+    r = _ok(submit("srun", "sh", "-c", "cat /etc/hostname; echo ${HPCCONT_SLURM_STEP:-unset}"))
+    assert _lines(r) == [Path("/etc/hostname").read_text().strip(), "unset"]
+
+
+def test_export_none_still_gets_the_container(submit, images):
+    r = _ok(submit("srun", "--export=NONE", f"--container={images['sqsh']}", "/bin/cat",
+                   "/etc/hostname"))
+    assert _lines(r) == ["container"]
+
+
+def test_container_options_reach_the_runtime(submit, images, shared_tmp):
+    (shared_tmp / "data").mkdir()
+    (shared_tmp / "data" / "f").write_text("bound\n")
+    r = _ok(submit("srun", f"--container={images['sqsh']}",
+                   f"--container-bind={shared_tmp}/data:/mnt/data:ro", "--container-workdir=/mnt/data",
+                   "--container-env=FOO", "--container-cleanenv", "sh", "-c",
+                   'cat f; pwd; echo "foo=$FOO bar=${BAR:-unset}"',
+                   env={"FOO": "1", "BAR": "2"}))
+    assert _lines(r) == ["bound", "/mnt/data", "foo=1 bar=unset"]
+
+
+def test_exit_status_passes_through(submit, images):
+    r = submit("srun", f"--container={images['sqsh']}", "sh", "-c", "exit 7")
+    assert r.returncode == 7
+    r = submit("srun", f"--container={images['sqsh']}", "/no/such/program")
+    assert r.returncode != 0
+
+
+def test_mpi_environment_reaches_tasks(submit, images):
+    for mpi, var in (("pmix", "PMIX_RANK"), ("pmi2", "PMI_FD")):
+        r = _ok(submit("srun", f"--mpi={mpi}", "-n", "2", f"--container={images['sqsh']}", "sh", "-c",
+                       f'cat /etc/hostname; echo "{var}=${{{var}:-missing}}"'))
+        out = _lines(r)
+        assert out.count("container") == 2
+        assert not any(line.endswith("=missing") for line in out), out
+
+
+# -- process tracking ------------------------------------------------------------------------------
+def test_tasks_stay_in_the_step_cgroup(submit, images, slurm_cluster):
+    r = _ok(submit("srun", "-n", "2", f"--container={images['sqsh']}", "sh", "-c",
+                   'echo "$SLURM_JOB_ID $$ $(grep freezer /proc/self/cgroup)"; sleep 1'))
+    for line in _lines(r):
+        job, pid, cgroup = line.split()
+        assert cgroup.endswith(f"/job_{job}/step_0"), cgroup
+
+
+def test_listpids_and_scancel(submit, images, slurm_cluster, shared_tmp):
+    script = shared_tmp / "long.sh"
+    script.write_text("#!/bin/sh\nsrun --container=%s sh -c 'echo $$ > %s/pid; exec sleep 300'\n"
+                      % (images["sqsh"], shared_tmp))
+    r = _ok(submit("sbatch", "--parsable", "-o", f"{shared_tmp}/out", str(script)))
+    job = r.stdout.strip().split(";")[0]
+    pidfile = shared_tmp / "pid"
+    for _ in range(150):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.2)
+    pid = int(pidfile.read_text())
+    cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+    assert f"/job_{job}/step_0" in cgroup
+    listed = slurm_cluster.run(["scontrol", "listpids", f"{job}.0"]).stdout.split()
+    assert str(pid) in listed
+    _ok(submit("scancel", job))
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("task survived scancel")
+    for _ in range(50):
+        if not helpers.fuse_processes(str(images["sqsh"])):
+            break
+        time.sleep(0.2)
+    assert not helpers.fuse_processes(str(images["sqsh"])), "image still mounted after scancel"
+
+
+# -- sbatch / salloc -------------------------------------------------------------------------------
+def _sbatch_wait(submit, shared_tmp, script_text, *opts, name="job.sh", **kw):
+    script = shared_tmp / name
+    script.write_text(script_text)
+    out = shared_tmp / (name + ".out")
+    r = submit("sbatch", "--wait", "-o", str(out), *opts, str(script), **kw)
+    text = out.read_text() if out.exists() else ""
+    return r, text
+
+
+def test_sbatch_option_on_command_line(submit, images, shared_tmp):
+    r, out = _sbatch_wait(submit, shared_tmp, "#!/bin/sh\ncat /etc/hostname\n",
+                          f"--container={images['sqsh']}")
+    assert r.returncode == 0, r.stderr + out
+    assert out.split() == ["container"]
+
+
+def test_sbatch_option_in_script(submit, images, shared_tmp):
+    r, out = _sbatch_wait(submit, shared_tmp,
+                          f"#!/bin/sh\n#SBATCH --container={images['sqsh']}\ncat /etc/hostname\n")
+    assert r.returncode == 0, r.stderr + out
+    assert out.split() == ["container"]
+
+
+def test_nested_srun_inherits_overrides_and_opts_out(submit, images, other_image, shared_tmp,
+                                                     plugstack):
+    # The batch script on the host (wrap_batch=no), so that it can run the host's srun.
+    plugstack(wrap_batch="no")
+    script = ("#!/bin/sh\ncat /etc/hostname\nsrun cat /etc/hostname\n"
+              f"srun --container={other_image} cat /etc/hostname\n"
+              "srun --container=none cat /etc/hostname\n")
+    r, out = _sbatch_wait(submit, shared_tmp, script, f"--container={images['sqsh']}")
+    assert r.returncode == 0, r.stderr + out
+    host = Path("/etc/hostname").read_text().strip()
+    assert out.split() == [host, "container", "other", host]
+
+
+def test_salloc_steps_inherit(submit, images):
+    r = _ok(submit("salloc", f"--container={images['sqsh']}", "srun", "cat", "/etc/hostname"))
+    assert "container" in _lines(r)
+
+
+# -- bad input: one clear line, the step fails, nothing runs outside -------------------------------
+def _one_error_line(r, fragment):
+    errors = [line for line in r.stderr.splitlines() if line.startswith("hpccont")]
+    assert r.returncode != 0, r.stdout
+    assert len(errors) == 1, r.stderr
+    assert fragment in errors[0], errors[0]
+    assert "ran-outside" not in r.stdout
+
+
+def test_missing_image(submit):
+    r = submit("srun", "-n", "4", "--overcommit", "--container=/nonexistent/x.sif", "echo", "ran-outside")
+    _one_error_line(r, "container image '/nonexistent/x.sif' not found")
+
+
+def test_unreadable_image(submit, world_tmp, busybox_squashfs):
+    secret = world_tmp / "secret.sqsh"
+    secret.write_bytes(busybox_squashfs.read_bytes())
+    secret.chmod(0o600)
+    r = submit("srun", f"--container={secret}", "echo", "ran-outside")
+    _one_error_line(r, "is not readable")
+
+
+def test_not_an_image(submit, shared_tmp):
+    junk = shared_tmp / "junk.sif"
+    junk.write_text("not an image\n")
+    junk.chmod(0o644)
+    r = submit("srun", f"--container={junk}", "echo", "ran-outside")
+    _one_error_line(r, "is not a SIF or squashfs image")
+
+
+def test_bad_bind_spec(submit, images):
+    r = submit("srun", f"--container={images['sqsh']}", "--container-bind=/no/such/dir:/x",
+               "echo", "ran-outside")
+    assert r.returncode != 0
+    assert "ran-outside" not in r.stdout
+    assert "/no/such/dir" in r.stderr
+
+
+def test_bad_mpi_mode(submit, images):
+    r = submit("srun", f"--container={images['sqsh']}", "--container-mpi=fast", "echo", "ran-outside")
+    _one_error_line(r, "--container-mpi must be one of")
+
+
+def test_broken_plugin_path_never_runs_unwrapped(submit, images, plugstack):
+    plugstack(hpccont="/nonexistent/hpccont")
+    r = submit("srun", f"--container={images['sqsh']}", "echo", "ran-outside")
+    assert r.returncode != 0
+    assert "ran-outside" not in r.stdout
+    assert "cannot execute /nonexistent/hpccont" in r.stderr
+
+
+def test_oci_bundle_left_to_slurm(submit, shared_tmp):
+    bundle = shared_tmp / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "config.json").write_text("{}")
+    r = submit("srun", f"--container={bundle}", "echo", "hi")
+    # No oci.conf on this cluster: Slurm itself refuses; hpccont never saw the value.
+    assert "hpccont" not in r.stderr
+
+
+# -- accounting ------------------------------------------------------------------------------------
+def test_accounting_records_image_and_digest(submit, busybox_sif, world_tmp, slurm_cluster,
+                                             hpccont):
+    import hashlib
+    sif = world_tmp / "acct.sif"
+    sif.write_bytes(busybox_sif.read_bytes())
+    sif.chmod(0o644)
+    r = _ok(submit("srun", f"--container={sif}", "sh", "-c", "echo $SLURM_JOB_ID"))
+    job = _lines(r)[-1]
+    want = hashlib.sha256(sif.read_bytes()).hexdigest()
+    recs = [json.loads(line) for line in slurm_cluster.accounting.read_text().splitlines()]
+    mine = [x for x in recs if x["job"] == job]
+    assert len(mine) == 1
+    assert mine[0]["image"] == str(sif) and mine[0]["sha256"] == want and mine[0]["step"] == "0"
+    assert mine[0]["user"] == "hpcuser" and mine[0]["kind"] == "sif"
+    st = os.stat(slurm_cluster.accounting)
+    assert st.st_uid == 0 and not st.st_mode & 0o002
+    listed = hpccont("slurm", "jobs", "--all", "--json", "--log", slurm_cluster.accounting,
+                     env=slurm_cluster.env)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert any(x["job"] == job and x["sha256"] == want for x in rows)
+    # The job's AdminComment carries the image too (squeue --json shows it while the job is known).
+    for _ in range(25):
+        q = json.loads(slurm_cluster.run(["squeue", "--json", "--states=all"]).stdout)
+        comments = [j.get("admin_comment") for j in q["jobs"] if str(j["job_id"]) == job]
+        if comments and comments[0]:
+            break
+        time.sleep(0.2)
+    assert comments == [f"hpccont:{sif}@sha256:{want}"]

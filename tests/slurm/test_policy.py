@@ -1,0 +1,131 @@
+"""The Slurm policy in hpccont/schedulers/slurm.py, without a cluster (plain data in, plan out)."""
+import pytest
+
+from hpccont.errors import ImageError, SchedulerError, UsageError
+from hpccont.schedulers import slurm
+
+ARGS = slurm.parse_plugin_args(["hpccont=/opt/bin/hpccont", "image_dir=/site/a:/site/b"])
+
+
+def test_plugin_args_defaults_and_values():
+    assert ARGS.hpccont == "/opt/bin/hpccont"
+    assert ARGS.image_dirs == ["/site/a", "/site/b"]
+    assert ARGS.wrap_batch is True and ARGS.require_signature is False
+    off = slurm.parse_plugin_args(["wrap_batch=no", "require_signature=yes"])
+    assert off.wrap_batch is False and off.require_signature is True
+
+
+@pytest.mark.parametrize("bad", ["bogus=1", "wrap_batch=maybe", "noequals"])
+def test_plugin_args_refused(bad):
+    with pytest.raises(SchedulerError):
+        slurm.parse_plugin_args([bad])
+
+
+def test_step_ids():
+    assert slurm.parse_step("12.0").key == "12.0"
+    assert slurm.parse_step("12.4294967291").key == "12.batch"
+    assert slurm.parse_step("12.4294967290").kind == "interactive"
+    assert slurm.parse_step("12.4294967292").kind == "extern"
+    with pytest.raises(SchedulerError):
+        slurm.parse_step("x")
+
+
+def _image(tmp_path, name="img.sqsh", magic=b"hsqs"):
+    p = tmp_path / name
+    p.write_bytes(magic + b"\0" * 100)
+    return p
+
+
+def test_options_beat_environment_and_none_disables(tmp_path):
+    img = _image(tmp_path)
+    env = {"HPCCONT_CONTAINER": "/elsewhere.sif", "SLURM_SUBMIT_DIR": str(tmp_path)}
+    step = slurm.parse_step("5.0")
+    plan = slurm.plan_task(step, ARGS, {"container": str(img)}, ["prog", "a"], env, str(tmp_path))
+    assert plan.image == str(img)
+    assert plan.argv[:2] == ["/opt/bin/hpccont", "exec"]
+    assert plan.argv[-3:] == [str(img), "prog", "a"]
+    assert plan.argv[plan.argv.index("--join") + 1] == "5.0"
+    assert plan.env == {"HPCCONT_SLURM_STEP": "5.0"}
+    none = slurm.plan_task(step, ARGS, {"container": "none"}, ["prog"], env, str(tmp_path))
+    assert none.image is None and none.argv == ["prog"]
+
+
+def test_environment_form(tmp_path):
+    img = _image(tmp_path)
+    env = {"HPCCONT_CONTAINER": "img.sqsh", "HPCCONT_CONTAINER_NV": "1",
+           "SLURM_SUBMIT_DIR": str(tmp_path)}
+    plan = slurm.plan_task(slurm.parse_step("5.1"), ARGS, {}, ["prog"], env, "/")
+    assert plan.image == str(img) and "--nv" in plan.argv
+
+
+def test_batch_step_follows_wrap_batch(tmp_path):
+    img = _image(tmp_path)
+    batch = slurm.parse_step("7.4294967291")
+    on = slurm.plan_task(batch, ARGS, {"container": str(img)}, ["script"], {}, "/")
+    off = slurm.plan_task(batch, slurm.parse_plugin_args(["wrap_batch=no"]),
+                          {"container": str(img)}, ["script"], {}, "/")
+    assert on.image == str(img)
+    assert off.image is None and "batch" in off.reason
+
+
+@pytest.mark.parametrize("launcher", ["hpccont", "/usr/bin/container-exec", "apptainer"])
+def test_no_double_wrapping(tmp_path, launcher):
+    img = _image(tmp_path)
+    plan = slurm.plan_task(slurm.parse_step("1.0"), ARGS, {"container": str(img)},
+                           [launcher, "exec", str(img), "x"], {}, "/")
+    assert plan.image is None and plan.argv[0] == launcher
+
+
+def test_relative_image_where_typed_then_submit_dir_then_site(tmp_path):
+    typed, submit, site = (tmp_path / d for d in ("typed", "submit", "site"))
+    for d in (typed, submit, site):
+        d.mkdir()
+    a = _image(submit, "a.sqsh")
+    b = _image(typed, "a.sqsh")
+    c = _image(site, "pytorch.sif", magic=b"#" * 32 + b"SIF_MAGIC")
+    args = slurm.parse_plugin_args([f"image_dir={site}"])
+    env = {"SLURM_SUBMIT_DIR": str(submit)}
+    assert slurm.find_image("a.sqsh", env, "/", []) == str(a)
+    env["HPCCONT_SLURM_CWD"] = str(typed)
+    assert slurm.find_image("a.sqsh", env, "/", []) == str(b)
+    assert slurm.find_image("pytorch", env, "/", args.image_dirs) == str(c)
+    assert slurm.image_kind(str(c)) == "sif"
+    with pytest.raises(ImageError, match="not found"):
+        slurm.find_image("missing", env, "/", args.image_dirs)
+
+
+def test_image_kinds_refused(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ImageError, match="not a SIF or squashfs"):
+        slurm.image_kind(str(text))
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "config.json").write_text("{}")
+    with pytest.raises(ImageError, match="OCI bundle"):
+        slurm.image_kind(str(bundle))
+    with pytest.raises(ImageError, match="signed SIF"):
+        slurm.check_signature(str(text), "squashfs")
+
+
+def test_bad_option_values():
+    with pytest.raises(UsageError):
+        slurm.job_options({"container": "x", "container-mpi": "fast"}, {})
+    with pytest.raises(UsageError):
+        slurm.job_options({"container": "x", "container-bind": None}, {})
+
+
+def test_spank_option_names():
+    assert slurm.parse_spank_options(["hpccont-image=a.sif", "container-nv"]) == \
+        {"container": "a.sif", "container-nv": None}
+
+
+def test_digest_cache(tmp_path):
+    import hashlib
+    img = _image(tmp_path)
+    log = str(tmp_path / "log.jsonl")
+    want = hashlib.sha256(img.read_bytes()).hexdigest()
+    assert slurm.file_digest(str(img), log) == (want, img.stat().st_size)
+    assert (tmp_path / "log.jsonl.digests").exists()
+    assert slurm.file_digest(str(img), log)[0] == want
+    assert slurm.file_digest("/dev/null", log) == ("", 0)

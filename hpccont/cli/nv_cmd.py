@@ -59,7 +59,7 @@ def format_report(report) -> str:
     out.append(f"library list:   {report.liblist}")
     sel = report.selection
     chosen = {g.uuid for g in sel.gpus} if sel else set()
-    out.append(f"GPUs (chosen by {sel.source if sel else '-'}):")
+    out.append(f"GPUs ({sel.source if sel else '-'}):")
     for g in drv.gpus:
         mark = "bind" if g.uuid in chosen else "not for this job"
         out.append(f"  index {g.index}  minor {g.minor}  {g.uuid}  {g.name}  [{mark}]")

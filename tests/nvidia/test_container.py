@@ -138,7 +138,7 @@ def test_nv_list(hpccont, nv_env, driver):
     assert f"skipped libcuda.so.1 at {driver.root}/old-driver/libcuda.so.1: version" in out
     assert "not in the ldconfig cache: libnvidia-opencl.so" in out
     assert f"nvidia-smi" in out and "not on PATH: nvidia-debugdump" in out
-    assert "GPUs (chosen by SLURM_JOB_GPUS=1)" in out
+    assert "GPUs (SLURM_JOB_GPUS=1):" in out
     assert "index 0  minor 0" in out and "[not for this job]" in out
     assert "missing /dev/nvidia1" in out
 

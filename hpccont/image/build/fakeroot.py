@@ -174,6 +174,8 @@ def run_as_fakeroot(func: Callable[[], None], plan: Optional[UsernsPlan] = None)
     os.close(ready_w)
     os.close(go_r)
     os.close(res_w)
+    # scancel/timeout signal this process: the build child must hear it to clean up.
+    previous = signal.signal(signal.SIGTERM, lambda *_: _forward(pid, signal.SIGTERM))
     try:
         ok = os.read(ready_r, 1) == b"1"
         if ok:
@@ -192,8 +194,16 @@ def run_as_fakeroot(func: Callable[[], None], plan: Optional[UsernsPlan] = None)
     finally:
         os.close(ready_r)
         os.close(res_r)
-    status = _wait(pid)
+        status = _wait(pid)
+        signal.signal(signal.SIGTERM, previous)
     _raise_result(result, status)
+
+
+def _forward(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except OSError:
+        pass
 
 
 def _fakeroot_child(func, plan, ready_w, go_r, res_w) -> None:
@@ -310,13 +320,21 @@ def run_script(run: ScriptRun, echo=None) -> ScriptResult:
     os.close(out_w)
     os.close(err_w)
     tail: deque = deque(maxlen=TAIL_LINES)
+    interrupted = False
     try:
         with os.fdopen(out_r, "rb") as stream:
-            for raw in _lines(stream):
-                line = raw.decode("utf-8", "replace")
-                tail.append(line.rstrip("\n"))
-                if echo:
-                    echo(line)
+            while True:
+                try:
+                    for raw in _lines(stream):
+                        line = raw.decode("utf-8", "replace")
+                        tail.append(line.rstrip("\n"))
+                        if echo:
+                            echo(line)
+                    break
+                except KeyboardInterrupt:
+                    # The script runs in its own process group: stop all of it, then drain.
+                    interrupted = True
+                    kill_group(pid)
         setup_error = _read_all(err_r).decode("utf-8", "replace")
     finally:
         os.close(err_r)
@@ -326,6 +344,8 @@ def run_script(run: ScriptRun, echo=None) -> ScriptResult:
                 os.unlink(path)
             except OSError:
                 pass
+    if interrupted:
+        raise KeyboardInterrupt
     if setup_error:
         raise BuildError(setup_error)
     code = os.waitstatus_to_exitcode(status)
@@ -334,13 +354,17 @@ def run_script(run: ScriptRun, echo=None) -> ScriptResult:
 
 def _lines(stream):
     while True:
-        try:
-            line = stream.readline()
-        except KeyboardInterrupt:
-            continue  # the script got the ^C too; keep draining until it ends
+        line = stream.readline()
         if not line:
             return
         yield line
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _prepare_mountpoints(run: ScriptRun) -> List[str]:
@@ -371,6 +395,8 @@ def _script_child(run: ScriptRun, out_w: int, err_w: int) -> None:
         os.dup2(fd, 0)
         os.close(fd)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.setpgid(0, 0)
         unshare(CLONE_NEWNS)
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         for inside, host in run.binds:

@@ -68,6 +68,36 @@ def base_env_script(app: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Sourced with every other env script: when an app is selected (``run --app NAME`` sets
+# APPTAINER_APPNAME, or SINGULARITY_APPNAME for older tools), its bin/ and lib/ come first
+# on the paths and its own env scripts are sourced, as in images Apptainer builds.
+ACTIVE_APP = """if test -z "${APPTAINER_APPNAME:-}" && test -n "${SINGULARITY_APPNAME:-}"; then
+    APPTAINER_APPNAME="$SINGULARITY_APPNAME"
+fi
+if test -n "${APPTAINER_APPNAME:-}"; then
+    export APPTAINER_APPNAME
+    if test -d "/scif/apps/${APPTAINER_APPNAME}/"; then
+        SCIF_APPS=/scif/apps
+        export SCIF_APPS
+        if test -d "/scif/apps/${APPTAINER_APPNAME}/lib"; then
+            LD_LIBRARY_PATH="/scif/apps/${APPTAINER_APPNAME}/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            export LD_LIBRARY_PATH
+        fi
+        PATH="/scif/apps/${APPTAINER_APPNAME}/bin:/scif/apps/${APPTAINER_APPNAME}:$PATH"
+        export PATH
+        for script in "/scif/apps/${APPTAINER_APPNAME}"/scif/env/*.sh; do
+            if test -f "$script"; then
+                . "$script"
+            fi
+        done
+    else
+        echo "Could not locate the container application: ${APPTAINER_APPNAME}" >&2
+        exit 1
+    fi
+fi
+"""
+
+
 def apps_env_script(apps: List[str]) -> str:
     lines = ["#!/bin/sh"]
     for app in apps:
@@ -79,7 +109,7 @@ def apps_env_script(apps: List[str]) -> str:
         lines.append(f"## App Global Exports For: {app}")
         lines += [f"{k}={val}" for k, val in pairs.items()]
         lines.append("export " + " ".join(pairs))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + ACTIVE_APP
 
 
 def write_apps(rootfs: str, stage) -> None:

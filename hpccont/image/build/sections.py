@@ -64,13 +64,18 @@ def run_setup(section: Section, ctx: SectionContext) -> None:
         ctx.before_output()
     proc = subprocess.Popen([shell, "-e", "-c", section.body], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            cwd=ctx.base_dir or None)
+                            cwd=ctx.base_dir or None, process_group=0)
     tail: List[str] = []
-    for raw in proc.stdout:
-        line = raw.decode("utf-8", "replace")
-        tail = (tail + [line.rstrip("\n")])[-fakeroot.TAIL_LINES:]
-        if ctx.echo:
-            ctx.echo(line)
+    try:
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            tail = (tail + [line.rstrip("\n")])[-fakeroot.TAIL_LINES:]
+            if ctx.echo:
+                ctx.echo(line)
+    except KeyboardInterrupt:
+        fakeroot.kill_group(proc.pid)
+        proc.wait()
+        raise
     status = proc.wait()
     if status != 0:
         raise _fail(section, ctx, status if status > 0 else 128 - status, tail)

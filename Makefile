@@ -24,7 +24,8 @@ setup:
 	$(MAKE) install
 
 install:
-	$(PY) -m pip install -q --no-deps --no-build-isolation --force-reinstall .
+	$(PY) -m pip install -q --no-deps --force-reinstall .
+	cd / && $(PY) -m hpccont.cli.launchers $(VENV)/bin >/dev/null
 	chmod -R a+rX $(PREFIX)
 	for f in hpccont container-exec run-singularity; do ln -sf $(VENV)/bin/$$f /usr/local/bin/$$f; done
 

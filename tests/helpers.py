@@ -8,7 +8,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,23 +83,10 @@ def as_user(argv, user: str = TEST_USER, env=None, **kw) -> subprocess.Completed
 
 
 def write_launchers(bindir: Path, libdir: Path, python: str = sys.executable) -> dict:
-    """Entry-point scripts like the installed ones, but running the package copied into ``libdir``."""
-    bindir.mkdir(parents=True, exist_ok=True)
-    scripts = {"hpccont": "main", "container-exec": "container_exec_main",
-               "run-singularity": "run_singularity_main"}
-    paths = {}
-    for name, func in scripts.items():
-        p = bindir / name
-        p.write_text(textwrap.dedent(f"""\
-            #!{python}
-            import sys
-            sys.path.insert(0, {str(libdir)!r})
-            from hpccont.cli.main import {func}
-            sys.exit({func}())
-            """))
-        p.chmod(0o755)
-        paths[name] = str(p)
-    return paths
+    """Entry-point scripts exactly as ``make install`` writes them, running the package in ``libdir``."""
+    sys.path.insert(0, str(REPO))
+    from hpccont.cli.launchers import write_launchers as write
+    return write(str(bindir), str(libdir), python)
 
 
 def mounts_mentioning(fragment: str) -> list:

@@ -56,19 +56,37 @@ FUSE_SERVERS = {"squashfuse_ll": "squashfuse_ll", "squashfuse": "squashfuse"}
 
 
 class Step:
-    """Names the step in progress, so that a failure becomes one line saying what failed."""
+    """Names the step in progress, so that a failure becomes one line saying what failed.
 
-    def __init__(self):
+    With --debug each step also prints the time since the interpreter started (from the
+    process start time the kernel recorded), which is the breakdown bench/startup shows.
+    """
+
+    def __init__(self, debug: bool = False):
         self.name = "start"
+        self.debug = debug
 
     def __call__(self, name: str) -> "Step":
+        if self.debug:
+            os.write(2, f"hpccont: [{since_process_start():6.1f} ms] {name}\n".encode())
         self.name = name
         return self
 
 
+def since_process_start() -> float:
+    """Milliseconds since this process was started (clock ticks in /proc/self/stat)."""
+    import time
+    with open("/proc/self/stat") as f:
+        start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return (time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")) * 1000 \
+        if uptime else 0.0
+
+
 def apply(plan: LaunchPlan, cfg: dict[str, dict], *, debug: bool = False) -> None:
     """Set up the container described by ``plan`` and exec its command.  Never returns."""
-    step = Step()
+    step = Step(debug)
     try:
         root = setup(plan, cfg, step)
         enter(root, plan, step)
@@ -284,6 +302,7 @@ def execute(plan: LaunchPlan, step: Step) -> None:
         path = "/bin/sh"
     else:
         path = _which(argv[0], env.get("PATH", ""))
+    step(f"exec {path}")
     try:
         K.prctl(K.PR_SET_NO_NEW_PRIVS, 1)
         os.execve(path, argv, env)

@@ -79,7 +79,8 @@ def container_environment(environ: dict[str, str], *, cleanenv: bool, user_env: 
     env["HOME"] = home
     env["USER"] = env["LOGNAME"] = user
     env["PATH"] = ":".join(list(bin_paths) + [DEFAULT_PATH])
-    env["LD_LIBRARY_PATH"] = ":".join(list(ld_paths) + [CONTAINER_LIBS])
+    ld = list(ld_paths)
+    env["LD_LIBRARY_PATH"] = ":".join(ld + ([] if CONTAINER_LIBS in ld else [CONTAINER_LIBS]))
     name = image_path.rstrip("/").rsplit("/", 1)[-1]
     for prefix in ("HPCCONT", "APPTAINER", "SINGULARITY"):
         env[f"{prefix}_CONTAINER"] = image_path

@@ -1,5 +1,6 @@
 """Fixtures for the module tests: labelled images, real Lmod in non-interactive shells, and a
 recording stand-in for hpccont that shows exactly what a wrapper script passes on."""
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helpers  # noqa: E402
-from lmodlib import LMOD_INIT, RECORDER, labelled_rootfs, run_lmod  # noqa: E402
+from lmodlib import LMOD_INIT, RECORDER, build, labelled_rootfs, run_lmod  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +56,17 @@ def module_squashfs(module_image, world_tmp):
     helpers.mksquashfs(module_image, out)
     out.chmod(0o644)
     return out
+
+
+@pytest.fixture(scope="session")
+def module_sif(module_image, world_tmp, install):
+    return build(install, module_image, world_tmp / "images" / "bbtools-1.36.sif")
+
+
+@pytest.fixture(scope="session")
+def sif_tree(module_sif, world_tmp, install, test_user):
+    tree = world_tmp / "e2e-modules"
+    r = subprocess.run([install["hpccont"], "module", "generate", str(module_sif), "--name",
+                        "bbtools/1.36", "--modulepath", str(tree)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return tree

@@ -59,3 +59,12 @@ def recorded_args(stdout: str) -> list:
     """The arguments the recorder saw, in order."""
     body = stdout.split("ARGS:", 1)[1].split("\nEND\n", 1)[0]
     return body.split("\0")[:-1]
+
+
+def build(install, src, out):
+    r = subprocess.run([install["hpccont"], "build", "--force", str(out), str(src)],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"hpccont build failed: {r.stderr.strip()}")
+    out.chmod(0o644)
+    return out

@@ -12,34 +12,11 @@ import subprocess
 import pytest
 
 import helpers
-from lmodlib import labelled_rootfs, run_lmod
+from lmodlib import build, labelled_rootfs, run_lmod
 
 pytestmark = [pytest.mark.lmod, pytest.mark.rootless]
 
 USER = helpers.TEST_USER
-
-
-def build(install, src, out):
-    r = subprocess.run([install["hpccont"], "build", "--force", str(out), str(src)],
-                       capture_output=True, text=True, timeout=120)
-    if r.returncode != 0:
-        pytest.fail(f"hpccont build failed: {r.stderr.strip()}")
-    out.chmod(0o644)
-    return out
-
-
-@pytest.fixture(scope="session")
-def module_sif(module_image, world_tmp, install):
-    return build(install, module_image, world_tmp / "images" / "bbtools-1.36.sif")
-
-
-@pytest.fixture(scope="session")
-def sif_tree(module_sif, world_tmp, install, test_user):
-    tree = world_tmp / "e2e-modules"
-    r = subprocess.run([install["hpccont"], "module", "generate", str(module_sif), "--name",
-                        "bbtools/1.36", "--modulepath", str(tree)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return tree
 
 
 def as_user(shell, tree, body, **kw):

@@ -90,7 +90,8 @@ end
 local function reexec(options, value)
    if not have_posix or getenv(GUARD) then return false end
    -- sbatch reading its script from stdin has consumed it already.
-   if options.type == "sbatch" and (options.argv == nil or options.argv[1] == nil) then
+   if options.type == "sbatch" and (options.argv == nil or options.argv[1] == nil)
+         and (options.wrap == nil or options.wrap == "") then
       return false
    end
    local args = read_cmdline()

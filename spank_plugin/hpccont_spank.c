@@ -35,11 +35,17 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 	case S_CTX_LOCAL:
 	case S_CTX_ALLOCATOR:
 		return client_init_post_opt(sp);
-	case S_CTX_REMOTE:
-		return stepd_init_post_opt(sp);
 	default:
 		return 0;
 	}
+}
+
+int slurm_spank_user_init(spank_t sp, int ac, char **av)
+{
+	(void)ac; (void)av;
+	if (!spank_remote(sp))
+		return 0;
+	return stepd_user_init(sp);
 }
 
 int slurm_spank_task_init(spank_t sp, int ac, char **av)

@@ -5,7 +5,7 @@
 #include <slurm/spank.h>
 
 int client_init_post_opt(spank_t sp);    /* srun_side.c: srun, sbatch, salloc */
-int stepd_init_post_opt(spank_t sp);     /* stepd_side.c: once per node per step, as root */
+int stepd_user_init(spank_t sp);         /* stepd_side.c: once per node per step (accounting) */
 int stepd_task_init(spank_t sp);         /* stepd_side.c: each task, as the user; execs */
 
 #endif

@@ -1,18 +1,21 @@
 /*
  * slurmstepd side (remote context).
  *
- * stepd_init_post_opt runs once per node per step in slurmstepd, still as root: it lets
- * "hpccont slurm record" write the accounting line (image path and digest) to a file only
- * admins can write.  stepd_task_init runs in each forked task, already as the user, just before
+ * stepd_user_init runs once per node per step in slurmstepd (the first hook where the options
+ * are known there; slurmstepd has only set its effective uid to the user's): it lets
+ * "hpccont slurm record", as root again, write the accounting line (image path and digest) to
+ * a file only admins can write.  stepd_task_init runs in each forked task, already as the user, just before
  * Slurm would exec the task: we exec "hpccont slurm task" instead, which decides everything and
  * execs either the container or the original command.  The process keeps its PID, so it stays in
  * the step's cgroup, and scancel, --signal and the exit status work as for any task.
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -70,7 +73,7 @@ static char **job_env(spank_t sp)
 	return env;
 }
 
-int stepd_init_post_opt(spank_t sp)
+int stepd_user_init(spank_t sp)
 {
 	char **argv, **env;
 	pid_t pid;
@@ -90,14 +93,19 @@ int stepd_init_post_opt(spank_t sp)
 		return 0;
 	}
 	if (pid == 0) {
+		/* slurmstepd runs this hook with only its effective ids dropped to the user's; the
+		 * real uid is still 0, so root comes back (uid first: it restores the capabilities). */
+		if (setresuid(0, 0, 0) != 0 || setresgid(0, 0, 0) != 0 || setgroups(0, NULL) != 0)
+			_exit(126);
 		execve(hpccont_args.hpccont, argv, env);
 		_exit(127);
 	}
-	/* Accounting never fails a step: the status is only logged. */
+	/* Accounting never fails a step: the status goes to slurmd's log only (slurm_error would
+	 * also be shown by srun). */
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		slurm_error("hpccont: '%s slurm record' failed (status %d)", hpccont_args.hpccont, status);
+		slurm_info("hpccont: '%s slurm record' failed (status %d)", hpccont_args.hpccont, status);
 	return 0;
 }
 

@@ -134,14 +134,8 @@ class SlurmCluster:
         p.chmod(0o644)
 
     # -- daemons ------------------------------------------------------------------------------
-    def start(self, timeout: float = 30) -> "SlurmCluster":
-        self._lock = open(LOCK_FILE, "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            self._lock = None
-            raise RuntimeError(f"another Slurm test cluster is running ({LOCK_FILE} is locked)")
+    def start(self, timeout: float = 30, lock_wait: float = 900) -> "SlurmCluster":
+        self._take_lock(lock_wait)
         try:
             self.write_config()
             self._start_munge()
@@ -152,6 +146,22 @@ class SlurmCluster:
             self.stop()
             raise
         return self
+
+    def _take_lock(self, wait: float) -> None:
+        """Wait for another test session's cluster to go away (suites run side by side)."""
+        self._lock = open(LOCK_FILE, "a")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self._lock.close()
+                    self._lock = None
+                    raise RuntimeError(f"another Slurm test cluster is running ({LOCK_FILE} "
+                                       f"stayed locked for {wait:.0f}s)")
+                time.sleep(0.5)
 
     def _start_munge(self) -> None:
         if self._munge_works():

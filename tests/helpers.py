@@ -84,9 +84,10 @@ def as_user(argv, user: str = TEST_USER, env=None, **kw) -> subprocess.Completed
 
 def write_launchers(bindir: Path, libdir: Path, python: str = sys.executable) -> dict:
     """Entry-point scripts exactly as ``make install`` writes them, running the package in ``libdir``."""
+    import sysconfig
     sys.path.insert(0, str(REPO))
     from hpccont.cli.launchers import write_launchers as write
-    return write(str(bindir), str(libdir), python)
+    return write(str(bindir), str(libdir), python, (sysconfig.get_paths()["purelib"],))
 
 
 def mounts_mentioning(fragment: str) -> list:

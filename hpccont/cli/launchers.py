@@ -14,20 +14,22 @@ ENTRY_POINTS = {"hpccont": "main", "container-exec": "container_exec_main",
 
 TEMPLATE = """#!{python} -IS
 import sys
-sys.path.insert(0, {libdir!r})
+sys.path[0:0] = {paths!r}
 from hpccont.cli.main import {func}
 sys.exit({func}())
 """
 
 
-def write_launchers(bindir: str, libdir: str, python: str = sys.executable) -> dict:
+def write_launchers(bindir: str, libdir: str, python: str = sys.executable,
+                    extra_paths: tuple = ()) -> dict:
+    """``libdir`` holds the hpccont package; ``extra_paths`` (e.g. where PyYAML lives) follow it."""
     os.makedirs(bindir, exist_ok=True)
     paths = {}
     for name, func in ENTRY_POINTS.items():
         path = os.path.join(bindir, name)
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            f.write(TEMPLATE.format(python=python, libdir=libdir, func=func))
+            f.write(TEMPLATE.format(python=python, paths=[libdir, *extra_paths], func=func))
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
         paths[name] = path

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import HpccontError, ImageError, UsageError
+from ..errors import ImageError, UsageError
 from .generate import (ModulePlan, apply_plan, make_spec, modulefile_path, plan_module,
                        read_stamp)
 from .metadata import NAME_LABELS, VERSION_LABELS, ImageMetadata, read_metadata
@@ -104,7 +104,6 @@ def generate_all(directory: str, modulepath: str, *, tcl: bool = False, nv: bool
             changed = apply_plan(plan)
             outcome.status = "written" if changed else "unchanged"
         except (ImageError, UsageError) as e:
+            # One bad image must not stop a site's whole tree from being generated.
             outcome.status, outcome.detail = "skipped", e.one_line()
-        except HpccontError:
-            raise
     return result

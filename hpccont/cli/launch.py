@@ -38,6 +38,7 @@ USAGE = {
     "run": "hpccont run [options] IMAGE [ARGS...]",
     "shell": "hpccont shell [options] IMAGE",
     "test": "hpccont test [options] IMAGE",
+    "start": "hpccont instance start [options] IMAGE NAME [ARGS...]",
 }
 
 HELP = """
@@ -167,6 +168,9 @@ def main(action: str, argv: list[str]) -> int:
     from ..runtime.plan import make_plan
     req = build_request(action, argv)
     cfg = config.load()
+    if req.image.startswith("instance://"):
+        from ..runtime.instances import attach
+        req = attach(req, cfg)
     plan = make_plan(req, cfg, os.environ, current_dir())
     for w in plan.warnings:
         sys.stderr.write(f"hpccont: warning: {w}\n")

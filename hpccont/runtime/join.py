@@ -55,8 +55,11 @@ def state_name(plan: LaunchPlan) -> str:
     return f"join-{digest}"
 
 
-def apply_joined(plan: LaunchPlan, cfg: dict[str, dict]) -> None:
-    """Enter (creating if needed) the shared container for ``plan.join``, then exec.  No return."""
+def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = False) -> None:
+    """Enter (creating if needed) the shared container for ``plan.join``, then exec.  No return.
+
+    ``persistent``: a keeper created now stays until it is killed (``instance stop``) instead
+    of leaving with its last guest."""
     from .apply import Step, execute
     d = state_dir(cfg)
     name = state_name(plan)
@@ -65,7 +68,7 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict]) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         pid = _live_keeper(os.path.join(d, name))
         if pid is None:
-            pid = _start_keeper(plan, cfg, d, name, lock.fileno())
+            pid = _start_keeper(plan, cfg, d, name, lock.fileno(), persistent)
         try:
             _enter(pid, plan)
         except OSError as e:
@@ -77,6 +80,25 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict]) -> None:
         raise LaunchError(f"working directory {plan.cwd} is not usable in the container: "
                           f"{e.strerror}") from None
     execute(plan, step)
+
+
+def keeper_pid(plan: LaunchPlan, cfg: dict[str, dict]) -> int | None:
+    """The live keeper of ``plan.join``'s container, if any."""
+    return _live_keeper(os.path.join(state_dir(cfg), state_name(plan)))
+
+
+def members(pid: int) -> list:
+    """PIDs in the mount namespace of process ``pid`` (the keeper included)."""
+    ns = os.readlink(f"/proc/{pid}/ns/mnt")
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/mnt") == ns:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 def _live_keeper(path: str) -> int | None:
@@ -115,7 +137,8 @@ def _enter(pid: int, plan: LaunchPlan) -> None:
             os.close(fd)
 
 
-def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, lock_fd: int) -> int:
+def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, lock_fd: int,
+                  persistent: bool) -> int:
     """Double-fork a keeper that builds the container; returns its PID once it is ready."""
     rfd, wfd = os.pipe()
     child = os.fork()
@@ -128,7 +151,7 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, loc
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            _keeper(plan, cfg, d, name, wfd)
+            _keeper(plan, cfg, d, name, wfd, persistent)
         finally:
             os._exit(1)
     os.close(wfd)
@@ -144,7 +167,8 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, loc
     return pid
 
 
-def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int) -> None:
+def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
+            persistent: bool) -> None:
     from .apply import Step, enter, setup
     # Keep no terminal or output pipe of the job open: srun waits for EOF on its pipes.
     devnull = os.open("/dev/null", os.O_RDWR)
@@ -165,6 +189,9 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int)
         os._exit(1)
     os.write(wfd, f"ready {os.getpid()}".encode())
     os.close(wfd)
+    if persistent:
+        while True:      # an instance: lives until stopped
+            time.sleep(3600)
     _linger(dir_fd, name)
 
 

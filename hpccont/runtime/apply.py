@@ -298,7 +298,7 @@ def execute(plan: LaunchPlan, step: Step) -> None:
         env.setdefault("PS1", "Hpccont> ")
     if _has_env_scripts() and os.path.exists("/bin/sh"):
         # $0 is "hpccont"; the command and its arguments are "$@", untouched
-        argv = ["/bin/sh", "-c", env_script(plan.env_overrides, _ld_first(plan)), "hpccont"] + argv
+        argv = ["/bin/sh", "-c", env_script(plan.env_overrides, _ld_first(plan), plan.env_dirs), "hpccont"] + argv
         path = "/bin/sh"
     else:
         path = _which(argv[0], env.get("PATH", ""))

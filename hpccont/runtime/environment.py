@@ -95,10 +95,11 @@ def shell_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def env_script(overrides: dict[str, str], ld_paths: list[str]) -> str:
+def env_script(overrides: dict[str, str], ld_paths: list[str],
+               env_dirs: list[str] = ("/.singularity.d/env",)) -> str:
     """Shell run inside the container before the command: source the image's env scripts, then
     put back what the user asked for, then check the command exists (one clear line, exit 127)."""
-    lines = ['for f in /.singularity.d/env/*.sh; do [ -f "$f" ] && . "$f"; done']
+    lines = [f'for f in {d}/*.sh; do [ -f "$f" ] && . "$f"; done' for d in env_dirs]
     for k, v in overrides.items():
         lines.append(f"export {k}={shell_quote(v)}")
     if ld_paths:

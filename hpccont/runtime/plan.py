@@ -29,14 +29,17 @@ def make_plan(req: ContainerRequest, cfg: dict[str, dict], environ: dict[str, st
     home_src, home_dst = _home(req)
     ident = current_identity(home_dst)
     additions = _host_additions(req, cfg, environ, image)
+    if req.app:
+        additions.extend(_app_additions(req.app))
     mounts = _mounts(req, cfg, ident, home_src, home_dst, cwd, additions)
     env, overrides = container_environment(
         environ, cleanenv=req.cleanenv, user_env=req.env, home=ident.home, user=ident.user,
         image_path=image.path, ld_paths=additions.ld_library_path, bin_paths=additions.path)
     env.update(additions.env)
     overrides.update(additions.env)
+    env_dirs = ["/.singularity.d/env"] + ([f"/scif/apps/{req.app}/scif/env"] if req.app else [])
     return LaunchPlan(image=image, mode=mode, identity=ident, mounts=mounts, env=env,
-                      env_overrides=overrides,
+                      env_overrides=overrides, env_dirs=env_dirs,
                       cwd=_workdir(req, mounts, cwd, ident.home), argv=_argv(req),
                       writable_tmpfs=req.writable_tmpfs, join=req.join,
                       warnings=list(additions.warnings))
@@ -89,6 +92,13 @@ def _host_additions(req: ContainerRequest, cfg, environ, image: ImageSource) -> 
         from ..modules.inside import module_tree_additions
         add.extend(module_tree_additions(cfg))
     return add
+
+
+def _app_additions(app: str) -> HostAdditions:
+    """SCIF app: its variables, bin and lib directories (the layout the builder writes)."""
+    from ..image.build.scif import app_env
+    env = app_env(app)
+    return HostAdditions(env=env, path=[env["SCIF_APPBIN"]], ld_library_path=[env["SCIF_APPLIB"]])
 
 
 def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) -> list[Mount]:

@@ -76,6 +76,7 @@ class LaunchPlan:
     cwd: str                        # inside the container
     argv: list[str]                 # argv[0] is looked up on the container's PATH at exec time
     env_overrides: dict[str, str] = factory(dict)   # re-applied after image env scripts
+    env_dirs: list[str] = factory(lambda: ["/.singularity.d/env"])   # *.sh sourced in order
     writable_tmpfs: bool = False
     join: str | None = None
     warnings: list[str] = factory(list)

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -77,7 +78,7 @@ int stepd_user_init(spank_t sp)
 {
 	char **argv, **env;
 	pid_t pid;
-	int status;
+	int status, devnull;
 
 	if (!hpccont_requested(sp))
 		return 0;
@@ -97,6 +98,13 @@ int stepd_user_init(spank_t sp)
 		 * real uid is still 0, so root comes back (uid first: it restores the capabilities). */
 		if (setresuid(0, 0, 0) != 0 || setresgid(0, 0, 0) != 0 || setgroups(0, NULL) != 0)
 			_exit(126);
+		/* The task reports bad options to the user, once; this copy stays quiet. */
+		devnull = open("/dev/null", O_RDWR);
+		if (devnull >= 0) {
+			dup2(devnull, 0);
+			dup2(devnull, 1);
+			dup2(devnull, 2);
+		}
 		execve(hpccont_args.hpccont, argv, env);
 		_exit(127);
 	}

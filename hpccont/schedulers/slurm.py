@@ -357,7 +357,10 @@ def make_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
     """The accounting line for a step on this node, or None when the step has no container."""
     import socket
     import time
-    opts = job_options(spank, environ)
+    try:
+        opts = job_options(spank, environ)
+    except HpccontError:
+        return None    # the tasks fail with the message; nothing ran
     if skip_reason(opts, step, args, []):
         return None
     rec = StepRecord(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), job=step.job, step=step.step,

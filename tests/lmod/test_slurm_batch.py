@@ -20,7 +20,9 @@ def cluster(test_user):
     from cluster import SlurmCluster   # tests/slurm/cluster.py: one cluster per machine at a time
     c = SlurmCluster()
     try:
-        c.start()
+        # tests/slurm's session cluster, if this run already started it, holds the lock until
+        # the session ends: wait a little for other suites, then skip rather than block.
+        c.start(lock_wait=120)
     except RuntimeError as e:
         if "locked" in str(e):
             pytest.skip(str(e))

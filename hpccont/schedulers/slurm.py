@@ -232,6 +232,18 @@ def check_signature(path: str, kind: str) -> None:
     verify(path)
 
 
+def tasks_on_this_node(environ: Mapping[str, str]) -> int:
+    """From SLURM_STEP_TASKS_PER_NODE ("64", "2(x3),1") and SLURM_NODEID; 0 when unknown."""
+    counts: List[int] = []
+    for part in environ.get("SLURM_STEP_TASKS_PER_NODE", "").split(","):
+        n, _, rep = part.partition("(x")
+        if not n.isdigit():
+            return 0
+        counts += [int(n)] * (int(rep.rstrip(")")) if rep.rstrip(")").isdigit() else 1)
+    node = environ.get("SLURM_NODEID", "0")
+    return counts[int(node)] if node.isdigit() and int(node) < len(counts) else 0
+
+
 def plan_task(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]],
               program: List[str], environ: Mapping[str, str], cwd: str) -> TaskPlan:
     """The whole decision for one task, without side effects."""
@@ -252,7 +264,9 @@ def plan_task(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]],
     full_env = dict(environ)
     full_env.update(env)
     # One container per node per step: every task of the step joins the first one's namespaces.
-    argv = launch_argv(opts, program, hpccont=args.hpccont, environ=full_env, join=step.key)
+    # A lone task has nobody to share with, and the shared container's keeper outlives it.
+    join = None if tasks_on_this_node(environ) == 1 else step.key
+    argv = launch_argv(opts, program, hpccont=args.hpccont, environ=full_env, join=join)
     return TaskPlan(argv=argv, image=image, env=env)
 
 

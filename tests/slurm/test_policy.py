@@ -1,4 +1,7 @@
 """The Slurm policy in hpccont/schedulers/slurm.py, without a cluster (plain data in, plan out)."""
+import shutil
+from pathlib import Path
+
 import pytest
 
 from hpccont.errors import ImageError, SchedulerError, UsageError
@@ -129,3 +132,39 @@ def test_digest_cache(tmp_path):
     assert (tmp_path / "log.jsonl.digests").exists()
     assert slurm.file_digest(str(img), log)[0] == want
     assert slurm.file_digest("/dev/null", log) == ("", 0)
+
+
+@pytest.mark.parametrize("per_node,node,want", [("64", "0", 64), ("2(x3),1", "2", 2),
+                                                ("2(x3),1", "3", 1), ("", "0", 0)])
+def test_tasks_on_this_node(per_node, node, want):
+    env = {"SLURM_STEP_TASKS_PER_NODE": per_node, "SLURM_NODEID": node}
+    assert slurm.tasks_on_this_node(env) == want
+
+
+def test_lone_task_does_not_join(tmp_path):
+    img = _image(tmp_path)
+    env = {"SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_NODEID": "0"}
+    plan = slurm.plan_task(slurm.parse_step("3.0"), ARGS, {"container": str(img)}, ["p"], env, "/")
+    assert "--join" not in plan.argv
+
+
+def test_install_plugin(tmp_path, hpccont):
+    src = Path(__file__).resolve().parents[2] / "spank_plugin"
+    r = hpccont("slurm", "install-plugin", "--source", src, "--prefix", tmp_path / "usr",
+                "--plugstack", tmp_path / "plugstack.d/hpccont.conf",
+                "--cli-filter", tmp_path / "cli_filter.lua", "--hpccont", "/opt/x/hpccont",
+                "--image-dir", "/site/img", "--wrap-batch", "no")
+    if not (shutil.which("make") and Path("/usr/include/slurm/spank.h").exists()):
+        assert r.returncode == 9 and len(r.stderr.splitlines()) == 1
+        return
+    assert r.returncode == 0, r.stderr
+    so = tmp_path / "usr/lib/hpccont/hpccont_spank.so"
+    assert so.exists()
+    line = (tmp_path / "plugstack.d/hpccont.conf").read_text().split()
+    assert line[:2] == ["required", str(so)]
+    assert "hpccont=/opt/x/hpccont" in line and "image_dir=/site/img" in line
+    assert "wrap_batch=no" in line
+    assert "slurm_cli_pre_submit" in (tmp_path / "cli_filter.lua").read_text()
+    bad = hpccont("slurm", "install-plugin", "--source", src, "--prefix", tmp_path / "u2", "--wrap-batch", "maybe",
+                  "--plugstack", tmp_path / "p2", "--no-cli-filter")
+    assert bad.returncode == 9 and "wrap_batch" in bad.stderr and len(bad.stderr.splitlines()) == 1

@@ -45,11 +45,7 @@ def install(world_tmp):
     lib = world_tmp / "lib"
     shutil.copytree(helpers.REPO / "hpccont", lib / "hpccont",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for dirpath, dirnames, filenames in os.walk(world_tmp):
-        for n in dirnames:
-            os.chmod(os.path.join(dirpath, n), 0o755)
-        for n in filenames:
-            os.chmod(os.path.join(dirpath, n), 0o644)
+    subprocess.run(["chmod", "-R", "a+rX", str(lib)], check=True)
     paths = helpers.write_launchers(world_tmp / "bin", lib)
     paths["bin"] = str(world_tmp / "bin")
     paths["lib"] = str(lib)

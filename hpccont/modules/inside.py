@@ -107,6 +107,21 @@ def _c_modules(dirs: List[str]) -> List[str]:
     return sorted(p for d in dirs for p in glob.glob(os.path.join(d, "**", "*.so"), recursive=True))
 
 
+def _outside_targets(dirs: List[str]) -> List[str]:
+    """Real paths of symlinks under ``dirs`` that point outside all of them."""
+    inside = tuple(d.rstrip("/") + "/" for d in dirs)
+    found: Set[str] = set()
+    for d in dirs:
+        for top, subdirs, files in os.walk(d):
+            for name in files + subdirs:
+                path = os.path.join(top, name)
+                if os.path.islink(path):
+                    real = os.path.realpath(path)
+                    if not real.startswith(inside) and os.path.exists(real):
+                        found.add(real)
+    return sorted(found)
+
+
 def module_tree_additions(config: dict, environ: Optional[Dict[str, str]] = None) -> HostAdditions:
     """Binds and environment that make ``module`` work inside the container.
 
@@ -140,17 +155,23 @@ def module_tree_additions(config: dict, environ: Optional[Dict[str, str]] = None
         mod_dirs = lua_module_dirs(lua, triplet)
         for d in mod_dirs:
             add.mounts.append(Mount("bind", d, d, readonly=True, why="modules: Lua modules"))
+        # Lmod's own C modules (tcl2lua.so) live in <prefix>/lib, a link out of the prefix.
+        lmod_lib = os.path.realpath(os.path.join(prefix, "lib"))
+        lmod_libs = [lmod_lib] if os.path.isdir(lmod_lib) else []
+        for real in _outside_targets([os.path.realpath(prefix)]):
+            add.mounts.append(Mount("bind", real, real, readonly=True, optional=True,
+                                    why="modules: Lmod link target"))
         libs = library_closure([os.path.realpath(lua)] + [os.path.realpath(m) for m in
-                                                         _c_modules(mod_dirs)], triplet)
+                                                         _c_modules(mod_dirs + lmod_libs)], triplet)
         for name, real in sorted(libs.items()):
             add.mounts.append(Mount("bind", f"{PRIVATE}/lib/{name}", real, readonly=True,
                                     why="modules: Lua library"))
-        # C modules are symlinks out of the module directory: their targets at the same paths.
-        for m in _c_modules(mod_dirs):
-            real = os.path.realpath(m)
-            if not real.startswith(tuple(d + "/" for d in mod_dirs)):
-                add.mounts.append(Mount("bind", real, real, readonly=True, optional=True,
-                                        why="modules: Lua C module"))
+        # Debian links modules out of the versioned directories (posix.so -> ../../liblua5.3-
+        # posix.so.1, 5.3/posix/init.lua -> ../../5.1/posix/init.lua): bind each link's target
+        # at its own path so the link resolves inside the container too.
+        for real in _outside_targets(mod_dirs):
+            add.mounts.append(Mount("bind", real, real, readonly=True, optional=True,
+                                    why="modules: Lua module link target"))
         private_lua = f"{PRIVATE}/bin/{os.path.basename(lua)}"
         add.mounts.append(Mount("bind", private_lua, os.path.realpath(lua), readonly=True,
                                 why="modules: Lua interpreter"))

@@ -204,6 +204,8 @@ def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
 def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) -> None:
     if m.kind in ("passwd", "group"):
         m = _identity_file(m, lower, files, plan)
+    elif m.kind == "file":
+        m = _generated_file(m, files)
     if m.kind == "bind" and m.optional and not os.path.exists(m.source):
         return
     host_target = resolve_in_root(root, m.target)
@@ -229,6 +231,17 @@ def _identity_file(m: Mount, lower: str, files: str, plan: LaunchPlan) -> Mount:
     path = f"{files}/{m.kind}"
     with open(path, "w") as f:
         f.write(make(current, plan.identity))
+    return Mount(kind="bind", target=m.target, source=path, readonly=True, why=m.why)
+
+
+def _generated_file(m: Mount, files: str) -> Mount:
+    """Plan-supplied content bound read-only at the target; a script (#!) is made executable."""
+    path = f"{files}/file-{len(os.listdir(files))}"
+    content = m.content or ""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                 0o755 if content.startswith("#!") else 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
     return Mount(kind="bind", target=m.target, source=path, readonly=True, why=m.why)
 
 

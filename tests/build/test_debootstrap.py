@@ -1,6 +1,5 @@
 """Debian images: the debootstrap agent for real, and %post with dpkg/apt on a cached tree."""
 import os
-import subprocess
 
 import pytest
 

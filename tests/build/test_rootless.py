@@ -1,6 +1,5 @@
 """Rootless builds as the unprivileged test user, with --fakeroot (user namespace)."""
 import hashlib
-import json
 import os
 import subprocess
 

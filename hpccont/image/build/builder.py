@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ...errors import BuildError, HpccontError
+from ...errors import BuildError
 from . import agents, deffile, fakeroot, output, scif, sections
 from .deffile import Definition, Section, Stage
 from .progress import Progress

@@ -33,7 +33,7 @@ ACCEPTED_KEYS = ("fingerprints", "registry", "namespace", "updateurl", "includec
 BOOTSTRAP_AGENTS = ("busybox", "scratch", "localimage", "docker-archive", "oci-archive", "oci",
                     "debootstrap")
 NETWORK_AGENTS = ("docker", "library", "oras", "shub", "yum", "zypper", "dnf", "arch",
-                  "docker-daemon", "shub")
+                  "docker-daemon")
 NEEDS_FROM = ("localimage", "docker-archive", "oci-archive", "oci")
 
 SECTION_RE = re.compile(r"^\s*%([A-Za-z]+)(?:[ \t]+(.*?))?\s*$")

@@ -16,7 +16,6 @@ import ctypes
 import json
 import os
 import pwd
-import grp
 import shutil
 import signal
 import subprocess

@@ -98,6 +98,8 @@ def _app_additions(app: str) -> HostAdditions:
     """SCIF app: its variables, bin and lib directories (the layout the builder writes)."""
     from ..image.build.scif import app_env
     env = app_env(app)
+    # Apptainer-built images switch paths in their 94-appsbase.sh on these names.
+    env["APPTAINER_APPNAME"] = env["SINGULARITY_APPNAME"] = app
     return HostAdditions(env=env, path=[env["SCIF_APPBIN"]], ld_library_path=[env["SCIF_APPLIB"]])
 
 

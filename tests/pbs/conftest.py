@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-HOOK = REPO / "pbs_hooks" / "hpccont_launch.py"
-RUNNER = HERE / "harness" / "pbs_python.py"
-DEFAULT_JOB_ID = "4242.pbsserver"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pbslib import DEFAULT_JOB_ID, HERE, HOOK, REPO, RUNNER, option_args  # noqa: E402,F401
 
 
 def pytest_collection_modifyitems(items):
@@ -48,7 +45,9 @@ def run_hook(install, tmp_path, site_config):
         counter[0] += 1
         work = tmp_path / f"hook-run-{counter[0]}"
         work.mkdir()
-        hook_cfg = {"hpccont": install["hpccont"], "pythonpath": [install["lib"]],
+        import sysconfig
+        pythonpath = [install["lib"], sysconfig.get_paths()["purelib"]]   # hpccont, then PyYAML
+        hook_cfg = {"hpccont": install["hpccont"], "pythonpath": pythonpath,
                     "site_config": site_config(site), "cleanup_grace": 2}
         hook_cfg.update(config or {})
         cfg_path = work / "hpccont.json"
@@ -80,6 +79,3 @@ def launch_env(outcome: dict) -> dict:
     return dict(outcome["env"])
 
 
-def option_args(argv, image):
-    """The hpccont options between ``exec`` and the image."""
-    return argv[2:argv.index(str(image))]

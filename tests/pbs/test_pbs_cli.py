@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import HOOK, REPO
+from pbslib import HOOK, REPO
 
 CONFIG = REPO / "pbs_hooks" / "hpccont.json"
 

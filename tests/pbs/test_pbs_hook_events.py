@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_JOB_ID, option_args
+from pbslib import DEFAULT_JOB_ID, option_args
 
 JOB = DEFAULT_JOB_ID
 

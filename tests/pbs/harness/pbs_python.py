@@ -13,6 +13,9 @@ import os
 import sys
 import traceback
 
+# pbs_python is PBS's own interpreter: it sees none of the packages installed for the system or
+# a virtual environment, only what the hook adds from its config's "pythonpath".
+sys.path = [p for p in sys.path if not p.endswith(("site-packages", "dist-packages"))]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pbs  # noqa: E402  (the harness module next to this file)
 

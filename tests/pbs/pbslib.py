@@ -1,0 +1,14 @@
+"""Paths and small helpers shared by the PBS tests (a module of its own: every test directory
+has a conftest.py, so importing names from "conftest" would pick whichever came first)."""
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+HOOK = REPO / "pbs_hooks" / "hpccont_launch.py"
+RUNNER = HERE / "harness" / "pbs_python.py"
+DEFAULT_JOB_ID = "4242.pbsserver"
+
+
+def option_args(argv, image):
+    """The hpccont options between ``exec`` and the image."""
+    return argv[2:argv.index(str(image))]

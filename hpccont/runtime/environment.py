@@ -82,7 +82,11 @@ def container_environment(environ: dict[str, str], *, cleanenv: bool, user_env: 
     ld = list(ld_paths)
     env["LD_LIBRARY_PATH"] = ":".join(ld + ([] if CONTAINER_LIBS in ld else [CONTAINER_LIBS]))
     name = image_path.rstrip("/").rsplit("/", 1)[-1]
-    for prefix in ("HPCCONT", "APPTAINER", "SINGULARITY"):
+    # Not HPCCONT_CONTAINER: that name asks the batch system for a container, and would make
+    # every srun/qsub started inside this container wrap its tasks in the same image.
+    env["HPCCONT_IMAGE_PATH"] = image_path
+    env["HPCCONT_NAME"] = name
+    for prefix in ("APPTAINER", "SINGULARITY"):
         env[f"{prefix}_CONTAINER"] = image_path
         env[f"{prefix}_NAME"] = name
     overrides = injected(environ)

@@ -7,9 +7,16 @@ wastes seconds at 64 tasks a node.  So the first task with a KEY builds the cont
 setns() and then execs its own command exactly as a lone container would.
 
 The keeper is double-forked so that it is nobody's child (no task ever reaps it by surprise),
-but it stays in the caller's cgroup: the batch system still kills it with the job.  It lives
-while any process other than itself and its FUSE server is inside its mount namespace, checked
-once a second, and removes its state file when it goes.
+but it stays in the caller's cgroup: the batch system still kills it with the job.  Every task
+holds a shared flock on a ``.guests`` file through its exec (the descriptor is inherited by the
+command), and the keeper waits for an exclusive lock on it: the kernel wakes it the moment the
+last task ends, with no polling.  It then confirms that no process other than itself and its
+FUSE server is left in its mount namespace (a command may have closed the descriptor) before
+removing its state and leaving; if some are, it checks again every second.
+
+Locks, always taken in this order: ``.lock`` (exclusive, held while a task finds or starts the
+keeper and enters it), then ``.guests`` (shared by tasks).  The keeper holds ``.guests``
+exclusively and only *tries* ``.lock``, so a task entering at that moment never deadlocks.
 
 Kernel rules that shape this:
 - Unprivileged containers have two user namespaces (see apply.py): the outer one owns the mount
@@ -31,8 +38,7 @@ import time
 from ..errors import LaunchError
 from .plan_types import LaunchPlan
 
-LINGER_CHECKS = 2          # consecutive empty checks before the keeper leaves
-FIRST_JOIN_GRACE_S = 10.0  # a keeper nobody joined within this long leaves
+RECHECK_S = 1.0            # poll interval once a guest has dropped its lock but still runs
 
 
 def state_dir(cfg: dict[str, dict]) -> str:
@@ -64,22 +70,41 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Fals
     d = state_dir(cfg)
     name = state_name(plan)
     step = Step()
-    with open(os.path.join(d, name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = _locked(os.path.join(d, name + ".lock"))
+    try:
+        # Inherited through exec on purpose: the command holds the container while it runs.
+        guests = os.open(os.path.join(d, name + ".guests"), os.O_RDONLY | os.O_CREAT, 0o600)
+        fcntl.flock(guests, fcntl.LOCK_SH)
+        os.set_inheritable(guests, True)
         pid = _live_keeper(os.path.join(d, name))
         if pid is None:
-            pid = _start_keeper(plan, cfg, d, name, lock.fileno(), persistent)
+            pid = _start_keeper(plan, cfg, d, name, (lock, guests), persistent)
         try:
             _enter(pid, plan)
         except OSError as e:
             raise LaunchError(f"cannot join container {plan.join!r} (keeper {pid}): "
                               f"{e.strerror}") from None
+    finally:
+        os.close(lock)
     try:
         os.chdir(plan.cwd)
     except OSError as e:
         raise LaunchError(f"working directory {plan.cwd} is not usable in the container: "
                           f"{e.strerror}") from None
     execute(plan, step)
+
+
+def _locked(path: str) -> int:
+    """An exclusive flock on ``path``, re-opened if the keeper unlinked it while we waited."""
+    while True:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def keeper_pid(plan: LaunchPlan, cfg: dict[str, dict]) -> int | None:
@@ -137,15 +162,16 @@ def _enter(pid: int, plan: LaunchPlan) -> None:
             os.close(fd)
 
 
-def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, lock_fd: int,
+def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,
                   persistent: bool) -> int:
     """Double-fork a keeper that builds the container; returns its PID once it is ready."""
     rfd, wfd = os.pipe()
     child = os.fork()
     if child == 0:
         # flock belongs to the open file description, which fork shares: the keeper must not
-        # keep it, or every later task would wait for the keeper to exit.
-        os.close(lock_fd)
+        # keep the task's locks, or it would wait for itself.
+        for fd in fds:
+            os.close(fd)
         os.close(rfd)
         try:
             os.setsid()
@@ -198,23 +224,26 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
 def _linger(dir_fd: int, name: str) -> None:
     me = os.getpid()
     ns = os.readlink("/proc/self/ns/mnt")
-    started = time.monotonic()
-    seen_guest = False
-    empty = 0
+    guests = os.open(name + ".guests", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    lock = os.open(name + ".lock", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     while True:
-        time.sleep(1.0)
-        guests = _guests(ns, me)
-        seen_guest = seen_guest or guests
-        if guests:
-            empty = 0
-        elif seen_guest or time.monotonic() - started > FIRST_JOIN_GRACE_S:
-            empty += 1
-            if empty >= LINGER_CHECKS:
-                break
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except OSError:
-        pass
+        fcntl.flock(guests, fcntl.LOCK_EX)          # returns when no task holds it shared
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:                      # a task is entering: let it take its share
+            fcntl.flock(guests, fcntl.LOCK_UN)
+            time.sleep(0.01)
+            continue
+        if not _guests(ns, me):
+            break
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        fcntl.flock(guests, fcntl.LOCK_UN)
+        time.sleep(RECHECK_S)
+    for suffix in ("", ".guests", ".lock"):          # while holding both locks
+        try:
+            os.unlink(name + suffix, dir_fd=dir_fd)
+        except OSError:
+            pass
     os._exit(0)
 
 

@@ -151,7 +151,8 @@ def test_environment_rules():
     assert env["PATH"] == E.DEFAULT_PATH and env["LD_LIBRARY_PATH"] == "/.singularity.d/libs"
     assert env["FOO"] == "4" and env["BAR"] == "2" and env["BAZ"] == "3" and env["QUX"] == "5"
     assert "HPCCONT_ENV_BAR" not in env
-    assert env["HPCCONT_CONTAINER"] == env["APPTAINER_CONTAINER"] == "/x/img.sif"
+    assert env["HPCCONT_IMAGE_PATH"] == env["APPTAINER_CONTAINER"] == "/x/img.sif"
+    assert "HPCCONT_CONTAINER" not in env   # would ask Slurm/PBS to wrap inner jobs
     assert env["HPCCONT_NAME"] == "img.sif"
     assert over == {"BAR": "2", "BAZ": "3", "FOO": "4", "QUX": "5"}
     env, _ = E.container_environment(host, cleanenv=True, user_env={}, home="/h", user="u",

@@ -15,7 +15,6 @@ It becomes ``hpccont exec --mpi MODE --join KEY [OPTIONS] IMAGE CMD...`` in this
 """
 import hashlib
 import os
-import socket
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import UsageError
@@ -113,7 +112,7 @@ def join_key(environ: Mapping[str, str], image: str) -> Optional[str]:
     ident = job_identity(environ)
     if ident is None:
         return None
-    raw = f"{ident}|{socket.gethostname()}|{os.path.realpath(image)}|{os.getuid()}"
+    raw = f"{ident}|{os.uname().nodename}|{os.path.realpath(image)}|{os.getuid()}"
     return "mpi-" + hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 

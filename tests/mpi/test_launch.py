@@ -53,7 +53,9 @@ def test_bind_mode_loads_the_host_library(mpi_images, mpirun, family, user):
 def test_hybrid_mode_uses_the_image_library(mpi_images, mpirun, family):
     out = _ok(mpirun(family, 2, ["container-exec", "--mpi", "hybrid", mpi_images[family], MPITEST,
                                  "maps"]))
-    for _rank, path in re.findall(r"maps rank=(\d) lib=(\S+)", out):
+    found = re.findall(r"maps rank=(\d) lib=(\S+)", out)
+    assert len(found) == 2, out
+    for _rank, path in found:
         assert path.startswith("/usr/lib/x86_64-linux-gnu/libmpi"), path
 
 

@@ -4,14 +4,14 @@ Read from ``$HPCCONT_CONFIG`` or ``/etc/hpccont/hpccont.yaml``; a missing file m
 Unknown keys and values of the wrong type are ConfigError (one line, naming the key).
 
 ``hpccont exec`` runs once per task of every job, and a YAML parser costs more to import than
-the whole launch.  So the validated config is cached as JSON, keyed by the file's path, size
-and mtime, in a per-user cache directory; the YAML parser is imported only when the cache is
-stale.  A cache file must be owned by the user and not writable by others, or it is ignored.
+the whole launch.  So the validated config is kept in the per-user cache (cache.py), stamped
+with the file's size, mtime and inode; the YAML parser is imported only when that is stale.
 """
 from __future__ import annotations
 
 import os
 
+from . import cache
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/hpccont/hpccont.yaml"
@@ -130,47 +130,6 @@ def config_path(environ=os.environ) -> str:
     return environ.get("HPCCONT_CONFIG") or DEFAULT_PATH
 
 
-def _cache_file(path: str) -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    key = path.replace("/", "%")
-    return os.path.join(base, "hpccont", f"config-{key}.json")
-
-
-def _read_cache(cache: str, st: os.stat_result):
-    import json
-    try:
-        fd = os.open(cache, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        cst = os.fstat(fd)
-        if cst.st_uid != os.getuid() or cst.st_mode & 0o022:
-            return None
-        with os.fdopen(fd, "r") as f:
-            fd = -1
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    if data.get("stamp") != [st.st_size, st.st_mtime_ns, st.st_ino]:
-        return None
-    return data.get("config")
-
-
-def _write_cache(cache: str, st: os.stat_result, cfg: dict) -> None:
-    import json
-    try:
-        os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
-        tmp = f"{cache}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"stamp": [st.st_size, st.st_mtime_ns, st.st_ino], "config": cfg}, f)
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only home only costs speed
-
-
 def parse_file(path: str) -> dict[str, dict[str, object]]:
     """Read and validate a YAML config file (no cache)."""
     try:
@@ -200,12 +159,12 @@ def load(environ=os.environ, use_cache: bool = True) -> dict[str, dict[str, obje
         return defaults()
     except OSError as e:
         raise ConfigError(f"cannot read site config {path}: {e.strerror}")
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
     if use_cache:
-        cache = _cache_file(path)
-        cfg = _read_cache(cache, st)
+        cfg = cache.read("config", path, stamp)
         if cfg is not None:
             return cfg
     cfg = parse_file(path)
     if use_cache:
-        _write_cache(cache, st, cfg)
+        cache.write("config", path, stamp, cfg)
     return cfg

@@ -21,7 +21,7 @@ import os
 import re
 import struct
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..errors import HostError, ImageError
@@ -725,11 +725,49 @@ class MpiReport:
     host: Optional[MpiInfo] = None
 
 
+# Discovery runs commands (mpicc -show, ldconfig -p, unsquashfs) and reads libraries: far too
+# slow for every rank of every job.  Its results are kept in the per-user cache, stamped with
+# what they depend on: the ldconfig cache, PATH and the site's list for the host, the image
+# file for the container.  Synthetic host trees (tests) and sandbox directories are not cached.
+
+def _info_from(d: dict) -> MpiInfo:
+    d = dict(d)
+    d["abi"] = tuple(d.get("abi") or ())
+    return MpiInfo(**d)
+
+
+def _cached_host(config: dict, environ: Mapping[str, str], view: HostView) -> List[MpiInfo]:
+    if view.root != "/" or not view.use_commands:
+        return discover_host(config, environ, view)
+    from .. import cache
+    stamp = [cache.file_stamp("/etc/ld.so.cache"), environ.get("PATH", ""),
+             (config.get("mpi", {}) or {}).get("installations", [])]
+    found = cache.read("mpi-host", "host", stamp)
+    if found is not None:
+        return [_info_from(d) for d in found]
+    hosts = discover_host(config, environ, view)
+    cache.write("mpi-host", "host", stamp, [asdict(h) for h in hosts])
+    return hosts
+
+
+def _cached_container(image: ImageSource, versions: bool) -> List[MpiInfo]:
+    if image.kind == "sandbox":
+        return discover_container(list_image(image), versions)
+    from .. import cache
+    stamp = [cache.file_stamp(image.path), image.offset, versions]
+    found = cache.read("mpi-image", image.path, stamp)
+    if found is not None:
+        return [_info_from(d) for d in found]
+    containers = discover_container(list_image(image), versions)
+    cache.write("mpi-image", image.path, stamp, [asdict(c) for c in containers])
+    return containers
+
+
 def inspect(image: ImageSource, config: dict, environ: Mapping[str, str], mode: Optional[str] = None,
             view: Optional[HostView] = None, versions: bool = True) -> MpiReport:
     view = view or HostView()
-    hosts = discover_host(config, environ, view)
-    containers = discover_container(list_image(image), versions)
+    hosts = _cached_host(config, environ, view)
+    containers = _cached_container(image, versions)
     mode = mode or (config.get("mpi", {}) or {}).get("default_mode", "hybrid")
     launcher = detect_launcher(environ)
     container = containers[0] if containers else None

@@ -30,7 +30,6 @@ VERSION_LABELS = ("org.opencontainers.image.version", "org.label-schema.version"
 DESCRIPTION_LABELS = ("org.opencontainers.image.description", "org.label-schema.description",
                       "description")
 
-SQUASHFS_MAGIC = b"hsqs"
 COMMAND_NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+-]*$")
 
 
@@ -88,21 +87,9 @@ def discover_commands(meta: ImageMetadata) -> List[Command]:
 
 
 def image_kind(path: str) -> str:
-    if os.path.isdir(path):
-        return "sandbox"
-    try:
-        with open(path, "rb") as f:
-            prefix = f.read(64)
-    except FileNotFoundError:
-        raise ImageError(f"image {path} does not exist") from None
-    except OSError as e:
-        raise ImageError(f"cannot read image {path}: {e.strerror}") from None
-    from ..image.sif import is_sif
-    if is_sif(prefix):
-        return "sif"
-    if prefix[:4] == SQUASHFS_MAGIC:
-        return "squashfs"
-    raise ImageError(f"{path}: not a SIF, squashfs image or sandbox directory")
+    """sif | squashfs | sandbox; ImageError (one line) when it is none of them."""
+    from ..image.source import open_image
+    return open_image(path).kind
 
 
 def _sif_partition(path: str) -> Tuple[int, bool]:

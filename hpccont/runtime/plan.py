@@ -85,7 +85,7 @@ def _host_additions(req: ContainerRequest, cfg, environ, image: ImageSource) -> 
     if req.nv or cfg["nvidia"]["always"]:
         from ..host.nvidia import nv_additions
         add.extend(nv_additions(req, cfg, environ))
-    if req.mpi == "bind":
+    if req.mpi in ("bind", "hybrid"):   # hybrid: launcher/container pairing checks only
         from ..host.mpi import mpi_additions
         add.extend(mpi_additions(req, cfg, environ, image))
     if cfg["modules"]["tree"]:

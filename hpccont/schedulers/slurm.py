@@ -59,8 +59,6 @@ STEP_VAR = "HPCCONT_SLURM_STEP"
 # Where the client typed the options (set by the plugin on srun/sbatch/salloc).
 CWD_VAR = "HPCCONT_SLURM_CWD"
 
-SIF_MAGIC = (32, b"SIF_MAGIC")
-SQUASHFS_MAGIC = (0, b"hsqs")
 
 _YES = ("1", "yes", "true", "on")
 _NO = ("0", "no", "false", "off")
@@ -196,26 +194,15 @@ def find_image(image: str, environ: Mapping[str, str], cwd: str, image_dirs: Lis
 
 
 def image_kind(path: str) -> str:
-    """sif | squashfs | sandbox, or ImageError with the reason (as the user: permissions count)."""
-    if os.path.isdir(path):
-        if not os.access(path, os.R_OK | os.X_OK):
-            raise ImageError(f"container image {path} is not readable")
-        if os.path.isfile(os.path.join(path, "config.json")) and \
-                os.path.isdir(os.path.join(path, "rootfs")):
-            raise ImageError(f"{path} is an OCI bundle, not an hpccont image "
-                             "(Slurm's own --container handles OCI bundles)")
-        return "sandbox"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except PermissionError:
-        raise ImageError(f"container image {path} is not readable") from None
-    except OSError as e:
-        raise ImageError(f"cannot read container image {path}: {e.strerror}") from None
-    for kind, (offset, magic) in (("sif", SIF_MAGIC), ("squashfs", SQUASHFS_MAGIC)):
-        if head[offset:offset + len(magic)] == magic:
-            return kind
-    raise ImageError(f"{path} is not a SIF or squashfs image")
+    """sif | squashfs | sandbox, or ImageError with the reason (as the user: permissions count).
+
+    OCI bundle directories get their own message: Slurm's own --container is for them."""
+    if os.path.isfile(os.path.join(path, "config.json")) and \
+            os.path.isdir(os.path.join(path, "rootfs")):
+        raise ImageError(f"{path} is an OCI bundle, not an hpccont image "
+                         "(Slurm's own --container handles OCI bundles)")
+    from ..image.source import open_image
+    return open_image(path).kind
 
 
 def check_signature(path: str, kind: str) -> None:

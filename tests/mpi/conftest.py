@@ -117,20 +117,14 @@ def mpirun(install, test_user):
 
 
 UNDER_MPIRUN = "test_under_mpirun.py"
-PYTEST_MPI_SKIP = "need --with-mpi option to run"
 
 
-@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Undo pytest-mpi's blanket skip for tests of this directory that start their own mpirun.
-
-    pytest-mpi skips every test whose keywords contain "mpi" unless --with-mpi is given; here
-    that is every test (the directory is named mpi, and the project's ``mpi`` marker means
-    "needs Debian's MPI").  Only the tests in UNDER_MPIRUN run as MPI ranks themselves (and are
-    started by test_launch.py with --with-mpi).
-    """
+    """The tests of UNDER_MPIRUN run as MPI ranks, started by test_launch.py under mpirun with
+    pytest-mpi enabled; in a plain pytest run they are skipped, not run as a single process."""
+    if config.pluginmanager.has_plugin("pytest_mpi"):
+        return
+    skip = pytest.mark.skip(reason="runs as MPI ranks under mpirun (started by test_launch.py)")
     for item in items:
-        if HERE not in item.path.parents or item.path.name == UNDER_MPIRUN:
-            continue
-        item.own_markers[:] = [m for m in item.own_markers
-                               if not (m.name == "skip" and m.kwargs.get("reason") == PYTEST_MPI_SKIP)]
+        if item.path.name == UNDER_MPIRUN:
+            item.add_marker(skip)

@@ -117,7 +117,7 @@ def test_pytest_ranks_under_mpirun(mpirun, install):
     """tests/mpi/test_under_mpirun.py run by pytest-mpi as two Open MPI ranks."""
     here = os.path.dirname(os.path.abspath(__file__))
     r = mpirun("openmpi", 2, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                              "--with-mpi", os.path.join(here, "test_under_mpirun.py")],
+                              "-p", "pytest_mpi", "--with-mpi", os.path.join(here, "test_under_mpirun.py")],
                env={"PYTHONPATH": install["lib"]}, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert r.stdout.count(" passed") == 2, r.stdout

@@ -40,12 +40,14 @@ def test_load_from_env_and_cache(tmp_path, monkeypatch):
     assert cfg["mounts"]["binds"] == ["/scratch"] and cfg["images"]["allowed_dirs"] == ["/images"]
     cache = list((tmp_path / "cache" / "hpccont").iterdir())
     assert len(cache) == 1
-    assert json.loads(cache[0].read_text())["config"] == cfg
+    assert json.loads(cache[0].read_text())["value"] == cfg
     assert config.load() == cfg               # from the cache
     cfg_file.write_text("mounts:\n  binds: [/other]\n")   # changed file: cache is stale
     assert config.load()["mounts"]["binds"] == ["/other"]
     cache[0].chmod(0o666)                      # a cache others could write is ignored
-    cache[0].write_text(json.dumps({"stamp": [0, 0, 0], "config": {}}))
+    stat = cfg_file.stat()
+    cache[0].write_text(json.dumps({"stamp": [stat.st_size, stat.st_mtime_ns, stat.st_ino],
+                                    "value": {"planted": {}}}))
     assert config.load()["mounts"]["binds"] == ["/other"]
 
 

@@ -33,14 +33,18 @@ def test_step_ids():
         slurm.parse_step("x")
 
 
-def _image(tmp_path, name="img.sqsh", magic=b"hsqs"):
-    p = tmp_path / name
-    p.write_bytes(magic + b"\0" * 100)
-    return p
+@pytest.fixture
+def make_image(busybox_squashfs, busybox_sif):
+    """A real image (copied from the session's busybox images) under a chosen name."""
+    def make(directory, name="img.sqsh"):
+        p = directory / name
+        shutil.copy(busybox_sif if name.endswith(".sif") else busybox_squashfs, p)
+        return p
+    return make
 
 
-def test_options_beat_environment_and_none_disables(tmp_path):
-    img = _image(tmp_path)
+def test_options_beat_environment_and_none_disables(make_image, tmp_path):
+    img = make_image(tmp_path)
     env = {"HPCCONT_CONTAINER": "/elsewhere.sif", "SLURM_SUBMIT_DIR": str(tmp_path)}
     step = slurm.parse_step("5.0")
     plan = slurm.plan_task(step, ARGS, {"container": str(img)}, ["prog", "a"], env, str(tmp_path))
@@ -53,16 +57,16 @@ def test_options_beat_environment_and_none_disables(tmp_path):
     assert none.image is None and none.argv == ["prog"]
 
 
-def test_environment_form(tmp_path):
-    img = _image(tmp_path)
+def test_environment_form(make_image, tmp_path):
+    img = make_image(tmp_path)
     env = {"HPCCONT_CONTAINER": "img.sqsh", "HPCCONT_CONTAINER_NV": "1",
            "SLURM_SUBMIT_DIR": str(tmp_path)}
     plan = slurm.plan_task(slurm.parse_step("5.1"), ARGS, {}, ["prog"], env, "/")
     assert plan.image == str(img) and "--nv" in plan.argv
 
 
-def test_batch_step_follows_wrap_batch(tmp_path):
-    img = _image(tmp_path)
+def test_batch_step_follows_wrap_batch(make_image, tmp_path):
+    img = make_image(tmp_path)
     batch = slurm.parse_step("7.4294967291")
     on = slurm.plan_task(batch, ARGS, {"container": str(img)}, ["script"], {}, "/")
     off = slurm.plan_task(batch, slurm.parse_plugin_args(["wrap_batch=no"]),
@@ -72,20 +76,20 @@ def test_batch_step_follows_wrap_batch(tmp_path):
 
 
 @pytest.mark.parametrize("launcher", ["hpccont", "/usr/bin/container-exec", "apptainer"])
-def test_no_double_wrapping(tmp_path, launcher):
-    img = _image(tmp_path)
+def test_no_double_wrapping(make_image, tmp_path, launcher):
+    img = make_image(tmp_path)
     plan = slurm.plan_task(slurm.parse_step("1.0"), ARGS, {"container": str(img)},
                            [launcher, "exec", str(img), "x"], {}, "/")
     assert plan.image is None and plan.argv[0] == launcher
 
 
-def test_relative_image_where_typed_then_submit_dir_then_site(tmp_path):
+def test_relative_image_where_typed_then_submit_dir_then_site(make_image, tmp_path):
     typed, submit, site = (tmp_path / d for d in ("typed", "submit", "site"))
     for d in (typed, submit, site):
         d.mkdir()
-    a = _image(submit, "a.sqsh")
-    b = _image(typed, "a.sqsh")
-    c = _image(site, "pytorch.sif", magic=b"#" * 32 + b"SIF_MAGIC")
+    a = make_image(submit, "a.sqsh")
+    b = make_image(typed, "a.sqsh")
+    c = make_image(site, "pytorch.sif")
     args = slurm.parse_plugin_args([f"image_dir={site}"])
     env = {"SLURM_SUBMIT_DIR": str(submit)}
     assert slurm.find_image("a.sqsh", env, "/", []) == str(a)
@@ -97,10 +101,10 @@ def test_relative_image_where_typed_then_submit_dir_then_site(tmp_path):
         slurm.find_image("missing", env, "/", args.image_dirs)
 
 
-def test_image_kinds_refused(tmp_path):
+def test_image_kinds_refused(make_image, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(ImageError, match="not a SIF or squashfs"):
+    with pytest.raises(ImageError, match="not a SIF, squashfs or sandbox image"):
         slurm.image_kind(str(text))
     bundle = tmp_path / "bundle"
     (bundle / "rootfs").mkdir(parents=True)
@@ -123,9 +127,9 @@ def test_spank_option_names():
         {"container": "a.sif", "container-nv": None}
 
 
-def test_digest_cache(tmp_path):
+def test_digest_cache(make_image, tmp_path):
     import hashlib
-    img = _image(tmp_path)
+    img = make_image(tmp_path)
     log = str(tmp_path / "log.jsonl")
     want = hashlib.sha256(img.read_bytes()).hexdigest()
     assert slurm.file_digest(str(img), log) == (want, img.stat().st_size)
@@ -141,14 +145,14 @@ def test_tasks_on_this_node(per_node, node, want):
     assert slurm.tasks_on_this_node(env) == want
 
 
-def test_lone_task_does_not_join(tmp_path):
-    img = _image(tmp_path)
+def test_lone_task_does_not_join(make_image, tmp_path):
+    img = make_image(tmp_path)
     env = {"SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_NODEID": "0"}
     plan = slurm.plan_task(slurm.parse_step("3.0"), ARGS, {"container": str(img)}, ["p"], env, "/")
     assert "--join" not in plan.argv
 
 
-def test_install_plugin(tmp_path, hpccont):
+def test_install_plugin(make_image, tmp_path, hpccont):
     src = Path(__file__).resolve().parents[2] / "spank_plugin"
     r = hpccont("slurm", "install-plugin", "--source", src, "--prefix", tmp_path / "usr",
                 "--plugstack", tmp_path / "plugstack.d/hpccont.conf",

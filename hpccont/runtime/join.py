@@ -196,10 +196,13 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
 def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
             persistent: bool) -> None:
     from .apply import Step, enter, setup
-    # Keep no terminal or output pipe of the job open: srun waits for EOF on its pipes.
+    # Keep no terminal, output pipe or launcher socket of the job open: srun and mpirun wait
+    # for EOF on their pipes, and a PMI socket held by the keeper outlives the rank.
     devnull = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
+    os.closerange(3, wfd)
+    os.closerange(wfd + 1, os.sysconf("SC_OPEN_MAX"))
     dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     step = Step()
     try:

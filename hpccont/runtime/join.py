@@ -11,8 +11,9 @@ but it stays in the caller's cgroup: the batch system still kills it with the jo
 holds a shared flock on a ``.guests`` file through its exec (the descriptor is inherited by the
 command), and the keeper waits for an exclusive lock on it: the kernel wakes it the moment the
 last task ends, with no polling.  It then confirms that no process other than itself and its
-FUSE server is left in its mount namespace (a command may have closed the descriptor) before
-removing its state and leaving; if some are, it checks again every second.
+FUSE server is left in its mount namespace (a command may have closed the descriptor; then it
+checks again every second), waits LINGER_S for tasks of the same step that start late (ranks
+of one job are not started at the same instant), and removes its state and leaves.
 
 Locks, always taken in this order: ``.lock`` (exclusive, held while a task finds or starts the
 keeper and enters it), then ``.guests`` (shared by tasks).  The keeper holds ``.guests``
@@ -39,6 +40,7 @@ from ..errors import LaunchError
 from .plan_types import LaunchPlan
 
 RECHECK_S = 1.0            # poll interval once a guest has dropped its lock but still runs
+LINGER_S = 1.0             # an empty container waits this long for late tasks of its step
 
 
 def state_dir(cfg: dict[str, dict]) -> str:
@@ -229,6 +231,7 @@ def _linger(dir_fd: int, name: str) -> None:
     ns = os.readlink("/proc/self/ns/mnt")
     guests = os.open(name + ".guests", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     lock = os.open(name + ".lock", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    empty_since = None
     while True:
         fcntl.flock(guests, fcntl.LOCK_EX)          # returns when no task holds it shared
         try:
@@ -237,11 +240,16 @@ def _linger(dir_fd: int, name: str) -> None:
             fcntl.flock(guests, fcntl.LOCK_UN)
             time.sleep(0.01)
             continue
-        if not _guests(ns, me):
-            break
+        if _guests(ns, me):
+            empty_since, wait = None, RECHECK_S
+        else:
+            empty_since = empty_since or time.monotonic()
+            if time.monotonic() - empty_since >= LINGER_S:
+                break
+            wait = 0.05     # empty: stay a moment for tasks of the same step starting late
         fcntl.flock(lock, fcntl.LOCK_UN)
         fcntl.flock(guests, fcntl.LOCK_UN)
-        time.sleep(RECHECK_S)
+        time.sleep(wait)
     for suffix in ("", ".guests", ".lock"):          # while holding both locks
         try:
             os.unlink(name + suffix, dir_fd=dir_fd)

@@ -53,6 +53,9 @@ from .plan_types import LaunchPlan, Mount
 SESSION_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "data", "session")
 FUSE_SERVERS = {"squashfuse_ll": "squashfuse_ll", "squashfuse": "squashfuse"}
+# Looked up here rather than through the user's PATH: faster, and a user's PATH must not pick
+# the program that serves every file of the container.
+SYSTEM_BIN = ("/usr/bin", "/usr/local/bin", "/bin", "/usr/sbin", "/sbin")
 
 
 class Step:
@@ -177,7 +180,7 @@ def _mount_loop(img, target: str) -> str:
 
 
 def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
-    server = FUSE_SERVERS[cfg["runtime"]["squashfuse"]]
+    server = _system_program(FUSE_SERVERS[cfg["runtime"]["squashfuse"]])
     fd = os.open("/dev/fuse", os.O_RDWR)   # inheritable on purpose: squashfuse serves it
     os.set_inheritable(fd, True)
     K.mount("squashfuse", target, "fuse.squashfuse", K.MS_RDONLY | K.MS_NOSUID | K.MS_NODEV,
@@ -193,12 +196,20 @@ def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
             devnull = os.open("/dev/null", os.O_RDWR)
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
-            os.execvp(server, argv)
+            os.execv(server, argv)
         except BaseException:
             pass
         os._exit(127)
     os.close(fd)
     return target
+
+
+def _system_program(name: str) -> str:
+    for d in SYSTEM_BIN:
+        path = f"{d}/{name}"
+        if os.access(path, os.X_OK):
+            return path
+    raise LaunchError(f"{name} is not installed (needed to mount images without root)")
 
 
 def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) -> None:

@@ -56,4 +56,12 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
 	return stepd_task_init(sp);
 }
 
+int slurm_spank_exit(spank_t sp, int ac, char **av)
+{
+	(void)ac; (void)av;
+	if (!spank_remote(sp))
+		return 0;
+	return stepd_exit(sp);
+}
+
 #pragma GCC visibility pop

@@ -8,6 +8,13 @@
  * Slurm would exec the task: we exec "hpccont slurm task" instead, which decides everything and
  * execs either the container or the original command.  The process keeps its PID, so it stays in
  * the step's cgroup, and scancel, --signal and the exit status work as for any task.
+ *
+ * Steps with several tasks on the node: stepd_user_init also runs "hpccont slurm prepare" (as
+ * the user), which starts the step's container once and prints a recipe; slurmstepd keeps it in
+ * memory (tasks are forked from it after this hook, so each task has a copy) and each task
+ * enters that container in C (recipe.c) instead of starting Python.  Without a recipe the task
+ * takes the "hpccont slurm task" path, which also reports any error.  stepd_exit (after the
+ * tasks) kills the container's keeper and removes its state files, again as the user.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -17,10 +24,12 @@
 #include <string.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "options.h"
+#include "recipe.h"
 #include "sides.h"
 
 /* hpccont slurm MODE --step J.S --arg A... --opt O... [-- ARGV...] */
@@ -74,24 +83,48 @@ static char **job_env(spank_t sp)
 	return env;
 }
 
-int stepd_user_init(spank_t sp)
+/* The step's container, from prepare; keeper == 0 when there is none. */
+static struct recipe step_recipe;
+
+/* Become the job's user entirely (slurmstepd hooks run with only the effective ids dropped;
+ * the real uid is still 0, which lets root come back first: uid first, it restores the
+ * capabilities that setgroups and setresgid need). */
+static int become_user(spank_t sp)
 {
-	char **argv, **env;
+	uid_t uid;
+	gid_t gid, *gids = NULL;
+	int ngids = 0;
+
+	if (spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_JOB_GID, &gid) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_JOB_SUPPLEMENTARY_GIDS, &gids, &ngids) != ESPANK_SUCCESS)
+		return -1;
+	if (setresuid(0, 0, 0) != 0 || setgroups(ngids, gids) != 0 ||
+	    setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0)
+		return -1;
+	return 0;
+}
+
+static void wait_child(pid_t pid, int *status)
+{
+	while (waitpid(pid, status, 0) < 0 && errno == EINTR)
+		;
+}
+
+static void record(spank_t sp, char **env)
+{
+	char **argv = build_argv(sp, "record", 0);
 	pid_t pid;
 	int status, devnull;
 
-	if (!hpccont_requested(sp))
-		return 0;
-	argv = build_argv(sp, "record", 0);
-	env = job_env(sp);
-	if (argv == NULL || env == NULL) {
+	if (argv == NULL) {
 		slurm_error("hpccont: cannot collect the step's options for accounting");
-		return 0;
+		return;
 	}
 	pid = fork();
 	if (pid < 0) {
 		slurm_error("hpccont: fork: %s", strerror(errno));
-		return 0;
+		return;
 	}
 	if (pid == 0) {
 		/* slurmstepd runs this hook with only its effective ids dropped to the user's; the
@@ -110,11 +143,104 @@ int stepd_user_init(spank_t sp)
 	}
 	/* Accounting never fails a step: the status goes to slurmd's log only (slurm_error would
 	 * also be shown by srun). */
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
+	wait_child(pid, &status);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		slurm_info("hpccont: '%s slurm record' failed (status %d)", hpccont_args.hpccont, status);
+}
+
+/* Run "hpccont slurm prepare" as the user and keep the recipe it prints.  Any failure leaves
+ * no recipe: the tasks then take the Python path, which reports the error to the user. */
+static void prepare(spank_t sp, char **env)
+{
+	char **argv;
+	char *buf = NULL, *grown;
+	size_t len = 0, cap = 0;
+	ssize_t n;
+	uint32_t ntasks = 0;
+	int fds[2], status, devnull;
+	pid_t pid;
+
+	/* A lone task has nobody to share with: it starts its own container (slurm.py). */
+	if (spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &ntasks) != ESPANK_SUCCESS || ntasks < 2)
+		return;
+	argv = build_argv(sp, "prepare", 1);
+	if (argv == NULL || pipe2(fds, O_CLOEXEC) != 0)
+		return;
+	pid = fork();
+	if (pid < 0) {
+		close(fds[0]);
+		close(fds[1]);
+		return;
+	}
+	if (pid == 0) {
+		devnull = open("/dev/null", O_RDWR);
+		if (devnull < 0 || become_user(sp) != 0)
+			_exit(126);
+		dup2(devnull, 0);
+		dup2(fds[1], 1);      /* dup2 clears close-on-exec on the copy */
+		dup2(devnull, 2);
+		execve(hpccont_args.hpccont, argv, env);
+		_exit(127);
+	}
+	close(fds[1]);
+	/* EOF comes when prepare exits: the keeper it starts closes every inherited descriptor. */
+	for (;;) {
+		if (len == cap) {
+			cap = cap ? 2 * cap : 4096;
+			grown = realloc(buf, cap);
+			if (grown == NULL)
+				break;
+			buf = grown;
+		}
+		n = read(fds[0], buf + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += n;
+	}
+	close(fds[0]);
+	wait_child(pid, &status);
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && len > 0 &&
+	    recipe_parse(&step_recipe, buf, len) == 0)
+		return;
+	if (len > 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		slurm_info("hpccont: '%s slurm prepare' gave no recipe (status %d): tasks start "
+			   "their container themselves", hpccont_args.hpccont, status);
+	free(buf);
+}
+
+int stepd_user_init(spank_t sp)
+{
+	char **env;
+
+	if (!hpccont_requested(sp))
+		return 0;
+	env = job_env(sp);
+	if (env == NULL) {
+		slurm_error("hpccont: cannot read the step's environment");
+		return 0;
+	}
+	record(sp, env);
+	prepare(sp, env);
 	return 0;
+}
+
+static void enter_prepared(spank_t sp)
+{
+	char **argv = NULL, **env;
+	int argc = 0;
+	uid_t uid;
+
+	if (step_recipe.keeper == 0)
+		return;
+	if (spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS || argc < 1 ||
+	    spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS || (env = job_env(sp)) == NULL)
+		return;
+	/* A keeper killed or gone since prepare: the Python path starts a new container. */
+	if (!recipe_keeper_alive(&step_recipe, uid))
+		return;
+	recipe_exec(&step_recipe, argv, env);
 }
 
 int stepd_task_init(spank_t sp)
@@ -123,6 +249,7 @@ int stepd_task_init(spank_t sp)
 
 	if (!hpccont_requested(sp))
 		return 0;
+	enter_prepared(sp);     /* returns only if the step's container cannot be entered */
 	argv = build_argv(sp, "task", 1);
 	env = job_env(sp);
 	if (argv == NULL || env == NULL) {
@@ -133,4 +260,33 @@ int stepd_task_init(spank_t sp)
 	/* Returning would run the task outside the container: never do that. */
 	fprintf(stderr, "hpccont: cannot execute %s: %s\n", hpccont_args.hpccont, strerror(errno));
 	_exit(127);
+}
+
+/* After the tasks: the step's container goes, as the user (the recipe came from a process of
+ * the user's, so nothing in it is acted on with more than the user's rights). */
+int stepd_exit(spank_t sp)
+{
+	pid_t pid;
+	uid_t uid;
+	int status, i;
+
+	if (step_recipe.keeper == 0)
+		return 0;
+	if (spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS)
+		return 0;
+	pid = fork();
+	if (pid == 0) {
+		if (become_user(sp) != 0)
+			_exit(126);
+		/* The start time tells a reused PID apart; the FUSE server dies with the keeper
+		 * (PR_SET_PDEATHSIG), and the container's mounts with its last process. */
+		if (recipe_keeper_alive(&step_recipe, uid))
+			kill(step_recipe.keeper, SIGKILL);
+		for (i = 0; step_recipe.files[i]; i++)
+			unlink(step_recipe.files[i]);
+		_exit(0);
+	}
+	if (pid > 0)
+		wait_child(pid, &status);
+	return 0;
 }

@@ -3,7 +3,7 @@
   hpccont slurm install-plugin [...]   build spank_plugin/ against the installed Slurm headers,
                                        install it, write the plugstack line and the cli_filter
   hpccont slurm jobs [--log F] [--json] image path + SIF digest of each step (admins)
-  hpccont slurm task|record ...        what the plugin execs (not for users)
+  hpccont slurm task|prepare|record    what the plugin execs (not for users)
 
 ``task`` runs once per task of every containered job: its arguments are parsed by hand (argparse
 costs more to import than the decision takes).
@@ -19,7 +19,7 @@ USAGE = """usage: hpccont slurm install-plugin [--source DIR] [--prefix DIR] [--
                                     [--image-dir DIR]... [--wrap-batch yes|no]
                                     [--require-signature yes|no] [--accounting FILE]
        hpccont slurm jobs [--log FILE] [--json] [--all]
-       hpccont slurm task|record --step J.S [--arg K=V]... [--opt NAME[=V]]... -- ARGV
+       hpccont slurm task|prepare|record --step J.S [--arg K=V]... [--opt NAME[=V]]... -- ARGV
 """
 
 
@@ -67,6 +67,12 @@ def cmd_task(argv: List[str]) -> int:
     from ..schedulers import slurm
     step, args, spank, program = _plugin_argv(argv)
     return slurm.run_task(step, args, spank, program)
+
+
+def cmd_prepare(argv: List[str]) -> int:
+    from ..schedulers import slurm
+    step, args, spank, program = _plugin_argv(argv)
+    return slurm.run_prepare(step, args, spank, program)
 
 
 def cmd_record(argv: List[str]) -> int:
@@ -271,6 +277,7 @@ def _write(path: str, text: str) -> None:
 SUBCOMMANDS = {
     "task": cmd_task,
     "record": cmd_record,
+    "prepare": cmd_prepare,
     "jobs": cmd_jobs,
     "install-plugin": cmd_install_plugin,
 }

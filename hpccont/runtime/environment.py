@@ -9,6 +9,9 @@ Variables of level 3 are re-applied after the image's scripts ran: the user's wo
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Optional
+
 from ..errors import UsageError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -64,35 +67,74 @@ def injected(environ: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def base_environment(environ: dict[str, str], *, cleanenv: bool) -> dict[str, str]:
-    if cleanenv:
-        return {k: environ[k] for k in CLEAN_KEEP if k in environ}
+def _filtered(environ: dict[str, str], keep_only, unset, unset_prefixes) -> dict[str, str]:
+    if keep_only is not None:
+        return {k: environ[k] for k in keep_only if k in environ}
     return {k: v for k, v in environ.items()
-            if k not in HOST_ONLY and not k.startswith(INJECT_PREFIXES)}
+            if k not in unset and not k.startswith(tuple(unset_prefixes))}
+
+
+def base_environment(environ: dict[str, str], *, cleanenv: bool) -> dict[str, str]:
+    return _filtered(environ, CLEAN_KEEP if cleanenv else None, HOST_ONLY, INJECT_PREFIXES)
+
+
+@dataclass
+class EnvDelta:
+    """How the container environment is made from a host environment, as data.
+
+    ``apply_delta`` is the rule (the SPANK plugin's C side applies the same four steps to each
+    task's own environment, see spank_plugin/recipe.c):
+      1. keep only ``keep_only`` (--cleanenv), or else drop ``unset`` and ``unset_prefixes``;
+      2. set ``set`` (fixed values: HOME, PATH, the image's names, the user's overrides);
+      3. copy each of ``copy`` from the host environment, when it is there (variables whose
+         value differs from task to task, passed by name, e.g. --container-env=SLURM_PROCID).
+    ``overrides`` (a subset of ``set``) is what the shell re-applies after the image's env scripts.
+    """
+    set: dict[str, str]
+    overrides: dict[str, str]
+    unset: tuple[str, ...] = HOST_ONLY
+    unset_prefixes: tuple[str, ...] = INJECT_PREFIXES
+    keep_only: Optional[tuple[str, ...]] = None
+    copy: list[str] = field(default_factory=list)
+
+
+def apply_delta(delta: EnvDelta, environ: dict[str, str]) -> dict[str, str]:
+    env = _filtered(environ, delta.keep_only, delta.unset, delta.unset_prefixes)
+    env.update(delta.set)
+    env.update({k: environ[k] for k in delta.copy if k in environ})
+    return env
+
+
+def environment_delta(environ: dict[str, str], *, cleanenv: bool, user_env: dict[str, str],
+                      home: str, user: str, image_path: str, ld_paths: list[str] = (),
+                      bin_paths: list[str] = (), pass_names: list[str] = ()) -> EnvDelta:
+    """The rules of this module as an EnvDelta (``environ`` gives the injected variables)."""
+    fixed: dict[str, str] = {"HOME": home, "USER": user, "LOGNAME": user}
+    fixed["PATH"] = ":".join(list(bin_paths) + [DEFAULT_PATH])
+    ld = list(ld_paths)
+    fixed["LD_LIBRARY_PATH"] = ":".join(ld + ([] if CONTAINER_LIBS in ld else [CONTAINER_LIBS]))
+    name = image_path.rstrip("/").rsplit("/", 1)[-1]
+    # Not HPCCONT_CONTAINER: that name asks the batch system for a container, and would make
+    # every srun/qsub started inside this container wrap its tasks in the same image.
+    fixed["HPCCONT_IMAGE_PATH"] = image_path
+    fixed["HPCCONT_NAME"] = name
+    for prefix in ("APPTAINER", "SINGULARITY"):
+        fixed[f"{prefix}_CONTAINER"] = image_path
+        fixed[f"{prefix}_NAME"] = name
+    overrides = injected(environ)
+    overrides.update(user_env)
+    fixed.update(overrides)
+    return EnvDelta(set=fixed, overrides=overrides, keep_only=CLEAN_KEEP if cleanenv else None,
+                    copy=list(pass_names))
 
 
 def container_environment(environ: dict[str, str], *, cleanenv: bool, user_env: dict[str, str],
                           home: str, user: str, image_path: str, ld_paths: list[str] = (),
                           bin_paths: list[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
     """Returns (environment to exec with, overrides to re-apply after the image's env scripts)."""
-    env = base_environment(environ, cleanenv=cleanenv)
-    env["HOME"] = home
-    env["USER"] = env["LOGNAME"] = user
-    env["PATH"] = ":".join(list(bin_paths) + [DEFAULT_PATH])
-    ld = list(ld_paths)
-    env["LD_LIBRARY_PATH"] = ":".join(ld + ([] if CONTAINER_LIBS in ld else [CONTAINER_LIBS]))
-    name = image_path.rstrip("/").rsplit("/", 1)[-1]
-    # Not HPCCONT_CONTAINER: that name asks the batch system for a container, and would make
-    # every srun/qsub started inside this container wrap its tasks in the same image.
-    env["HPCCONT_IMAGE_PATH"] = image_path
-    env["HPCCONT_NAME"] = name
-    for prefix in ("APPTAINER", "SINGULARITY"):
-        env[f"{prefix}_CONTAINER"] = image_path
-        env[f"{prefix}_NAME"] = name
-    overrides = injected(environ)
-    overrides.update(user_env)
-    env.update(overrides)
-    return env, overrides
+    delta = environment_delta(environ, cleanenv=cleanenv, user_env=user_env, home=home, user=user,
+                              image_path=image_path, ld_paths=ld_paths, bin_paths=bin_paths)
+    return apply_delta(delta, environ), dict(delta.overrides)
 
 
 def shell_quote(value: str) -> str:

@@ -78,9 +78,7 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Fals
         guests = os.open(os.path.join(d, name + ".guests"), os.O_RDONLY | os.O_CREAT, 0o600)
         fcntl.flock(guests, fcntl.LOCK_SH)
         os.set_inheritable(guests, True)
-        pid = _live_keeper(os.path.join(d, name))
-        if pid is None:
-            pid = _start_keeper(plan, cfg, d, name, (lock, guests), persistent)
+        pid, _ = _ensure_locked(plan, cfg, d, name, (lock, guests), persistent)
         try:
             _enter(pid, plan)
         except OSError as e:
@@ -94,6 +92,31 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Fals
         raise LaunchError(f"working directory {plan.cwd} is not usable in the container: "
                           f"{e.strerror}") from None
     execute(plan, step)
+
+
+def ensure_keeper(plan: LaunchPlan, cfg: dict[str, dict],
+                  persistent: bool = True) -> tuple[int, bool]:
+    """The keeper of ``plan.join``'s container, started now if none is alive, without entering it.
+
+    Returns (keeper PID, whether the image has /.singularity.d/env/*.sh scripts and a /bin/sh
+    to run them: then the command goes through ``env_script``).  Used where something other than
+    this process enters the container later (the SPANK plugin's tasks)."""
+    d = state_dir(cfg)
+    name = state_name(plan)
+    lock = _locked(os.path.join(d, name + ".lock"))
+    try:
+        return _ensure_locked(plan, cfg, d, name, (lock,), persistent)
+    finally:
+        os.close(lock)
+
+
+def _ensure_locked(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,
+                   persistent: bool) -> tuple[int, bool]:
+    """Under ``.lock``: the live keeper, or a new one."""
+    found = _live_keeper(os.path.join(d, name))
+    if found is not None:
+        return found
+    return _start_keeper(plan, cfg, d, name, fds, persistent)
 
 
 def _locked(path: str) -> int:
@@ -111,7 +134,8 @@ def _locked(path: str) -> int:
 
 def keeper_pid(plan: LaunchPlan, cfg: dict[str, dict]) -> int | None:
     """The live keeper of ``plan.join``'s container, if any."""
-    return _live_keeper(os.path.join(state_dir(cfg), state_name(plan)))
+    found = _live_keeper(os.path.join(state_dir(cfg), state_name(plan)))
+    return found[0] if found else None
 
 
 def members(pid: int) -> list:
@@ -128,16 +152,16 @@ def members(pid: int) -> list:
     return found
 
 
-def _live_keeper(path: str) -> int | None:
-    """The keeper's PID if the state file names a live keeper of ours (not a reused PID)."""
+def _live_keeper(path: str) -> tuple[int, bool] | None:
+    """(PID, env scripts) if the state file names a live keeper of ours (not a reused PID)."""
     try:
         with open(path) as f:
-            pid_s, start = f.read().split()
-        pid = int(pid_s)
+            fields = f.read().split()
+        pid, start = int(fields[0]), fields[1]
         if _start_time(pid) != start or os.stat(f"/proc/{pid}").st_uid != os.getuid():
             return None
-        return pid
-    except (OSError, ValueError):
+        return pid, fields[2:3] == ["env"]
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -165,8 +189,8 @@ def _enter(pid: int, plan: LaunchPlan) -> None:
 
 
 def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,
-                  persistent: bool) -> int:
-    """Double-fork a keeper that builds the container; returns its PID once it is ready."""
+                  persistent: bool) -> tuple[int, bool]:
+    """Double-fork a keeper that builds the container; (its PID, env scripts) once it is ready."""
     rfd, wfd = os.pipe()
     child = os.fork()
     if child == 0:
@@ -189,15 +213,16 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
     if not msg.startswith("ready "):
         raise LaunchError(msg.strip() or "container keeper failed to start")
     pid = int(msg.split()[1])
+    scripts = msg.split()[2:3] == ["env"]
     with open(os.path.join(d, name + ".tmp"), "w") as f:
-        f.write(f"{pid} {_start_time(pid)}\n")
+        f.write(f"{pid} {_start_time(pid)} {'env' if scripts else 'plain'}\n")
     os.replace(os.path.join(d, name + ".tmp"), os.path.join(d, name))
-    return pid
+    return pid, scripts
 
 
 def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
             persistent: bool) -> None:
-    from .apply import Step, enter, setup
+    from .apply import Step, _has_env_scripts, enter, setup
     # Keep no terminal, output pipe or launcher socket of the job open: srun and mpirun wait
     # for EOF on their pipes, and a PMI socket held by the keeper outlives the rank.
     devnull = os.open("/dev/null", os.O_RDWR)
@@ -218,7 +243,9 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
         text = getattr(e, "strerror", None) or str(e)
         os.write(wfd, f"cannot start container ({step.name}): {text}".encode())
         os._exit(1)
-    os.write(wfd, f"ready {os.getpid()}".encode())
+    # Seen from inside, as apply.execute decides: does the command go through the env scripts?
+    scripts = _has_env_scripts() and os.path.exists("/bin/sh")
+    os.write(wfd, f"ready {os.getpid()} {'env' if scripts else 'plain'}".encode())
     os.close(wfd)
     if persistent:
         while True:      # an instance: lives until stopped

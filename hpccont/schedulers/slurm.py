@@ -290,6 +290,129 @@ def run_task(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
     return run_command(plan.argv[1], plan.argv[2:])
 
 
+# -- the step's shared container, prepared once per node ----------------------------------------
+# The plugin runs ``hpccont slurm prepare`` once per node per step (slurm_spank_user_init, as the
+# user) for steps with several tasks on the node.  It starts the step's container (a persistent
+# join keeper, see runtime/join.py) and prints a *recipe* on stdout; the plugin keeps it in
+# slurmstepd's memory, and each forked task enters the keeper's namespaces in C and execs its
+# command with no Python at all (spank_plugin/recipe.c).  No recipe (anything failed, or a
+# warning to show): the tasks take the ``hpccont slurm task`` path, which reports the error.
+#
+# Recipe format: a sequence of NUL-terminated fields, each a one-byte tag and its payload.
+RECIPE_TAGS = {
+    "m": "mode: rootless | root",
+    "p": "keeper PID",
+    "t": "keeper start time (/proc/PID/stat field 22: a reused PID does not match)",
+    "h": "host working directory prepare saw (a task elsewhere falls back to the Python path)",
+    "w": "working directory inside the container",
+    "a": "argv prefix, one field per word (the env-script shell), before the task's argv",
+    "K": "--cleanenv: keep only the 'k' names (payload empty)",
+    "k": "name kept with --cleanenv",
+    "u": "name removed from the task's environment",
+    "U": "prefix: names starting with it are removed",
+    "s": "NAME=VALUE set",
+    "c": "name copied from the task's own environment after the 's' fields",
+    "f": "state file removed when the step ends",
+}
+
+
+@dataclass
+class Recipe:
+    mode: str
+    keeper: int
+    keeper_start: str
+    host_cwd: str
+    cwd: str
+    prefix: List[str]
+    env: "EnvDelta"   # noqa: F821 (runtime.environment, imported lazily)
+    state_files: List[str]
+
+
+def recipe_bytes(r: Recipe) -> bytes:
+    fields = [("m", r.mode), ("p", str(r.keeper)), ("t", r.keeper_start), ("h", r.host_cwd),
+              ("w", r.cwd)]
+    fields += [("a", a) for a in r.prefix]
+    if r.env.keep_only is not None:
+        fields += [("K", "")] + [("k", n) for n in r.env.keep_only]
+    fields += [("u", n) for n in r.env.unset] + [("U", p) for p in r.env.unset_prefixes]
+    fields += [("s", f"{k}={v}") for k, v in r.env.set.items()]
+    fields += [("c", n) for n in r.env.copy] + [("f", f) for f in r.state_files]
+    out = b""
+    for tag, payload in fields:
+        data = payload.encode("utf-8", "surrogateescape")
+        if b"\0" in data:
+            raise SchedulerError(f"recipe field {tag!r} contains a NUL byte")
+        out += tag.encode() + data + b"\0"
+    return out
+
+
+def parse_recipe(data: bytes) -> Dict[str, List[str]]:
+    """tag -> payloads in order (tests and debugging; the plugin parses it in C)."""
+    out: Dict[str, List[str]] = {}
+    for f in data.split(b"\0")[:-1]:
+        out.setdefault(f[:1].decode(), []).append(f[1:].decode("utf-8", "surrogateescape"))
+    return out
+
+
+def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]],
+                 program: List[str], environ: Mapping[str, str], cwd: str) -> Optional[Recipe]:
+    """Start the step's container on this node; the recipe for its tasks, or None (then every
+    task goes through run_task, as a lone task does)."""
+    if tasks_on_this_node(environ) <= 1:
+        return None
+    tplan = plan_task(step, args, spank, program, environ, cwd)
+    if tplan.image is None:
+        return None
+    from .. import config
+    from ..cli.launch import build_request
+    from ..runtime import join
+    from ..runtime.apply import _ld_first
+    from ..runtime.environment import apply_delta, env_script, environment_delta
+    from ..runtime.plan import make_plan
+    # Variables passed by name differ from task to task (SLURM_PROCID): each task copies its own
+    # value instead of the one this process sees.
+    pass_names = [n for n in job_options(spank, environ).env_names if n != STEP_VAR]
+    full_env = dict(environ)
+    full_env.update(tplan.env)
+    req = build_request("exec", tplan.argv[2:], full_env)
+    for n in pass_names:
+        req.env.pop(n, None)
+    cfg = config.load()
+    plan = make_plan(req, cfg, full_env, cwd)
+    if plan.warnings or not plan.join:
+        return None
+    delta = environment_delta(full_env, cleanenv=req.cleanenv, user_env=req.env,
+                              home=plan.identity.home, user=plan.identity.user,
+                              image_path=plan.image.path, pass_names=pass_names)
+    # make_plan also merged the host adapters' additions (--nv, --mpi bind) and their paths:
+    # take every value the rules set, and every difference, from the plan itself.
+    base = apply_delta(delta, full_env)
+    delta.set = {k: v for k, v in plan.env.items() if k in delta.set or base.get(k) != v}
+    if apply_delta(delta, full_env) != plan.env:
+        return None    # not expressible as a delta: keep the exact path
+    pid, scripts = join.ensure_keeper(plan, cfg, persistent=True)
+    prefix = (["/bin/sh", "-c", env_script(plan.env_overrides, _ld_first(plan), plan.env_dirs),
+               "hpccont"] if scripts else [])
+    d = join.state_dir(cfg)
+    name = join.state_name(plan)
+    return Recipe(mode=plan.mode, keeper=pid, keeper_start=join._start_time(pid),
+                  host_cwd=os.getcwd(), cwd=plan.cwd, prefix=prefix, env=delta,
+                  state_files=[os.path.join(d, name + s) for s in ("", ".lock", ".guests")])
+
+
+def run_prepare(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
+                program: List[str]) -> int:
+    """Writes the recipe to stdout; exit 0 with no output when the tasks take the Python path."""
+    pwd = os.environ.get("PWD", "")
+    if pwd and os.path.isdir(pwd):
+        os.chdir(pwd)      # slurmstepd's own directory until the tasks chdir to the step's
+    from ..cli.launch import current_dir
+    recipe = prepare_step(step, args, spank, program, os.environ, current_dir())
+    if recipe is not None:
+        os.write(1, recipe_bytes(recipe))
+    return 0
+
+
 # -- accounting -----------------------------------------------------------------------------------
 @dataclass
 class StepRecord:

@@ -1,0 +1,44 @@
+/*
+ * The step's shared container, entered by each task in C (see recipe.c).
+ */
+#ifndef HPCCONT_SPANK_RECIPE_H
+#define HPCCONT_SPANK_RECIPE_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* What "hpccont slurm prepare" printed: NUL-terminated fields, each a one-byte tag and its
+ * payload (the tags are listed in hpccont/schedulers/slurm.py, RECIPE_TAGS). */
+struct recipe {
+	char *data;            /* the bytes as read; every pointer below points into it */
+	size_t len;
+	const char *mode;      /* m */
+	pid_t keeper;          /* p */
+	const char *start;     /* t */
+	const char *host_cwd;  /* h */
+	const char *cwd;       /* w */
+	int keep_only;         /* K */
+	char **prefix;         /* a... (NULL-terminated, each list below too) */
+	char **keep;           /* k... */
+	char **unset;          /* u... */
+	char **unset_prefix;   /* U... */
+	char **set;            /* s... NAME=VALUE */
+	char **copy;           /* c... */
+	char **files;          /* f... */
+};
+
+/* Takes ownership of data (malloc'd).  0 on success; -1 on a malformed recipe (freed). */
+int recipe_parse(struct recipe *r, char *data, size_t len);
+
+/* Is the keeper the process that prepare started (alive, same start time, same uid)? */
+int recipe_keeper_alive(const struct recipe *r, uid_t uid);
+
+/* The task's environment turned into the container's (the rules of environment.apply_delta). */
+char **recipe_environment(const struct recipe *r, char **task_env, char **argv);
+
+/* Enter the container and exec argv.  Returns (with errno kept) only when nothing has changed
+ * yet, so the caller can take the Python path; after the first namespace switch it never
+ * returns: it execs or _exits. */
+void recipe_exec(const struct recipe *r, char **argv, char **task_env);
+
+#endif

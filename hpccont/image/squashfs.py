@@ -5,6 +5,7 @@ a plain squashfs file (offset 0) and on the partition inside a SIF.  Failures ar
 errors naming the tool and its last complaint.
 """
 import os
+import tempfile
 import shutil
 import subprocess
 from typing import List, Optional, Sequence
@@ -87,12 +88,42 @@ def list_paths(image: str, offset: int = 0, under: str = "") -> List[str]:
     return [p for p in out if p]
 
 
-def extract(image: str, dest: str, offset: int = 0, paths: Sequence[str] = ()) -> None:
-    """Unpack the filesystem (or only ``paths``) into directory ``dest`` (which must not exist)."""
-    args = ["-d", dest, "-n", "-q"]
+def extract(image: str, dest: str, offset: int = 0, paths: Sequence[str] = (),
+            into_existing: bool = False) -> None:
+    """Unpack the filesystem (or only ``paths``) into directory ``dest`` (which must not exist,
+    unless ``into_existing``)."""
+    args = ["-d", dest, "-n", "-q"] + (["-f"] if into_existing else [])
     if os.geteuid() != 0:
         args.append("-no-xattrs")
-    args += [image, *[p.lstrip("/") for p in paths]]
-    r = _unsquashfs(image, offset, args)
+    with tempfile.NamedTemporaryFile("w", prefix="hpccont-exclude-", suffix=".txt") as excl:
+        if _cannot_mknod():
+            # Root of a user namespace (--fakeroot) may not create device nodes; the runtime
+            # binds the host's /dev over the image's anyway, so they are left out.
+            excl.write("".join(f"{d}\n" for d in device_nodes(image, offset)))
+            excl.flush()
+            args += ["-exclude-file", excl.name]
+        args += [image, *[p.lstrip("/") for p in paths]]
+        r = _unsquashfs(image, offset, args)
     if r.returncode != 0:
         raise ImageError(f"unsquashfs failed on {image}: {_last_line(r.stderr or r.stdout)}")
+
+
+def _cannot_mknod() -> bool:
+    """Not root, or root of a user namespace (whose uid map is not the identity of all ids)."""
+    if os.geteuid() != 0:
+        return True
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def device_nodes(image: str, offset: int = 0) -> list:
+    """Paths (relative to the image root) of the character and block devices in the image."""
+    r = _unsquashfs(image, offset, ["-lls", image])
+    out = []
+    for line in r.stdout.splitlines():
+        if line[:1] in ("c", "b") and " squashfs-root/" in line:
+            out.append(line.split(" squashfs-root/", 1)[1])
+    return out

@@ -2,7 +2,8 @@
 import os
 import subprocess
 
-from ....errors import BuildError
+from ....errors import BuildError, ImageError
+from ... import squashfs
 from ...source import open_image
 
 
@@ -12,16 +13,16 @@ def bootstrap(stage, rootfs, ctx):
         ref = os.path.join(ctx.base_dir, ref)
     image = open_image(ref)
     if image.kind == "sandbox":
-        argv = ["cp", "-a", "--", image.path + "/.", rootfs]
-    else:
-        if image.fs_type != "squashfs":
-            raise BuildError(f"{ref}: localimage supports squashfs partitions only")
-        argv = ["unsquashfs", "-f", "-n", "-d", rootfs]
-        if image.offset:
-            argv += ["-o", str(image.offset)]
-        argv.append(image.path)
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        raise BuildError(f"localimage {ref}: unpacking failed: {' / '.join(tail)}")
+        r = subprocess.run(["cp", "-a", "--", image.path + "/.", rootfs], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+            raise BuildError(f"localimage {ref}: copying failed: {' / '.join(tail)}")
+        return None
+    if image.fs_type != "squashfs":
+        raise BuildError(f"{ref}: localimage supports squashfs partitions only")
+    try:
+        squashfs.extract(image.path, rootfs, offset=image.offset, into_existing=True)
+    except ImageError as e:
+        raise BuildError(f"localimage {ref}: unpacking failed: {e}") from None
     return None

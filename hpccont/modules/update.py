@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 from ..errors import ImageError, SignatureError
+from .metadata import sha256_file
 
 DEFAULT_CACHE = os.path.join(".local", "share", "hpccont", "images")
 CHUNK = 4 << 20
@@ -46,17 +47,6 @@ def resolve_central(central: str, config: Optional[dict]) -> str:
     return moved if moved and os.path.exists(moved) else central
 
 
-def digest_of(path: str) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for buf in iter(lambda: f.read(CHUNK), b""):
-                h.update(buf)
-    except OSError as e:
-        raise ImageError(f"cannot read {path}: {e.strerror}") from None
-    return "sha256:" + h.hexdigest()
-
-
 def published_digest(central: str) -> Optional[str]:
     """``IMAGE.sha256`` next to the central image (``sha256sum`` format or a bare hex digest)."""
     try:
@@ -75,7 +65,7 @@ def plan_update(central: str, local: str, force: bool = False) -> UpdatePlan:
         raise ImageError(f"{central} is a sandbox directory: image-update copies image files only")
     if not os.path.isfile(central):
         raise ImageError(f"central image {central} does not exist")
-    cdigest = digest_of(central)
+    cdigest = sha256_file(central)
     expected = published_digest(central)
     if expected and expected != cdigest:
         raise ImageError(f"central image {central} does not match its published digest "
@@ -84,7 +74,7 @@ def plan_update(central: str, local: str, force: bool = False) -> UpdatePlan:
         return UpdatePlan(central, local, "copy", "forced", cdigest)
     if not os.path.exists(local):
         return UpdatePlan(central, local, "copy", "no local copy yet", cdigest)
-    if digest_of(local) == cdigest:
+    if sha256_file(local) == cdigest:
         return UpdatePlan(central, local, "up-to-date", "same digest", cdigest)
     return UpdatePlan(central, local, "copy", "central image changed", cdigest)
 
@@ -129,7 +119,7 @@ def copy_verified(plan: UpdatePlan, *, required_signature: bool = False,
                 dst.write(buf)
         os.chmod(tmp, os.stat(plan.central).st_mode & 0o755)
         # The digest is taken again from what landed on disk: a short or damaged copy shows here.
-        got = digest_of(tmp)
+        got = sha256_file(tmp)
         if got != plan.central_digest or "sha256:" + h.hexdigest() != plan.central_digest:
             raise ImageError(f"copy of {plan.central} has digest {got}, expected "
                              f"{plan.central_digest} (central image changed during the copy?)")

@@ -386,10 +386,13 @@ def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]
                               image_path=plan.image.path, pass_names=pass_names)
     # make_plan also merged the host adapters' additions (--nv, --mpi bind) and their paths:
     # take every value the rules set, and every difference, from the plan itself.
+    # (Compared without the per-task copies: the plan was made without those names.)
+    copy, delta.copy = delta.copy, []
     base = apply_delta(delta, full_env)
     delta.set = {k: v for k, v in plan.env.items() if k in delta.set or base.get(k) != v}
     if apply_delta(delta, full_env) != plan.env:
         return None    # not expressible as a delta: keep the exact path
+    delta.copy = copy
     pid, scripts = join.ensure_keeper(plan, cfg, persistent=True)
     prefix = (["/bin/sh", "-c", env_script(plan.env_overrides, _ld_first(plan), plan.env_dirs),
                "hpccont"] if scripts else [])

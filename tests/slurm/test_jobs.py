@@ -205,7 +205,7 @@ def test_unreadable_image(submit, world_tmp, busybox_squashfs):
     secret.write_bytes(busybox_squashfs.read_bytes())
     secret.chmod(0o600)
     r = submit("srun", f"--container={secret}", "echo", "ran-outside")
-    _one_error_line(r, "is not readable")
+    _one_error_line(r, "permission denied")
 
 
 def test_not_an_image(submit, shared_tmp):
@@ -213,7 +213,7 @@ def test_not_an_image(submit, shared_tmp):
     junk.write_text("not an image\n")
     junk.chmod(0o644)
     r = submit("srun", f"--container={junk}", "echo", "ran-outside")
-    _one_error_line(r, "is not a SIF or squashfs image")
+    _one_error_line(r, "not a SIF, squashfs")
 
 
 def test_bad_bind_spec(submit, images):
@@ -276,3 +276,121 @@ def test_accounting_records_image_and_digest(submit, busybox_sif, world_tmp, slu
             break
         time.sleep(0.2)
     assert comments == [f"hpccont:{sif}@sha256:{want}"]
+
+
+# -- the step's container, entered by the plugin in C ----------------------------------------------
+# A task that went through Python holds the join ``.guests`` lock through its exec; a task the
+# plugin put into the prepared container holds no such descriptor.
+_TASK_PROBE = ('echo "$SLURM_PROCID $SLURM_JOB_ID $(readlink /proc/self/ns/mnt) $$ '
+               '$(grep freezer /proc/self/cgroup | cut -d: -f3) '
+               '$(ls -l /proc/$$/fd | grep -c guests) ${HPCCONT_IMAGE_PATH:-none}"')
+
+
+def _user_processes(test_user, image):
+    """The user's processes that name ``image`` (the keeper's and the FUSE server's command
+    lines do; other tests may run processes of the same user meanwhile)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == test_user.pw_uid:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if str(image) in cmd:
+                    out.append(cmd)
+        except OSError:
+            continue
+    return out
+
+
+def _nothing_left(test_user, image, step=None):
+    """No process of the user (keeper, FUSE server, task) and no join state after a step."""
+    for _ in range(50):
+        left = _user_processes(test_user, image)
+        if not left and not helpers.fuse_processes(str(image)):
+            break
+        time.sleep(0.2)
+    assert not left, f"left running after the step: {left}"
+    dirs = [Path(f"/tmp/hpccont-{test_user.pw_uid}"), Path(f"/run/user/{test_user.pw_uid}") /
+            f"hpccont-{test_user.pw_uid}"]
+    if step is None:
+        return
+    from types import SimpleNamespace
+    from hpccont.runtime.join import state_name
+    name = state_name(SimpleNamespace(join=step, image=SimpleNamespace(path=str(image))))
+    state = [p.name for d in dirs if d.is_dir() for p in d.iterdir() if p.name.startswith(name)]
+    assert not state, f"join state left: {state}"
+
+
+def test_prepared_container_shared_by_eight_tasks(submit, images, test_user):
+    r = _ok(submit("srun", "-n", "8", "--overcommit", f"--container={images['sqsh']}",
+                   "sh", "-c", _TASK_PROBE))
+    rows = [[line.split()[0]] + line.split()[2:] for line in _lines(r)]
+    job = _lines(r)[0].split()[1]
+    assert sorted(int(row[0]) for row in rows) == list(range(8))
+    assert len({row[1] for row in rows}) == 1, "one mount namespace for the step"
+    assert len({row[2] for row in rows}) == 8
+    job_steps = {row[3] for row in rows}
+    assert len(job_steps) == 1 and job_steps.pop().endswith("/step_0"), rows
+    assert {row[4] for row in rows} == {"0"}, "tasks went through Python, not the plugin"
+    assert {row[5] for row in rows} == {str(images["sqsh"])}
+    _nothing_left(test_user, images["sqsh"], f"{job}.0")
+
+
+def test_prepared_container_exit_status_of_one_task(submit, images, test_user):
+    r = submit("srun", "-n", "8", "--overcommit", f"--container={images['sqsh']}", "sh", "-c",
+               'test "$SLURM_PROCID" = 5 && exit 7; exit 0')
+    assert r.returncode == 7, r.stderr
+    _nothing_left(test_user, images["sqsh"])
+
+
+def test_prepared_container_options(submit, images, shared_tmp, test_user):
+    (shared_tmp / "bound.txt").write_text("bound\n")
+    r = _ok(submit("srun", "-n", "4", "--overcommit", f"--container={images['sqsh']}",
+                   "--container-cleanenv", "--container-env=SLURM_PROCID,MYVAR",
+                   f"--container-bind={shared_tmp}:/mnt", "sh", "-c",
+                   'echo "$SLURM_PROCID ${SLURM_LOCALID:-unset} $MYVAR $(cat /mnt/bound.txt) '
+                   '$HOME $(ls -l /proc/$$/fd | grep -c guests)"',
+                   env={"MYVAR": "mine", "HPCCONT_ENV_INJ": "x"}))
+    rows = sorted(line.split() for line in _lines(r))
+    assert rows == [[str(i), "unset", "mine", "bound", test_user.pw_dir, "0"] for i in range(4)]
+
+
+def test_prepared_container_image_env_scripts(submit, world_tmp, test_user):
+    from conftest import slurm_rootfs
+    root = slurm_rootfs(world_tmp / "envscript-rootfs")
+    (root / ".singularity.d" / "env").mkdir(parents=True, exist_ok=True)
+    (root / ".singularity.d" / "env" / "90-test.sh").write_text(
+        "export FROM_IMAGE=yes\nexport OVERRIDDEN=image\n")
+    image = helpers.mksquashfs(root, world_tmp / "envscript.sqsh")
+    image.chmod(0o644)
+    r = _ok(submit("srun", "-n", "3", "--overcommit", f"--container={image}", "sh", "-c",
+                   'echo "$SLURM_PROCID $FROM_IMAGE $OVERRIDDEN $(ls -l /proc/$$/fd | grep -c guests)"',
+                   env={"HPCCONT_ENV_OVERRIDDEN": "user"}))
+    assert sorted(_lines(r)) == [f"{i} yes user 0" for i in range(3)]
+
+
+def test_prepared_container_missing_command(submit, images, test_user):
+    r = submit("srun", "-n", "4", "--overcommit", f"--container={images['sqsh']}", "no-such-cmd")
+    assert r.returncode == 127
+    lines = [line for line in r.stderr.splitlines() if "no-such-cmd" in line]
+    assert lines == ["hpccont: no-such-cmd: command not found in the container"] * 4, r.stderr
+    _nothing_left(test_user, images["sqsh"])
+
+
+def test_prepared_container_scancel(submit, images, slurm_cluster, shared_tmp, test_user):
+    script = shared_tmp / "long8.sh"
+    script.write_text("#!/bin/sh\nsrun -n 8 --overcommit --container=%s sh -c "
+                      "'echo $$ >> %s/pids8; exec sleep 300'\n" % (images["sqsh"], shared_tmp))
+    r = _ok(submit("sbatch", "--parsable", "--overcommit", "-n", "8", "-o",
+                   f"{shared_tmp}/out8", str(script)))
+    job = r.stdout.strip().split(";")[0]
+    pidfile = shared_tmp / "pids8"
+    for _ in range(150):
+        if pidfile.exists() and len(pidfile.read_text().split()) == 8:
+            break
+        time.sleep(0.2)
+    pids = pidfile.read_text().split()
+    assert len(pids) == 8
+    listed = slurm_cluster.run(["scontrol", "listpids", f"{job}.0"]).stdout.split()
+    assert set(pids) <= set(listed)
+    _ok(submit("scancel", job))
+    _nothing_left(test_user, images["sqsh"])

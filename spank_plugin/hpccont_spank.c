@@ -56,6 +56,14 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
 	return stepd_task_init(sp);
 }
 
+int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
+{
+	(void)ac; (void)av;
+	if (!spank_remote(sp))
+		return 0;
+	return stepd_task_post_fork(sp);
+}
+
 int slurm_spank_exit(spank_t sp, int ac, char **av)
 {
 	(void)ac; (void)av;

@@ -15,6 +15,11 @@
  * enters that container in C (recipe.c) instead of starting Python.  Without a recipe the task
  * takes the "hpccont slurm task" path, which also reports any error.  stepd_exit (after the
  * tasks) kills the container's keeper and removes its state files, again as the user.
+ *
+ * stepd_task_post_fork (once, for the first task, in slurmstepd): the keeper and its FUSE
+ * server were started before any task existed, from slurmstepd, so they sit in slurmstepd's
+ * cgroups.  They are moved into the first task's cgroups, where the step's limits and
+ * accounting cover them and proctrack/cgroup ends them with the step, even if slurmstepd dies.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +30,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -260,6 +266,93 @@ int stepd_task_init(spank_t sp)
 	/* Returning would run the task outside the container: never do that. */
 	fprintf(stderr, "hpccont: cannot execute %s: %s\n", hpccont_args.hpccont, strerror(errno));
 	_exit(127);
+}
+
+/* Write each PID of the keeper and its children into every cgroup hierarchy the task is in.
+ * Only processes of the job's user are moved: the recipe came from the user. */
+static void adopt(pid_t task, uid_t uid)
+{
+	char path[512], line[512], children[4096], *ctrls, *cg, *tok, *save = NULL;
+	pid_t pids[64];
+	int n = 0, i, fd;
+	ssize_t len;
+	FILE *f;
+	struct stat st;
+
+	pids[n++] = step_recipe.keeper;
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)step_recipe.keeper,
+		 (int)step_recipe.keeper);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		len = read(fd, children, sizeof(children) - 1);
+		close(fd);
+		children[len > 0 ? len : 0] = '\0';
+		for (tok = strtok_r(children, " \n", &save); tok && n < 64; tok = strtok_r(NULL, " \n", &save))
+			pids[n++] = (pid_t)atoi(tok);
+	}
+	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)task);
+	f = fopen(path, "re");
+	if (f == NULL)
+		return;
+	/* "ID:CONTROLLERS:PATH"; cgroup v1 hierarchies are mounted at /sys/fs/cgroup/CONTROLLERS
+	 * (name=systemd at .../systemd), the v2 hierarchy at /sys/fs/cgroup/unified or /sys/fs/cgroup. */
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		ctrls = strchr(line, ':');
+		cg = ctrls ? strchr(ctrls + 1, ':') : NULL;
+		if (cg == NULL)
+			continue;
+		*cg++ = '\0';
+		ctrls++;
+		if (strncmp(ctrls, "name=", 5) == 0)
+			ctrls += 5;
+		if (*ctrls)
+			snprintf(path, sizeof(path), "/sys/fs/cgroup/%s%s/cgroup.procs", ctrls, cg);
+		else if (stat("/sys/fs/cgroup/unified/cgroup.procs", &st) == 0)
+			snprintf(path, sizeof(path), "/sys/fs/cgroup/unified%s/cgroup.procs", cg);
+		else
+			snprintf(path, sizeof(path), "/sys/fs/cgroup%s/cgroup.procs", cg);
+		for (i = 0; i < n; i++) {
+			snprintf(line, sizeof(line), "/proc/%d", (int)pids[i]);
+			if (stat(line, &st) != 0 || st.st_uid != uid)
+				continue;
+			fd = open(path, O_WRONLY | O_CLOEXEC);
+			if (fd < 0)
+				break;
+			len = snprintf(line, sizeof(line), "%d\n", (int)pids[i]);
+			if (write(fd, line, len) < 0)
+				slurm_info("hpccont: cannot move the container keeper into %s: %s", path,
+					   strerror(errno));
+			close(fd);
+		}
+	}
+	fclose(f);
+}
+
+int stepd_task_post_fork(spank_t sp)
+{
+	pid_t task, pid;
+	uid_t uid;
+	int taskid = -1, status;
+
+	if (step_recipe.keeper == 0 ||
+	    spank_get_item(sp, S_TASK_ID, &taskid) != ESPANK_SUCCESS || taskid != 0 ||
+	    spank_get_item(sp, S_TASK_PID, &task) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS)
+		return 0;
+	if (!recipe_keeper_alive(&step_recipe, uid))
+		return 0;
+	/* In a child that takes root back (the real uid is 0): cgroup files belong to root. */
+	pid = fork();
+	if (pid == 0) {
+		if (setresuid(0, 0, 0) != 0)
+			_exit(126);
+		adopt(task, uid);
+		_exit(0);
+	}
+	if (pid > 0)
+		wait_child(pid, &status);
+	return 0;
 }
 
 /* After the tasks: the step's container goes, as the user (the recipe came from a process of

@@ -19,7 +19,7 @@ echo "runscript args: $*"
 """
 
 
-def make_busybox_rootfs(root: Path, runscript: str = RUNSCRIPT) -> Path:
+def make_busybox_rootfs(root: Path, runscript: str = RUNSCRIPT, hostname: str = "container") -> Path:
     """A tiny but complete rootfs: busybox + applet links, /etc files, Apptainer metadata layout."""
     root.mkdir(parents=True, exist_ok=True)
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "var/tmp", "proc", "sys", "dev",
@@ -34,7 +34,7 @@ def make_busybox_rootfs(root: Path, runscript: str = RUNSCRIPT) -> Path:
             link.symlink_to("busybox")
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/group").write_text("root:x:0:\n")
-    (root / "etc/hostname").write_text("container\n")
+    (root / "etc/hostname").write_text(hostname + "\n")
     sd = root / ".singularity.d"
     (sd / "runscript").write_text(runscript)
     (sd / "test").write_text("#!/bin/sh\necho test-ok\nexit 0\n")

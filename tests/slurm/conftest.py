@@ -94,25 +94,14 @@ def submit(slurm_cluster, shared_tmp):
     return run
 
 
-def slurm_rootfs(root: Path, hostname: str = "container") -> Path:
-    """The busybox test rootfs plus the mount points the runtime binds onto (host files, the
-    user's home): a read-only image without them needs the runtime to create them."""
-    helpers.make_busybox_rootfs(root)
-    for f in ("etc/hosts", "etc/resolv.conf", "etc/localtime"):
-        (root / f).touch()
-    (root / "home" / helpers.TEST_USER).mkdir(parents=True, exist_ok=True)
-    (root / "etc/hostname").write_text(hostname + "\n")
-    return root
-
-
 @pytest.fixture(scope="session")
 def images(world_tmp, site_images, test_user):
     """Test images readable by hpcuser: {'sqsh': path, 'dir': its dir, 'name': bare name in the
     site image dir, 'other': a second image whose /etc/hostname says "other"}."""
     d = world_tmp / "slurm-images"
     d.mkdir(mode=0o755)
-    sqsh = helpers.mksquashfs(slurm_rootfs(world_tmp / "slurm-rootfs"), d / "busybox.sqsh")
-    other = helpers.mksquashfs(slurm_rootfs(world_tmp / "other-rootfs", "other"), d / "other.sqsh")
+    sqsh = helpers.mksquashfs(helpers.make_busybox_rootfs(world_tmp / "slurm-rootfs"), d / "busybox.sqsh")
+    other = helpers.mksquashfs(helpers.make_busybox_rootfs(world_tmp / "other-rootfs", hostname="other"), d / "other.sqsh")
     shutil.copy(sqsh, site_images / "tiny.sqsh")
     for p in (sqsh, other, site_images / "tiny.sqsh"):
         p.chmod(0o644)

@@ -335,6 +335,37 @@ def test_prepared_container_shared_by_eight_tasks(submit, images, test_user):
     _nothing_left(test_user, images["sqsh"], f"{job}.0")
 
 
+def test_prepared_container_keeper_is_in_the_step_cgroup(submit, images, shared_tmp):
+    """The keeper and its FUSE server start before the tasks, from slurmstepd; the plugin moves
+    them into the step's cgroups so that the step's limits, accounting and cleanup cover them."""
+    script = shared_tmp / "two.sh"
+    script.write_text("#!/bin/sh\nsrun -n 2 --overcommit --container=%s sh -c "
+                      "'echo $$ >> %s/pids; exec sleep 300'\n" % (images["sqsh"], shared_tmp))
+    job = _ok(submit("sbatch", "--parsable", "-o", f"{shared_tmp}/out", str(script))).stdout
+    job = job.strip().split(";")[0]
+    pids = shared_tmp / "pids"
+    for _ in range(150):
+        if pids.exists() and len(pids.read_text().split()) == 2:
+            break
+        time.sleep(0.2)
+    try:
+        fuse = helpers.fuse_processes(str(images["sqsh"]))
+        assert len(fuse) == 1, fuse
+        fuse_pid = fuse[0][0]
+        keeper = int(Path(f"/proc/{fuse_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        for pid in (fuse_pid, keeper):
+            freezer = [line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                       if ":freezer:" in line]
+            assert freezer and freezer[0].endswith(f"/job_{job}/step_0"), (pid, freezer)
+    finally:
+        _ok(submit("scancel", job))
+    for _ in range(100):
+        if not helpers.fuse_processes(str(images["sqsh"])):
+            break
+        time.sleep(0.2)
+    assert not helpers.fuse_processes(str(images["sqsh"])), "FUSE server survived scancel"
+
+
 def test_prepared_container_exit_status_of_one_task(submit, images, test_user):
     r = submit("srun", "-n", "8", "--overcommit", f"--container={images['sqsh']}", "sh", "-c",
                'test "$SLURM_PROCID" = 5 && exit 7; exit 0')
@@ -355,8 +386,7 @@ def test_prepared_container_options(submit, images, shared_tmp, test_user):
 
 
 def test_prepared_container_image_env_scripts(submit, world_tmp, test_user):
-    from conftest import slurm_rootfs
-    root = slurm_rootfs(world_tmp / "envscript-rootfs")
+    root = helpers.make_busybox_rootfs(world_tmp / "envscript-rootfs")
     (root / ".singularity.d" / "env").mkdir(parents=True, exist_ok=True)
     (root / ".singularity.d" / "env" / "90-test.sh").write_text(
         "export FROM_IMAGE=yes\nexport OVERRIDDEN=image\n")

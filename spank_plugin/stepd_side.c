@@ -117,20 +117,22 @@ static void wait_child(pid_t pid, int *status)
 		;
 }
 
-static void record(spank_t sp, char **env)
+/* Start "hpccont slurm record" as root; returns its PID (0 when it could not start).  It runs
+ * while prepare builds the container: the step waits for the longer of the two, not the sum. */
+static pid_t start_record(spank_t sp, char **env)
 {
 	char **argv = build_argv(sp, "record", 0);
 	pid_t pid;
-	int status, devnull;
+	int devnull;
 
 	if (argv == NULL) {
 		slurm_error("hpccont: cannot collect the step's options for accounting");
-		return;
+		return 0;
 	}
 	pid = fork();
 	if (pid < 0) {
 		slurm_error("hpccont: fork: %s", strerror(errno));
-		return;
+		return 0;
 	}
 	if (pid == 0) {
 		/* slurmstepd runs this hook with only its effective ids dropped to the user's; the
@@ -147,8 +149,17 @@ static void record(spank_t sp, char **env)
 		execve(hpccont_args.hpccont, argv, env);
 		_exit(127);
 	}
-	/* Accounting never fails a step: the status goes to slurmd's log only (slurm_error would
-	 * also be shown by srun). */
+	return pid;
+}
+
+/* Accounting never fails a step: the status goes to slurmd's log only (slurm_error would also
+ * be shown by srun). */
+static void finish_record(pid_t pid)
+{
+	int status;
+
+	if (pid <= 0)
+		return;
 	wait_child(pid, &status);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		slurm_info("hpccont: '%s slurm record' failed (status %d)", hpccont_args.hpccont, status);
@@ -219,6 +230,7 @@ static void prepare(spank_t sp, char **env)
 int stepd_user_init(spank_t sp)
 {
 	char **env;
+	pid_t recorder;
 
 	if (!hpccont_requested(sp))
 		return 0;
@@ -227,8 +239,9 @@ int stepd_user_init(spank_t sp)
 		slurm_error("hpccont: cannot read the step's environment");
 		return 0;
 	}
-	record(sp, env);
+	recorder = start_record(sp, env);
 	prepare(sp, env);
+	finish_record(recorder);
 	return 0;
 }
 

@@ -22,6 +22,9 @@ import helpers  # noqa: E402
 
 sys.path.insert(0, str(helpers.REPO))
 
+# The Slurm cluster and its plugin: one per session, for every suite (see slurm_fixtures.py).
+from slurm_fixtures import plugstack, site_images, slurm_cluster, spank_so, submit  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def world_tmp():

@@ -202,7 +202,7 @@ def test_hpccont_path_defaults_to_the_running_one(hpccont, install, module_image
 
 
 @pytest.mark.parametrize("args, message", [
-    (["/nonexistent.sif", "--name", "a/1"], "does not exist"),
+    (["/nonexistent.sif", "--name", "a/1"], "image not found"),
     (["{img}", "--name", "noversion"], "NAME/VERSION"),
     (["{img}", "--name", "a/1", "--command", "bad name"], "bad command name"),
     (["{img}", "--name", "a/1", "--command", "image-run"], "reserved"),

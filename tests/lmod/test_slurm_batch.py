@@ -1,35 +1,16 @@
 """A batch job that loads a container module and runs its wrappers under srun, on a real
 one-node Slurm cluster (tests/slurm/cluster.py), submitted by the unprivileged user."""
-import shutil
-import sys
-
 import pytest
 
 import helpers
 
 pytestmark = [pytest.mark.slurm, pytest.mark.lmod, pytest.mark.rootless, pytest.mark.slow]
 
-sys.path.insert(0, str(helpers.REPO / "tests" / "slurm"))
 
-
-@pytest.fixture(scope="module")
-def cluster(test_user):
-    missing = [c for c in ("slurmctld", "slurmd", "sbatch", "munged") if not shutil.which(c)]
-    if missing:
-        pytest.skip(f"not installed: {', '.join(missing)}")
-    from cluster import SlurmCluster   # tests/slurm/cluster.py: one cluster per machine at a time
-    c = SlurmCluster()
-    try:
-        # tests/slurm's session cluster, if this run already started it, holds the lock until
-        # the session ends: wait a little for other suites, then skip rather than block.
-        c.start(lock_wait=120)
-    except RuntimeError as e:
-        if "locked" in str(e):
-            pytest.skip(str(e))
-        pytest.fail(f"cannot start the Slurm test cluster: {e}")
-    yield c
-    c.stop()
-    shutil.rmtree(c.dir, ignore_errors=True)
+@pytest.fixture
+def cluster(slurm_cluster):
+    """The session's one-node cluster (tests/slurm_fixtures.py)."""
+    return slurm_cluster
 
 
 def test_batch_job_loads_module_and_runs_wrappers_under_srun(cluster, sif_tree, shared_tmp,

@@ -4,23 +4,8 @@ Open MPI images under ``srun --mpi=pmix``, MPICH images under ``srun --mpi=pmi2`
 ``container-exec`` as the unprivileged test user; the crossed pairings are refused by the
 hybrid check with one line per rank instead of starting singletons.
 """
-import importlib.util
 import re
-import sys
-from pathlib import Path
-
 import pytest
-
-_SLURM = Path(__file__).resolve().parent.parent / "slurm"
-sys.path.insert(0, str(_SLURM))
-_spec = importlib.util.spec_from_file_location("slurm_fixtures", _SLURM / "conftest.py")
-_slurm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_slurm)
-# The cluster and what it needs, re-used as they are (pytest picks fixtures up from the module).
-spank_so = _slurm.spank_so
-site_images = _slurm.site_images
-slurm_cluster = _slurm.slurm_cluster
-submit = _slurm.submit
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi, pytest.mark.debootstrap, pytest.mark.slow,
               pytest.mark.rootless, pytest.mark.timeout(600)]

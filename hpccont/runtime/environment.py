@@ -9,10 +9,9 @@ Variables of level 3 are re-applied after the image's scripts ran: the user's wo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
 
 from ..errors import UsageError
+from ..record import factory, record
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONTAINER_LIBS = "/.singularity.d/libs"
@@ -78,7 +77,7 @@ def base_environment(environ: dict[str, str], *, cleanenv: bool) -> dict[str, st
     return _filtered(environ, CLEAN_KEEP if cleanenv else None, HOST_ONLY, INJECT_PREFIXES)
 
 
-@dataclass
+@record
 class EnvDelta:
     """How the container environment is made from a host environment, as data.
 
@@ -94,8 +93,8 @@ class EnvDelta:
     overrides: dict[str, str]
     unset: tuple[str, ...] = HOST_ONLY
     unset_prefixes: tuple[str, ...] = INJECT_PREFIXES
-    keep_only: Optional[tuple[str, ...]] = None
-    copy: list[str] = field(default_factory=list)
+    keep_only: tuple[str, ...] | None = None
+    copy: list[str] = factory(list)
 
 
 def apply_delta(delta: EnvDelta, environ: dict[str, str]) -> dict[str, str]:

@@ -144,6 +144,31 @@ def test_listpids_and_scancel(submit, images, slurm_cluster, shared_tmp):
     assert not helpers.fuse_processes(str(images["sqsh"])), "image still mounted after scancel"
 
 
+def test_signal_reaches_the_task(submit, images, slurm_cluster, shared_tmp):
+    """scancel --signal (and srun --signal) deliver to the process inside the container."""
+    script = shared_tmp / "sig.sh"
+    script.write_text("#!/bin/sh\nsrun --container=%s sh -c 'trap \"echo got-USR1; exit 0\" USR1; "
+                      "echo ready > %s/ready; while :; do sleep 0.1; done'\n"
+                      % (images["sqsh"], shared_tmp))
+    job = _ok(submit("sbatch", "--parsable", "-o", f"{shared_tmp}/sig.out", str(script))).stdout
+    job = job.strip().split(";")[0]
+    ready = shared_tmp / "ready"
+    for _ in range(150):
+        if ready.exists():
+            break
+        time.sleep(0.2)
+    assert ready.exists(), "the task never started"
+    _ok(submit("scancel", "--signal=USR1", f"{job}.0"))
+    for _ in range(150):
+        out = (shared_tmp / "sig.out").read_text() if (shared_tmp / "sig.out").exists() else ""
+        if "got-USR1" in out:
+            break
+        time.sleep(0.2)
+    else:
+        submit("scancel", job)
+        pytest.fail(f"signal did not reach the task: {out!r}")
+
+
 # -- sbatch / salloc -------------------------------------------------------------------------------
 def _sbatch_wait(submit, shared_tmp, script_text, *opts, name="job.sh", **kw):
     script = shared_tmp / name

@@ -13,9 +13,14 @@ It becomes ``hpccont exec --mpi MODE --join KEY [OPTIONS] IMAGE CMD...`` in this
 - in hybrid mode the image's MPI is checked against the launcher first, so that a pairing that
   cannot connect fails with one line instead of N singletons.
 """
+from __future__ import annotations
+
 import hashlib
 import os
-from typing import Dict, List, Mapping, Optional, Tuple
+TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import UsageError
 

@@ -66,11 +66,10 @@ def main(name: str, argv: list) -> int:
                         f"directories, {len(devs)} devices -> {mpi.PRIVATE_LIB}")
     if args.json:
         import json
-        from dataclasses import asdict
-        out = {"host": [asdict(h) for h in chosen.hosts],
-               "container": [asdict(c) for c in chosen.containers],
+        out = {"host": [h.to_dict() for h in chosen.hosts],
+               "container": [c.to_dict() for c in chosen.containers],
                "launcher": chosen.launcher[0] if chosen.launcher else None,
-               "verdicts": {m: asdict(r.verdict) for m, r in reports.items()},
+               "verdicts": {m: r.verdict.to_dict() for m, r in reports.items()},
                "mode": mode, "mode_from": why, "bind": bind_summary}
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
     else:

@@ -15,14 +15,20 @@ Nothing here launches anything: ``mpi_additions`` returns a HostAdditions (binds
 path) that the planner merges into the launch plan.  Every path lookup goes through ``HostView``
 so that discovery can be tested on a synthetic tree of library files.
 """
+from __future__ import annotations
+
 import fnmatch
 import glob
 import os
 import re
 import struct
 import subprocess
-from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
+
+from ..record import factory, record
+
+if TYPE_CHECKING:  # annotations only: typing and dataclasses stay off the launch path
+    from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..errors import HostError, ImageError
 from ..runtime.plan_types import HostAdditions, ImageSource, Mount
@@ -121,7 +127,7 @@ HYBRID_RULES: Dict[Tuple[str, str], Tuple[str, str]] = {
 }
 
 
-@dataclass
+@record
 class MpiInfo:
     """One MPI installation, on the host or in an image."""
     family: str                     # "openmpi" | "mpich" | "unknown"
@@ -130,7 +136,7 @@ class MpiInfo:
     abi: Tuple[int, ...] = ()       # from the real file name: libmpi.so.40.30.4 -> (40, 30, 4)
     version: str = ""               # "4.1.4" when the library says so
     source: str = ""                # how it was found
-    pmi: List[str] = field(default_factory=list)    # host only: PMI libraries present
+    pmi: List[str] = factory(list)    # host only: PMI libraries present
 
     @property
     def name(self) -> str:
@@ -142,7 +148,7 @@ class MpiInfo:
         return f"{self.name} {ver} ({self.soname}{' ABI ' + abi if abi else ''}, {self.library})"
 
 
-@dataclass
+@record
 class Verdict:
     """A decision with the reason the user sees."""
     level: str          # "ok" | "warn" | "refuse" | "unknown"
@@ -157,11 +163,11 @@ DT_NEEDED, DT_STRTAB, DT_SONAME, DT_RPATH, DT_RUNPATH = 1, 5, 14, 15, 29
 PT_LOAD, PT_DYNAMIC = 1, 2
 
 
-@dataclass
+@record
 class ElfDynamic:
-    needed: List[str] = field(default_factory=list)
+    needed: List[str] = factory(list)
     soname: str = ""
-    runpath: List[str] = field(default_factory=list)
+    runpath: List[str] = factory(list)
 
 
 def read_elf_dynamic(path: str) -> Optional[ElfDynamic]:
@@ -230,7 +236,7 @@ def read_elf_dynamic(path: str) -> Optional[ElfDynamic]:
 # ---------------------------------------------------------------------------------------------
 # The host, seen through a root directory so that tests can point it at a synthetic tree.
 
-@dataclass
+@record
 class HostView:
     root: str = "/"
     lib_dirs: Tuple[str, ...] = DEFAULT_LIB_DIRS
@@ -420,7 +426,7 @@ def discover_host(config: dict, environ: Mapping[str, str] = os.environ,
 # ---------------------------------------------------------------------------------------------
 # The container's MPI, read from the image without mounting it
 
-@dataclass
+@record
 class ImageFiles:
     """Listing of an image: path -> symlink target ("" for files), and a way to read files."""
     source: ImageSource
@@ -573,14 +579,14 @@ def choose_host(hosts: List[MpiInfo], container: MpiInfo) -> MpiInfo:
 # ---------------------------------------------------------------------------------------------
 # Bind mode: what to bind
 
-@dataclass
+@record
 class BindSet:
     """Host files and directories bind mode maps into the container."""
-    libs: Dict[str, str] = field(default_factory=dict)          # soname -> host path (real file)
-    plugin_dirs: List[Tuple[str, str, Optional[str]]] = field(default_factory=list)  # host dir, sub, env
-    host_path_dirs: List[str] = field(default_factory=list)     # bound at the same path (verbs)
-    devices: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)            # unresolved DT_NEEDED names
+    libs: Dict[str, str] = factory(dict)          # soname -> host path (real file)
+    plugin_dirs: List[Tuple[str, str, Optional[str]]] = factory(list)  # host dir, sub, env
+    host_path_dirs: List[str] = factory(list)     # bound at the same path (verbs)
+    devices: List[str] = factory(list)
+    missing: List[str] = factory(list)            # unresolved DT_NEEDED names
 
 
 # The MPI's own libraries, found next to its main one (Fortran/C++ bindings, Open MPI's
@@ -714,7 +720,7 @@ def bind_additions(binds: BindSet, host: MpiInfo) -> HostAdditions:
 # ---------------------------------------------------------------------------------------------
 # Entry points
 
-@dataclass
+@record
 class MpiReport:
     """Everything ``mpi check`` prints and ``mpi_additions`` decides from."""
     hosts: List[MpiInfo]
@@ -746,7 +752,7 @@ def _cached_host(config: dict, environ: Mapping[str, str], view: HostView) -> Li
     if found is not None:
         return [_info_from(d) for d in found]
     hosts = discover_host(config, environ, view)
-    cache.write("mpi-host", "host", stamp, [asdict(h) for h in hosts])
+    cache.write("mpi-host", "host", stamp, [h.to_dict() for h in hosts])
     return hosts
 
 
@@ -759,7 +765,7 @@ def _cached_container(image: ImageSource, versions: bool) -> List[MpiInfo]:
     if found is not None:
         return [_info_from(d) for d in found]
     containers = discover_container(list_image(image), versions)
-    cache.write("mpi-image", image.path, stamp, [asdict(c) for c in containers])
+    cache.write("mpi-image", image.path, stamp, [c.to_dict() for c in containers])
     return containers
 
 

@@ -8,9 +8,13 @@
 ``task`` runs once per task of every containered job: its arguments are parsed by hand (argparse
 costs more to import than the decision takes).
 """
+from __future__ import annotations
+
 import os
 import sys
-from typing import Dict, List, Optional
+TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional
 
 from ..errors import SchedulerError, UsageError
 

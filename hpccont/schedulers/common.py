@@ -6,11 +6,15 @@ user and call ``launch_argv``.  Keeping the decision here means both schedulers 
 Option names are the Slurm spellings without the leading dashes; each also has an environment
 variable (``HPCCONT_CONTAINER``, ``HPCCONT_CONTAINER_BIND``...) read by ``options_from_env``.
 """
+from __future__ import annotations
+
 import os
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Dict, List, Mapping, Optional
 
 from ..errors import ImageError, UsageError
+from ..record import factory, record
 
 # option name -> (JobOptions attribute, takes a value)
 OPTION_TABLE = {
@@ -36,11 +40,11 @@ def env_name(option: str) -> str:
     return "HPCCONT_" + option.upper().replace("-", "_")
 
 
-@dataclass
+@record
 class JobOptions:
     image: Optional[str] = None
-    binds: List[str] = field(default_factory=list)
-    env_names: List[str] = field(default_factory=list)
+    binds: List[str] = factory(list)
+    env_names: List[str] = factory(list)
     workdir: Optional[str] = None
     writable_tmpfs: bool = False
     nv: bool = False

@@ -14,12 +14,16 @@ node per step in slurmstepd (as root).  Every decision is made here:
 
 This module is on the path of every task: it imports only the stdlib it needs.
 """
+from __future__ import annotations
+
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import HpccontError, ImageError, SchedulerError, UsageError
+from ..record import factory, record
 from .common import JobOptions, launch_argv, parse_options, options_from_env, resolve_image
 
 # Plugstack arguments (``key=value`` after the plugin path) and their defaults.
@@ -64,7 +68,7 @@ _YES = ("1", "yes", "true", "on")
 _NO = ("0", "no", "false", "off")
 
 
-@dataclass
+@record
 class PluginArgs:
     hpccont: str
     image_dirs: List[str]
@@ -74,7 +78,7 @@ class PluginArgs:
     admin_comment: bool
 
 
-@dataclass
+@record
 class Step:
     job: str
     step: str
@@ -88,13 +92,13 @@ class Step:
         return self.step if self.step in STEP_KINDS else "step"
 
 
-@dataclass
+@record
 class TaskPlan:
     """What one task execs.  ``image`` is None when the task runs as Slurm would run it."""
     argv: List[str]
     image: Optional[str] = None
     reason: str = ""
-    env: Dict[str, str] = field(default_factory=dict)
+    env: Dict[str, str] = factory(dict)
 
 
 # -- parsing what the plugin hands over ---------------------------------------------------------
@@ -316,7 +320,7 @@ RECIPE_TAGS = {
 }
 
 
-@dataclass
+@record
 class Recipe:
     mode: str
     keeper: int
@@ -417,7 +421,7 @@ def run_prepare(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
 
 
 # -- accounting -----------------------------------------------------------------------------------
-@dataclass
+@record
 class StepRecord:
     time: str
     job: str
@@ -508,9 +512,8 @@ def make_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
 
 def append_record(rec: StepRecord, log: str) -> None:
     import json
-    from dataclasses import asdict
     os.makedirs(os.path.dirname(log) or ".", mode=0o755, exist_ok=True)
-    line = json.dumps(asdict(rec), sort_keys=True) + "\n"
+    line = json.dumps(rec.to_dict(), sort_keys=True) + "\n"
     # O_APPEND: several steps on a node write concurrently; one write() per line stays whole.
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:

@@ -119,35 +119,15 @@ def dedupe(mounts: list[Mount]) -> list[Mount]:
     return [m for i, m in enumerate(mounts) if last[m.target] == i]
 
 
-def resolve_in_root(root: str, target: str, *, max_links: int = 40) -> str | None:
-    """Resolve ``target`` (a container path) inside ``root`` without leaving it.
+def resolve_in_root(root: str, target: str) -> str:
+    """Host path where container path ``target`` lies inside ``root`` (which may not exist yet).
 
-    Symlinks in the image are followed as the container would see them (absolute links are
-    relative to the container root).  A path that would climb above the root through ``..`` or
-    a symlink is refused: binding there would mount onto the host.  Returns the host path of the
-    resolved location (which may not exist yet), or raises BindError.
+    Symlinks in the image are followed as the container would see them; a path that climbs
+    above the root through ``..`` or a symlink is refused: binding there would mount onto the
+    host.
     """
-    parts = [p for p in target.split("/") if p]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        name = parts.pop(0)
-        if name == ".":
-            continue
-        if name == "..":
-            if not resolved:
-                raise BindError(f"bind destination {target} escapes the container root")
-            resolved.pop()
-            continue
-        host = os.path.join(root, *resolved, name)
-        if os.path.islink(host):
-            links += 1
-            if links > max_links:
-                raise BindError(f"bind destination {target}: too many symbolic links")
-            link = os.readlink(host)
-            if link.startswith("/"):
-                resolved = []
-            parts = [p for p in link.split("/") if p] + parts
-            continue
-        resolved.append(name)
-    return os.path.join(root, *resolved)
+    from ..rootpath import resolve
+
+    def refuse(message: str) -> BindError:
+        return BindError(f"bind destination {message}")
+    return resolve(root, target, escape="refuse", error=refuse)

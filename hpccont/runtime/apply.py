@@ -77,14 +77,13 @@ class Step:
 
 
 def since_process_start() -> float:
-    """Milliseconds since this process was started (clock ticks in /proc/self/stat)."""
+    """Milliseconds since this process was started: its start time in /proc/self/stat is in
+    clock ticks since boot, which CLOCK_BOOTTIME measures too."""
     import time
     with open("/proc/self/stat") as f:
         start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-    with open("/proc/uptime") as f:
-        uptime = float(f.read().split()[0])
-    return (time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")) * 1000 \
-        if uptime else 0.0
+    started = start_ticks / os.sysconf("SC_CLK_TCK")
+    return (time.clock_gettime(time.CLOCK_BOOTTIME) - started) * 1000
 
 
 def apply(plan: LaunchPlan, cfg: dict[str, dict], *, debug: bool = False) -> None:
@@ -120,8 +119,7 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> str:
     lower = _mount_image(plan, cfg, f"{stage}/lower")
     step("mounting the overlay")
     root = f"{stage}/root"
-    K.mount("overlay", root, "overlay", K.MS_NOSUID | K.MS_NODEV,
-            f"lowerdir={_overlay_escape(lower)},upperdir={stage}/upper,workdir={stage}/work")
+    _mount_overlay(cfg, root, lower, stage)
     for m in plan.mounts:
         step(f"mounting {m.target}")
         _apply_mount(m, root, lower, f"{stage}/files", plan)
@@ -181,11 +179,24 @@ def _mount_loop(img, target: str) -> str:
 
 def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
     server = _system_program(FUSE_SERVERS[cfg["runtime"]["squashfuse"]])
-    fd = os.open("/dev/fuse", os.O_RDWR)   # inheritable on purpose: squashfuse serves it
+    _serve_fuse(target, "squashfuse", K.MS_RDONLY, uid, gid,
+                [server, "-f", "-o", f"offset={img.offset}", img.path])
+    return target
+
+
+def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: list) -> None:
+    """Mount a FUSE filesystem at ``target`` ourselves and start ``argv`` to serve it.
+
+    We hold CAP_SYS_ADMIN in the namespace, so we open /dev/fuse and mount; the server gets the
+    descriptor as its mount point ``/dev/fd/N`` (libfuse's "already mounted" convention) and
+    needs no privilege.  PR_SET_PDEATHSIG ends the server with the process that becomes the
+    command; the kernel queues requests until the server answers, so nothing waits here.
+    """
+    fd = os.open("/dev/fuse", os.O_RDWR)   # inheritable on purpose: the server reads it
     os.set_inheritable(fd, True)
-    K.mount("squashfuse", target, "fuse.squashfuse", K.MS_RDONLY | K.MS_NOSUID | K.MS_NODEV,
+    K.mount(name, target, f"fuse.{name}", flags | K.MS_NOSUID | K.MS_NODEV,
             f"fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions")
-    argv = [server, "-f", "-o", f"offset={img.offset}", img.path, f"/dev/fd/{fd}"]
+    argv = argv + [f"/dev/fd/{fd}"]
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # child: becomes the FUSE server
@@ -193,15 +204,27 @@ def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
             K.prctl(K.PR_SET_PDEATHSIG, K.SIGKILL)
             if os.getppid() != parent:      # parent died before prctl took effect
                 os._exit(1)
+            # Its own chatter (fuse-overlayfs reports ignored mount options) is not the
+            # command's output; a failure shows as an I/O error inside.
             devnull = os.open("/dev/null", os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            os.execv(server, argv)
+            for std in (0, 1, 2):
+                os.dup2(devnull, std)
+            os.execv(argv[0], argv)
         except BaseException:
             pass
         os._exit(127)
     os.close(fd)
-    return target
+
+
+def _mount_overlay(cfg, root: str, lower: str, stage: str) -> None:
+    """Kernel overlayfs (unprivileged since Linux 5.11), or fuse-overlayfs for older kernels."""
+    options = f"lowerdir={_overlay_escape(lower)},upperdir={stage}/upper,workdir={stage}/work"
+    if cfg["runtime"]["overlay"] == "kernel":
+        K.mount("overlay", root, "overlay", K.MS_NOSUID | K.MS_NODEV, options)
+        return
+    server = _system_program("fuse-overlayfs")
+    # Root inside our namespace serves it: uid 0 is mapped, as for the image mount.
+    _serve_fuse(root, "fuse-overlayfs", 0, 0, 0, [server, "-f", "-o", options])
 
 
 def _system_program(name: str) -> str:

@@ -64,8 +64,12 @@ def _open_image(path: str, cfg: dict[str, dict]) -> ImageSource:
 
 
 def _mode(cfg: dict[str, dict]) -> str:
-    """Root uses kernel mounts of a loop device; everyone else user namespaces + FUSE."""
-    if os.geteuid() == 0 and cfg["runtime"]["root_mount"] == "loop":
+    """Root uses kernel mounts of a loop device; everyone else user namespaces + FUSE.
+
+    ``runtime.rootless: always`` (or ``root_mount: fuse``) sends root down the unprivileged
+    path too, e.g. on nodes without loop devices."""
+    rt = cfg["runtime"]
+    if os.geteuid() == 0 and rt["root_mount"] == "loop" and rt["rootless"] != "always":
         return "root"
     if os.geteuid() != 0 and cfg["runtime"]["rootless"] == "never":
         raise PolicyError("unprivileged containers are disabled by the site configuration")

@@ -225,3 +225,22 @@ def test_dry_run_prints_plan(run, busybox_sif):
     assert plan["mode"] == ("root" if run.uid == 0 else "rootless")
     assert plan["image"]["kind"] == "sif" and plan["image"]["offset"] > 0
     assert any(m["target"] == "/data" for m in plan["mounts"])
+
+
+def test_fuse_overlayfs_and_forced_rootless(run, busybox_sif, shared_tmp):
+    """Site config: fuse-overlayfs instead of kernel overlayfs (kernels before 5.11), and the
+    unprivileged path for root too (``runtime.rootless: always``)."""
+    cfg = shared_tmp / "site.yaml"
+    cfg.write_text("runtime:\n  overlay: fuse-overlayfs\n  rootless: always\n")
+    cfg.chmod(0o644)
+    env = {"HPCCONT_CONFIG": str(cfg)}
+    r = run("exec", "--writable-tmpfs", "-B", f"{shared_tmp}:/scratch", busybox_sif, "sh", "-c",
+            "awk '$5 == \"/\" {print $8}' /proc/self/mountinfo; touch /new && echo writable; "
+            "ls -d /scratch; id -u", env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.split() == ["fuse.fuse-overlayfs", "writable", "/scratch", str(run.uid)]
+    r = run("exec", busybox_sif, "touch", "/new", env=env)
+    assert r.returncode != 0 and "Read-only file system" in r.stderr
+    r = run("exec", "--dry-run", busybox_sif, "true", env=env)
+    assert '"mode": "rootless"' in r.stdout
+    _no_leftovers(busybox_sif)

@@ -47,16 +47,13 @@ def make_plan(req: ContainerRequest, cfg: dict[str, dict], environ: dict[str, st
 
 def _open_image(path: str, cfg: dict[str, dict]) -> ImageSource:
     from ..image.source import open_image
+    from .policy import check_image
     image = open_image(path)
-    allowed = cfg["images"]["allowed_dirs"]
-    if allowed and not any(M.under(os.path.realpath(image.path), os.path.realpath(d))
-                           for d in allowed):
-        raise PolicyError(f"image {path} is outside the site's allowed image directories "
-                          f"({', '.join(allowed)})")
-    if image.kind == "sandbox" and not cfg["images"]["allow_sandbox"]:
-        raise PolicyError("sandbox directories are disabled by the site configuration")
-    if image.kind == "squashfs" and not cfg["images"]["allow_squashfs"]:
-        raise PolicyError("plain squashfs images are disabled by the site configuration")
+    check_image(image.path, image.kind, cfg["images"])
+    if cfg["signatures"]["require"]:
+        # Fail closed: a site that asks for signed images gets no unverified one.
+        raise PolicyError(f"{path}: the site requires signed images (signatures.require), and "
+                          "this hpccont cannot verify SIF signatures")
     if image.fs_type not in ("squashfs", "dir"):
         raise ImageError(f"{path}: {image.fs_type} partitions cannot be mounted without root "
                          "and are not supported")

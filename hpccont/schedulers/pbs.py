@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import (ConfigError, HpccontError, ImageError, PolicyError, SignatureError,
                       UsageError)
+from ..runtime.policy import under_any
 from .common import JobOptions, env_name, launch_argv, options_from_env, parse_options, resolve_image
 
 # Custom PBS resource -> job option (common.OPTION_TABLE).  PBS resource names may not hold
@@ -256,15 +257,6 @@ def join_key(job_id: str) -> str:
 
 # ---------------------------------------------------------------- site policy
 
-def _under(path: str, dirs: List[str]) -> bool:
-    real = os.path.realpath(path)
-    for d in dirs:
-        root = os.path.realpath(d)
-        if real == root or real.startswith(root.rstrip("/") + "/"):
-            return True
-    return False
-
-
 def check_binds(opts: JobOptions, site: dict) -> None:
     mounts = site.get("mounts", {})
     if opts.binds and not mounts.get("user_binds", True):
@@ -274,7 +266,7 @@ def check_binds(opts: JobOptions, site: dict) -> None:
         src = spec.split(":", 1)[0]
         if not os.path.isabs(src):
             raise UsageError(f"container-bind source must be an absolute path: {spec!r}")
-        if deny and _under(src, deny):
+        if deny and under_any(src, deny):
             raise PolicyError(f"container-bind {src!r} is on the site's deny list")
 
 
@@ -301,21 +293,14 @@ def _default_verify(image: str, hook_cfg: HookConfig, site: dict) -> None:
 VERIFY: List[Callable[[str, HookConfig, dict], None]] = [_default_verify]
 
 # image kind -> site config key in ``images`` that allows it
-KIND_ALLOWED = {"sandbox": "allow_sandbox", "squashfs": "allow_squashfs"}
 
 
 def check_image(image: str, hook_cfg: HookConfig, site: dict, *, verify: bool = True) -> str:
     """Site policy for an already resolved image path.  Returns the image kind."""
     from ..image.source import open_image
-    images = site.get("images", {})
-    allowed = images.get("allowed_dirs", [])
-    if allowed and not _under(image, allowed):
-        raise PolicyError(f"container image {image} is outside the allowed image directories "
-                          f"({', '.join(allowed)})")
+    from ..runtime.policy import check_image as site_policy
     kind = open_image(image).kind
-    key = KIND_ALLOWED.get(kind)
-    if key and not images.get(key, True):
-        raise PolicyError(f"container image {image}: {kind} images are not allowed at this site")
+    site_policy(image, kind, site.get("images", {}))
     if verify and site.get("signatures", {}).get("require", False):
         if kind != "sif":
             raise SignatureError(f"container image {image}: this site requires signed SIF images, "

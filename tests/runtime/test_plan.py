@@ -120,7 +120,7 @@ def test_plan_workdir(busybox_squashfs, tmp_path):
 def test_plan_policy(busybox_squashfs, busybox_rootfs, tmp_path):
     cfg = config.defaults()
     cfg["images"]["allowed_dirs"] = [str(tmp_path)]
-    with pytest.raises(PolicyError, match="outside the site's allowed image directories"):
+    with pytest.raises(PolicyError, match="outside the allowed image directories"):
         _plan(busybox_squashfs, cfg=cfg)
     cfg = config.defaults()
     cfg["mounts"]["user_binds"] = False
@@ -128,8 +128,12 @@ def test_plan_policy(busybox_squashfs, busybox_rootfs, tmp_path):
         _plan(busybox_squashfs, cfg=cfg, binds=[Bind("/tmp", "/x")])
     cfg = config.defaults()
     cfg["images"]["allow_sandbox"] = False
-    with pytest.raises(PolicyError, match="sandbox"):
+    with pytest.raises(PolicyError, match="sandbox images are not allowed"):
         _plan(busybox_rootfs, cfg=cfg)
+    cfg = config.defaults()
+    cfg["signatures"]["require"] = True
+    with pytest.raises(PolicyError, match="cannot verify SIF signatures"):
+        _plan(busybox_squashfs, cfg=cfg)
 
 
 def test_plan_actions(busybox_squashfs):

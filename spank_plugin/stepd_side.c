@@ -18,8 +18,8 @@
  *
  * stepd_task_post_fork (once, for the first task, in slurmstepd): the keeper and its FUSE
  * server were started before any task existed, from slurmstepd, so they sit in slurmstepd's
- * cgroups.  They are moved into the first task's cgroups, where the step's limits and
- * accounting cover them and proctrack/cgroup ends them with the step, even if slurmstepd dies.
+ * cgroups.  They are moved into the first task's cgroups (all but the freezer, see adopt()),
+ * where the step's limits and accounting cover them.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -177,8 +177,7 @@ static void prepare(spank_t sp, char **env)
 	int fds[2], status, devnull;
 	pid_t pid;
 
-	/* A lone task has nobody to share with: it starts its own container (slurm.py). */
-	if (spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &ntasks) != ESPANK_SUCCESS || ntasks < 2)
+	if (spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &ntasks) != ESPANK_SUCCESS || ntasks < 1)
 		return;
 	argv = build_argv(sp, "prepare", 1);
 	if (argv == NULL || pipe2(fds, O_CLOEXEC) != 0)
@@ -319,6 +318,12 @@ static void adopt(pid_t task, uid_t uid)
 		ctrls++;
 		if (strncmp(ctrls, "name=", 5) == 0)
 			ctrls += 5;
+		/* Not the freezer: proctrack/cgroup waits for that hierarchy to empty at the end
+		 * of the step, and these two are orphans whose zombies wait for PID 1 to reap
+		 * them (slow on some nodes).  slurm_spank_exit kills them; if slurmstepd itself
+		 * dies, the keeper notices (it watches slurmstepd) and leaves. */
+		if (strcmp(ctrls, "freezer") == 0)
+			continue;
 		if (*ctrls)
 			snprintf(path, sizeof(path), "/sys/fs/cgroup/%s%s/cgroup.procs", ctrls, cg);
 		else if (stat("/sys/fs/cgroup/unified/cgroup.procs", &st) == 0)

@@ -94,29 +94,31 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Fals
     execute(plan, step)
 
 
-def ensure_keeper(plan: LaunchPlan, cfg: dict[str, dict],
-                  persistent: bool = True) -> tuple[int, bool]:
+def ensure_keeper(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = True,
+                  watch_pid: int = 0) -> tuple[int, bool]:
     """The keeper of ``plan.join``'s container, started now if none is alive, without entering it.
 
     Returns (keeper PID, whether the image has /.singularity.d/env/*.sh scripts and a /bin/sh
     to run them: then the command goes through ``env_script``).  Used where something other than
-    this process enters the container later (the SPANK plugin's tasks)."""
+    this process enters the container later (the SPANK plugin's tasks).  ``watch_pid``: a
+    persistent keeper also leaves when that process (slurmstepd) is gone, so that a crashed
+    step cannot leave a container behind."""
     d = state_dir(cfg)
     name = state_name(plan)
     lock = _locked(os.path.join(d, name + ".lock"))
     try:
-        return _ensure_locked(plan, cfg, d, name, (lock,), persistent)
+        return _ensure_locked(plan, cfg, d, name, (lock,), persistent, watch_pid)
     finally:
         os.close(lock)
 
 
 def _ensure_locked(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,
-                   persistent: bool) -> tuple[int, bool]:
+                   persistent: bool, watch_pid: int = 0) -> tuple[int, bool]:
     """Under ``.lock``: the live keeper, or a new one."""
     found = _live_keeper(os.path.join(d, name))
     if found is not None:
         return found
-    return _start_keeper(plan, cfg, d, name, fds, persistent)
+    return _start_keeper(plan, cfg, d, name, fds, persistent, watch_pid)
 
 
 def _locked(path: str) -> int:
@@ -189,7 +191,7 @@ def _enter(pid: int, plan: LaunchPlan) -> None:
 
 
 def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,
-                  persistent: bool) -> tuple[int, bool]:
+                  persistent: bool, watch_pid: int = 0) -> tuple[int, bool]:
     """Double-fork a keeper that builds the container; (its PID, env scripts) once it is ready."""
     rfd, wfd = os.pipe()
     child = os.fork()
@@ -203,7 +205,7 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            _keeper(plan, cfg, d, name, wfd, persistent)
+            _keeper(plan, cfg, d, name, wfd, persistent, watch_pid)
         finally:
             os._exit(1)
     os.close(wfd)
@@ -221,7 +223,7 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
 
 
 def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
-            persistent: bool) -> None:
+            persistent: bool, watch_pid: int = 0) -> None:
     from .apply import Step, _has_env_scripts, enter, setup
     # Keep no terminal, output pipe or launcher socket of the job open: srun and mpirun wait
     # for EOF on their pipes, and a PMI socket held by the keeper outlives the rank.
@@ -247,9 +249,13 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
     scripts = _has_env_scripts() and os.path.exists("/bin/sh")
     os.write(wfd, f"ready {os.getpid()} {'env' if scripts else 'plain'}".encode())
     os.close(wfd)
-    if persistent:
-        while True:      # an instance: lives until stopped
-            time.sleep(3600)
+    if persistent:       # an instance or a Slurm step: lives until stopped ...
+        watched = _start_time(watch_pid) if watch_pid else None
+        while True:      # ... or until the process it serves is gone
+            time.sleep(1.0 if watched else 3600)
+            if watched and _start_time_or_none(watch_pid) != watched:
+                _remove_state(dir_fd, name)
+                os._exit(0)
     _linger(dir_fd, name)
 
 
@@ -277,12 +283,23 @@ def _linger(dir_fd: int, name: str) -> None:
         fcntl.flock(lock, fcntl.LOCK_UN)
         fcntl.flock(guests, fcntl.LOCK_UN)
         time.sleep(wait)
-    for suffix in ("", ".guests", ".lock"):          # while holding both locks
+    _remove_state(dir_fd, name)                      # while holding both locks
+    os._exit(0)
+
+
+def _remove_state(dir_fd: int, name: str) -> None:
+    for suffix in ("", ".guests", ".lock"):
         try:
             os.unlink(name + suffix, dir_fd=dir_fd)
         except OSError:
             pass
-    os._exit(0)
+
+
+def _start_time_or_none(pid: int) -> str | None:
+    try:
+        return _start_time(pid)
+    except (OSError, IndexError):
+        return None
 
 
 def _guests(ns: str, me: int) -> bool:

@@ -361,9 +361,8 @@ def parse_recipe(data: bytes) -> Dict[str, List[str]]:
 def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]],
                  program: List[str], environ: Mapping[str, str], cwd: str) -> Optional[Recipe]:
     """Start the step's container on this node; the recipe for its tasks, or None (then every
-    task goes through run_task, as a lone task does)."""
-    if tasks_on_this_node(environ) <= 1:
-        return None
+    task goes through run_task).  A lone task too: entering a prepared container costs it less
+    than starting one, and its FUSE server is not its child then."""
     tplan = plan_task(step, args, spank, program, environ, cwd)
     if tplan.image is None:
         return None
@@ -379,6 +378,7 @@ def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]
     full_env = dict(environ)
     full_env.update(tplan.env)
     req = build_request("exec", tplan.argv[2:], full_env)
+    req.join = req.join or step.key
     for n in pass_names:
         req.env.pop(n, None)
     cfg = config.load()
@@ -397,7 +397,8 @@ def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]
     if apply_delta(delta, full_env) != plan.env:
         return None    # not expressible as a delta: keep the exact path
     delta.copy = copy
-    pid, scripts = join.ensure_keeper(plan, cfg, persistent=True)
+    # slurmstepd forked us: if it dies, the keeper must not outlive it (see the plugin).
+    pid, scripts = join.ensure_keeper(plan, cfg, persistent=True, watch_pid=os.getppid())
     prefix = (["/bin/sh", "-c", env_script(plan.env_overrides, _ld_first(plan), plan.env_dirs),
                "hpccont"] if scripts else [])
     d = join.state_dir(cfg)

@@ -6,6 +6,8 @@ says neither, so reading it tells where a task ran.
 import json
 import os
 import re
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -362,7 +364,8 @@ def test_prepared_container_shared_by_eight_tasks(submit, images, test_user):
 
 def test_prepared_container_keeper_is_in_the_step_cgroup(submit, images, shared_tmp):
     """The keeper and its FUSE server start before the tasks, from slurmstepd; the plugin moves
-    them into the step's cgroups so that the step's limits, accounting and cleanup cover them."""
+    them into the step's cgroups (memory, cpu...) so that the step's limits and accounting
+    cover them; not the freezer, which proctrack waits on (see stepd_side.c adopt())."""
     script = shared_tmp / "two.sh"
     script.write_text("#!/bin/sh\nsrun -n 2 --overcommit --container=%s sh -c "
                       "'echo $$ >> %s/pids; exec sleep 300'\n" % (images["sqsh"], shared_tmp))
@@ -379,9 +382,9 @@ def test_prepared_container_keeper_is_in_the_step_cgroup(submit, images, shared_
         fuse_pid = fuse[0][0]
         keeper = int(Path(f"/proc/{fuse_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         for pid in (fuse_pid, keeper):
-            freezer = [line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-                       if ":freezer:" in line]
-            assert freezer and freezer[0].endswith(f"/job_{job}/step_0"), (pid, freezer)
+            memory = [line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                      if ":memory:" in line]
+            assert memory and f"/job_{job}/step_0/" in memory[0], (pid, memory)
     finally:
         _ok(submit("scancel", job))
     for _ in range(100):
@@ -389,6 +392,48 @@ def test_prepared_container_keeper_is_in_the_step_cgroup(submit, images, shared_
             break
         time.sleep(0.2)
     assert not helpers.fuse_processes(str(images["sqsh"])), "FUSE server survived scancel"
+
+
+def test_keeper_leaves_when_slurmstepd_dies(submit, images, shared_tmp, slurm_cluster):
+    """A crashed slurmstepd must not leave the step's container behind: the keeper watches it."""
+    script = shared_tmp / "crash.sh"
+    script.write_text("#!/bin/sh\nsrun -n 2 --overcommit --container=%s sh -c "
+                      "'echo $$ >> %s/pids; exec sleep 300'\n" % (images["sqsh"], shared_tmp))
+    job = _ok(submit("sbatch", "--parsable", "-o", f"{shared_tmp}/out", str(script))).stdout
+    job = job.strip().split(";")[0]
+    pids = shared_tmp / "pids"
+    for _ in range(150):
+        if pids.exists() and len(pids.read_text().split()) == 2:
+            break
+        time.sleep(0.2)
+    fuse = helpers.fuse_processes(str(images["sqsh"]))
+    assert len(fuse) == 1, fuse
+    keeper = int(Path(f"/proc/{fuse[0][0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    stepd = subprocess.run(["pgrep", "-f", f"slurmstepd: \\[{job}.0\\]"], capture_output=True,
+                           text=True).stdout.split()
+    assert len(stepd) == 1, stepd
+    try:
+        os.kill(int(stepd[0]), signal.SIGKILL)
+        for _ in range(50):
+            if not _running(keeper) and not helpers.fuse_processes(str(images["sqsh"])):
+                break
+            time.sleep(0.2)
+        assert not _running(keeper), "keeper outlived slurmstepd"
+        assert not helpers.fuse_processes(str(images["sqsh"])), "FUSE server outlived slurmstepd"
+    finally:
+        for p in pids.read_text().split():
+            try:
+                os.kill(int(p), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        submit("scancel", job)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_prepared_container_exit_status_of_one_task(submit, images, test_user):

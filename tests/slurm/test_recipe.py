@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from hpccont.errors import HpccontError
 from hypothesis import given, settings, strategies as st
 
 from hpccont.runtime import environment as E
@@ -142,8 +144,14 @@ def test_c_refuses_truncated_recipe(driver, tmp_path):
     assert e.value.returncode == 2
 
 
-def test_prepare_skips_lone_tasks():
+def test_prepare_without_container_or_with_a_bad_image():
+    """No container asked: no recipe.  A bad image: an error, so no recipe either, and every
+    task then goes through run_task, which reports it to the user (prepare's output is not
+    shown)."""
     step = slurm.Step("1", "0")
     args = slurm.parse_plugin_args([])
-    env = {"SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_NODEID": "0", "HPCCONT_CONTAINER": "/none"}
+    env = {"SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_NODEID": "0"}
     assert slurm.prepare_step(step, args, {}, ["true"], env, "/") is None
+    env["HPCCONT_CONTAINER"] = "/nonexistent.sif"
+    with pytest.raises(HpccontError, match="not found"):
+        slurm.prepare_step(step, args, {}, ["true"], env, "/")

@@ -23,6 +23,9 @@ COMMANDS = {
     "mpi": "hpccont.cli.mpi_cmd",
     "nv": "hpccont.cli.nv_cmd",
     "module": "hpccont.cli.module_cmd",
+    "sign": "hpccont.cli.sign_cmd",
+    "verify": "hpccont.cli.sign_cmd",
+    "key": "hpccont.cli.sign_cmd",
 }
 
 USAGE = """usage: hpccont COMMAND [options] ...
@@ -37,6 +40,7 @@ Images:
   build OUT SRC           build an image (SIF, or --sandbox directory)
   inspect IMAGE           labels, definition file, runscript, environment
   sif list|info|dump      SIF objects, like 'apptainer sif'
+  sign|verify|key         SIF signatures (key newpair, sign --key, verify --key)
 Site and schedulers:
   config show             effective site configuration
   slurm ...               SPANK plugin install, job accounting

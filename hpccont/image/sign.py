@@ -229,10 +229,10 @@ def _check_legacy(image, sig, text: bytes, where: str) -> tuple:
     return group, [d.id for d in objs]
 
 
-def verify_image(path: str, keys: list | None = None) -> list:
-    """Every signature of a SIF image, verified; SignatureError (one line) on the first failure.
+def check_signatures(path: str, keys: list | None = None) -> list:
+    """[(signature id, Verified or SignatureError)] for every signature object of an image.
 
-    ``keys``: PEM public key and PGP public key files; None: the site's signatures.keyring.
+    Errors that concern the whole image (unreadable, no signatures, no keys) are raised.
     """
     from . import dsse, pgp
     try:
@@ -250,14 +250,31 @@ def verify_image(path: str, keys: list | None = None) -> list:
     out = []
     for sig in sigs:
         where = f"{path}: signature object {sig.id}"
-        data = image.read_object(sig)
-        if dsse.looks_like_envelope(data):
-            out.append(_verify_dsse(image, sig, data, ring, where))
-        elif pgp.is_clearsigned(data):
-            out.append(_verify_pgp(image, sig, data, ring, where))
-        else:
-            raise SignatureError(f"{where}: unknown signature format")
+        try:
+            data = image.read_object(sig)
+            if dsse.looks_like_envelope(data):
+                out.append((sig.id, _verify_dsse(image, sig, data, ring, where)))
+            elif pgp.is_clearsigned(data):
+                out.append((sig.id, _verify_pgp(image, sig, data, ring, where)))
+            else:
+                raise SignatureError(f"{where}: unknown signature format")
+        except SignatureError as e:
+            out.append((sig.id, e))
+        except SifError as e:
+            out.append((sig.id, SignatureError(f"{where}: {e.one_line()}")))
     return out
+
+
+def verify_image(path: str, keys: list | None = None) -> list:
+    """Every signature of a SIF image, verified; SignatureError (one line) on the first failure.
+
+    ``keys``: PEM public key and PGP public key files; None: the site's signatures.keyring.
+    """
+    results = check_signatures(path, keys)
+    for _, r in results:
+        if isinstance(r, SignatureError):
+            raise r
+    return [r for _, r in results]
 
 
 # ---------------------------------------------------------------- signing

@@ -359,3 +359,31 @@ def new_keypair(prefix: str) -> tuple:
     except OSError as e:
         raise SignatureError(f"cannot write key {prefix}: {e.strerror}") from None
     return priv_path, pub_path
+
+
+# ---------------------------------------------------------------- runtime policy
+CACHE_KIND = "sigverify"
+
+
+def require_verified(path: str, kind: str, keyring: list) -> list:
+    """The site policy ``signatures.require``: the image's signatures, verified with the keyring.
+
+    Jobs start the same image once per task; hashing a multi-GB image each time would cost more
+    than the launch.  So a success is remembered in the per-user cache, stamped with the image's
+    and every key file's size, mtime and inode: any rewrite of either verifies again.  Failures
+    are never cached.
+    """
+    from .. import cache
+    if kind != "sif":
+        raise SignatureError(f"{path}: this site requires signed SIF images, and a {kind} "
+                             "image cannot be signed")
+    stamp = [cache.file_stamp(path)] + [cache.file_stamp(k) for k in keyring]
+    hit = cache.read(CACHE_KIND, path, stamp)
+    if hit:
+        return hit
+    if not keyring:
+        raise SignatureError(f"{path}: this site requires signed images but its "
+                             "signatures.keyring is empty")
+    value = [v.to_dict() for v in verify_image(path, keyring)]
+    cache.write(CACHE_KIND, path, stamp, value)
+    return value

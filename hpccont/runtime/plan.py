@@ -51,9 +51,10 @@ def _open_image(path: str, cfg: dict[str, dict]) -> ImageSource:
     image = open_image(path)
     check_image(image.path, image.kind, cfg["images"])
     if cfg["signatures"]["require"]:
-        # Fail closed: a site that asks for signed images gets no unverified one.
-        raise PolicyError(f"{path}: the site requires signed images (signatures.require), and "
-                          "this hpccont cannot verify SIF signatures")
+        # Fail closed: unsigned, badly signed and unsignable (squashfs, sandbox) images are
+        # refused; a verified image is remembered per user until it or a key file changes.
+        from ..image.sign import require_verified
+        require_verified(image.path, image.kind, cfg["signatures"]["keyring"])
     if image.fs_type not in ("squashfs", "dir"):
         raise ImageError(f"{path}: {image.fs_type} partitions cannot be mounted without root "
                          "and are not supported")

@@ -1,0 +1,86 @@
+"""``signatures.require`` end to end, as the unprivileged user: real images, real runtime.
+
+The site config names the trusted key; unsigned, tampered and unsignable (squashfs) images are
+refused with one line before anything is mounted, the signed one runs, and a second run takes
+the verification from the user's cache instead of hashing the image again.
+"""
+import hashlib
+import os
+import shutil
+
+import pytest
+
+from conftest import flip_byte
+from hpccont.image import sif
+
+pytestmark = pytest.mark.rootless
+
+
+@pytest.fixture
+def site(hpccont, busybox_sif, shared_tmp):
+    """(signed image, unsigned image, env with HPCCONT_CONFIG) in a dir the test user reads."""
+    r = hpccont("key", "newpair", "--out", shared_tmp / "site")
+    assert r.returncode == 0, r.stderr
+    signed, unsigned = shared_tmp / "signed.sif", shared_tmp / "unsigned.sif"
+    for p in (signed, unsigned):
+        shutil.copyfile(busybox_sif, p)
+        p.chmod(0o755)
+    assert hpccont("sign", "--key", shared_tmp / "site.pem", signed).returncode == 0
+    (shared_tmp / "site.pub.pem").chmod(0o644)
+    cfg = shared_tmp / "hpccont.yaml"
+    cfg.write_text("signatures:\n  require: true\n"
+                   f"  keyring: [{shared_tmp / 'site.pub.pem'}]\n")
+    cfg.chmod(0o644)
+    return signed, unsigned, {"HPCCONT_CONFIG": str(cfg)}
+
+
+def _cache_file(user_home: str, image) -> str:
+    digest = hashlib.sha256(str(image).encode()).hexdigest()[:24]
+    return f"{user_home}/.cache/hpccont/sigverify-{digest}.json"
+
+
+def _refused(r, fragment):
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+
+
+def test_policy_signed_runs_others_refused(hpccont_user, site, busybox_squashfs, test_user):
+    signed, unsigned, env = site
+    _refused(hpccont_user("exec", unsigned, "true", env=env), "no signatures")
+    _refused(hpccont_user("exec", busybox_squashfs, "true", env=env), "cannot be signed")
+    r = hpccont_user("exec", signed, "echo", "ran-signed", env=env)
+    assert r.returncode == 0 and "ran-signed" in r.stdout, r.stderr
+    # without the policy the unsigned image runs: the refusal above was the signature check
+    r = hpccont_user("exec", unsigned, "true", env={"HPCCONT_CONFIG": ""})
+    assert r.returncode == 0, r.stderr
+
+
+def test_policy_second_run_uses_cache(hpccont_user, site, test_user):
+    signed, _, env = site
+    cache = _cache_file(test_user.pw_dir, signed)
+    assert hpccont_user("exec", signed, "true", env=env).returncode == 0
+    # written on a miss only: an untouched file means the second run verified nothing
+    first = os.stat(cache).st_mtime_ns
+    assert hpccont_user("exec", signed, "true", env=env).returncode == 0
+    assert os.stat(cache).st_mtime_ns == first
+
+
+def test_policy_tampered_image_refused(hpccont_user, site):
+    signed, _, env = site
+    assert hpccont_user("exec", signed, "true", env=env).returncode == 0   # now cached
+    part = sif.read_sif(str(signed)).primary_partition()
+    flip_byte(signed, part.offset + part.size - 100)
+    _refused(hpccont_user("exec", signed, "true", env=env),
+             f"image changed since signing (data of object {part.id})")
+
+
+def test_policy_wrong_key_refused(hpccont_user, hpccont, site, shared_tmp):
+    signed, _, env = site
+    assert hpccont("key", "newpair", "--out", shared_tmp / "other").returncode == 0
+    (shared_tmp / "other.pub.pem").chmod(0o644)
+    cfg = shared_tmp / "other.yaml"
+    cfg.write_text(f"signatures:\n  require: true\n  keyring: [{shared_tmp / 'other.pub.pem'}]\n")
+    cfg.chmod(0o644)
+    _refused(hpccont_user("exec", signed, "true", env={"HPCCONT_CONFIG": str(cfg)}),
+             "no matching key")

@@ -8,7 +8,7 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev \
 	debootstrap ca-certificates \
 	slurmctld slurmd slurm-client libslurm-dev munge libpmix-dev lua-posix \
 	openmpi-bin libopenmpi-dev mpich libmpich-dev \
-	lmod charliecloud-runtime bubblewrap hyperfine
+	lmod gnupg charliecloud-runtime bubblewrap hyperfine
 PIP_PACKAGES := pyyaml psutil pytest hypothesis pytest-mpi pytest-timeout nvidia-ml-py mpi4py cryptography
 
 .PHONY: setup install test demo bench

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from hpccont import config
-from hpccont.errors import BindError, PolicyError, UsageError
+from hpccont.errors import BindError, PolicyError, SignatureError, UsageError
 from hpccont.runtime import environment as E
 from hpccont.runtime import mounts as M
 from hpccont.runtime.plan import make_plan
@@ -132,7 +132,7 @@ def test_plan_policy(busybox_squashfs, busybox_rootfs, tmp_path):
         _plan(busybox_rootfs, cfg=cfg)
     cfg = config.defaults()
     cfg["signatures"]["require"] = True
-    with pytest.raises(PolicyError, match="cannot verify SIF signatures"):
+    with pytest.raises(SignatureError, match="cannot be signed"):
         _plan(busybox_squashfs, cfg=cfg)
 
 

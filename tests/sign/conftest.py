@@ -31,11 +31,3 @@ def copy_image(conformance, tmp_path):
         dst.chmod(0o644)
         return dst
     return copy
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x01]))

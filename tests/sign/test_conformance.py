@@ -5,7 +5,7 @@ a partition byte or a descriptor field must be caught the way the reference veri
 """
 import pytest
 
-from conftest import flip_byte
+from signlib import flip_byte
 from hpccont.errors import SignatureError
 from hpccont.image import sif
 from hpccont.image.sign import verify_image

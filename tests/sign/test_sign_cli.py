@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from conftest import flip_byte
+from signlib import flip_byte
 from hpccont.image import sif
 
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from conftest import flip_byte
+from signlib import flip_byte
 from hpccont.image import sif
 
 pytestmark = pytest.mark.rootless

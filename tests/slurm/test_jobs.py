@@ -116,59 +116,68 @@ def test_tasks_stay_in_the_step_cgroup(submit, images, slurm_cluster):
         assert cgroup.endswith(f"/job_{job}/step_0"), cgroup
 
 
-def test_listpids_and_scancel(submit, images, slurm_cluster, shared_tmp):
-    script = shared_tmp / "long.sh"
-    script.write_text("#!/bin/sh\nsrun --container=%s sh -c 'echo $$ > %s/pid; exec sleep 300'\n"
-                      % (images["sqsh"], shared_tmp))
-    r = _ok(submit("sbatch", "--parsable", "-o", f"{shared_tmp}/out", str(script)))
-    job = r.stdout.strip().split(";")[0]
-    pidfile = shared_tmp / "pid"
-    for _ in range(150):
-        if pidfile.exists() and pidfile.read_text().strip():
-            break
+def _wait_for(condition, seconds: float = 30.0) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
         time.sleep(0.2)
-    pid = int(pidfile.read_text())
-    cgroup = Path(f"/proc/{pid}/cgroup").read_text()
-    assert f"/job_{job}/step_0" in cgroup
+    return condition()
+
+
+def _background_step(submit, image, shared_tmp, body="exec sleep 300", ntasks=1):
+    """sbatch a job whose step runs ``body`` in the container after writing each task's PID to
+    a file; returns (job id, [task PIDs]) once every task has started."""
+    script = shared_tmp / "step.sh"
+    script.write_text("#!/bin/sh\nsrun -n %d --overcommit --container=%s sh -c "
+                      "'echo $$ >> %s/pids; %s'\n" % (ntasks, image, shared_tmp, body))
+    job = _ok(submit("sbatch", "--parsable", "-o", f"{shared_tmp}/step.out", str(script)))
+    job = job.stdout.strip().split(";")[0]
+    pids = shared_tmp / "pids"
+    started = _wait_for(lambda: pids.exists() and len(pids.read_text().split()) == ntasks)
+    assert started, f"the step never started: {(shared_tmp / 'step.out').read_text()}"
+    return job, [int(p) for p in pids.read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (PID 1 may be slow to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _no_fuse_server_left(image) -> bool:
+    return _wait_for(lambda: not helpers.fuse_processes(str(image)), 10)
+
+
+def _keeper_and_fuse(image):
+    fuse = helpers.fuse_processes(str(image))
+    assert len(fuse) == 1, fuse
+    keeper = int(Path(f"/proc/{fuse[0][0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return keeper, fuse[0][0]
+
+
+def test_listpids_and_scancel(submit, images, slurm_cluster, shared_tmp):
+    job, (pid,) = _background_step(submit, images["sqsh"], shared_tmp)
+    assert f"/job_{job}/step_0" in Path(f"/proc/{pid}/cgroup").read_text()
     listed = slurm_cluster.run(["scontrol", "listpids", f"{job}.0"]).stdout.split()
     assert str(pid) in listed
     _ok(submit("scancel", job))
-    for _ in range(100):
-        if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("task survived scancel")
-    for _ in range(50):
-        if not helpers.fuse_processes(str(images["sqsh"])):
-            break
-        time.sleep(0.2)
-    assert not helpers.fuse_processes(str(images["sqsh"])), "image still mounted after scancel"
+    assert _wait_for(lambda: not _running(pid)), "task survived scancel"
+    assert _no_fuse_server_left(images["sqsh"]), "image still mounted after scancel"
 
 
 def test_signal_reaches_the_task(submit, images, slurm_cluster, shared_tmp):
-    """scancel --signal (and srun --signal) deliver to the process inside the container."""
-    script = shared_tmp / "sig.sh"
-    script.write_text("#!/bin/sh\nsrun --container=%s sh -c 'trap \"echo got-USR1; exit 0\" USR1; "
-                      "echo ready > %s/ready; while :; do sleep 0.1; done'\n"
-                      % (images["sqsh"], shared_tmp))
-    job = _ok(submit("sbatch", "--parsable", "-o", f"{shared_tmp}/sig.out", str(script))).stdout
-    job = job.strip().split(";")[0]
-    ready = shared_tmp / "ready"
-    for _ in range(150):
-        if ready.exists():
-            break
-        time.sleep(0.2)
-    assert ready.exists(), "the task never started"
+    """scancel --signal delivers to the process inside the container."""
+    job, _ = _background_step(submit, images["sqsh"], shared_tmp,
+                              body='trap "echo got-USR1; exit 0" USR1; while :; do sleep 0.1; done')
     _ok(submit("scancel", "--signal=USR1", f"{job}.0"))
-    for _ in range(150):
-        out = (shared_tmp / "sig.out").read_text() if (shared_tmp / "sig.out").exists() else ""
-        if "got-USR1" in out:
-            break
-        time.sleep(0.2)
-    else:
+    out = shared_tmp / "step.out"
+    got = _wait_for(lambda: out.exists() and "got-USR1" in out.read_text())
+    if not got:
         submit("scancel", job)
-        pytest.fail(f"signal did not reach the task: {out!r}")
+    assert got, f"signal did not reach the task: {out.read_text() if out.exists() else ''!r}"
 
 
 # -- sbatch / salloc -------------------------------------------------------------------------------
@@ -366,74 +375,35 @@ def test_prepared_container_keeper_is_in_the_step_cgroup(submit, images, shared_
     """The keeper and its FUSE server start before the tasks, from slurmstepd; the plugin moves
     them into the step's cgroups (memory, cpu...) so that the step's limits and accounting
     cover them; not the freezer, which proctrack waits on (see stepd_side.c adopt())."""
-    script = shared_tmp / "two.sh"
-    script.write_text("#!/bin/sh\nsrun -n 2 --overcommit --container=%s sh -c "
-                      "'echo $$ >> %s/pids; exec sleep 300'\n" % (images["sqsh"], shared_tmp))
-    job = _ok(submit("sbatch", "--parsable", "-o", f"{shared_tmp}/out", str(script))).stdout
-    job = job.strip().split(";")[0]
-    pids = shared_tmp / "pids"
-    for _ in range(150):
-        if pids.exists() and len(pids.read_text().split()) == 2:
-            break
-        time.sleep(0.2)
+    job, _ = _background_step(submit, images["sqsh"], shared_tmp, ntasks=2)
     try:
-        fuse = helpers.fuse_processes(str(images["sqsh"]))
-        assert len(fuse) == 1, fuse
-        fuse_pid = fuse[0][0]
-        keeper = int(Path(f"/proc/{fuse_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        for pid in (fuse_pid, keeper):
+        for pid in _keeper_and_fuse(images["sqsh"]):
             memory = [line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
                       if ":memory:" in line]
             assert memory and f"/job_{job}/step_0/" in memory[0], (pid, memory)
     finally:
         _ok(submit("scancel", job))
-    for _ in range(100):
-        if not helpers.fuse_processes(str(images["sqsh"])):
-            break
-        time.sleep(0.2)
-    assert not helpers.fuse_processes(str(images["sqsh"])), "FUSE server survived scancel"
+    assert _no_fuse_server_left(images["sqsh"]), "FUSE server survived scancel"
 
 
 def test_keeper_leaves_when_slurmstepd_dies(submit, images, shared_tmp, slurm_cluster):
     """A crashed slurmstepd must not leave the step's container behind: the keeper watches it."""
-    script = shared_tmp / "crash.sh"
-    script.write_text("#!/bin/sh\nsrun -n 2 --overcommit --container=%s sh -c "
-                      "'echo $$ >> %s/pids; exec sleep 300'\n" % (images["sqsh"], shared_tmp))
-    job = _ok(submit("sbatch", "--parsable", "-o", f"{shared_tmp}/out", str(script))).stdout
-    job = job.strip().split(";")[0]
-    pids = shared_tmp / "pids"
-    for _ in range(150):
-        if pids.exists() and len(pids.read_text().split()) == 2:
-            break
-        time.sleep(0.2)
-    fuse = helpers.fuse_processes(str(images["sqsh"]))
-    assert len(fuse) == 1, fuse
-    keeper = int(Path(f"/proc/{fuse[0][0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    job, tasks = _background_step(submit, images["sqsh"], shared_tmp, ntasks=2)
+    keeper, _ = _keeper_and_fuse(images["sqsh"])
     stepd = subprocess.run(["pgrep", "-f", f"slurmstepd: \\[{job}.0\\]"], capture_output=True,
                            text=True).stdout.split()
     assert len(stepd) == 1, stepd
     try:
         os.kill(int(stepd[0]), signal.SIGKILL)
-        for _ in range(50):
-            if not _running(keeper) and not helpers.fuse_processes(str(images["sqsh"])):
-                break
-            time.sleep(0.2)
-        assert not _running(keeper), "keeper outlived slurmstepd"
-        assert not helpers.fuse_processes(str(images["sqsh"])), "FUSE server outlived slurmstepd"
+        assert _wait_for(lambda: not _running(keeper), 10), "keeper outlived slurmstepd"
+        assert _no_fuse_server_left(images["sqsh"]), "FUSE server outlived slurmstepd"
     finally:
-        for p in pids.read_text().split():
+        for pid in tasks:
             try:
-                os.kill(int(p), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
         submit("scancel", job)
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_prepared_container_exit_status_of_one_task(submit, images, test_user):

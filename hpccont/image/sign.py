@@ -365,25 +365,27 @@ def new_keypair(prefix: str) -> tuple:
 CACHE_KIND = "sigverify"
 
 
-def require_verified(path: str, kind: str, keyring: list) -> list:
+def require_verified(path: str, kind: str, keyring: list, read: str = "") -> list:
     """The site policy ``signatures.require``: the image's signatures, verified with the keyring.
 
     Jobs start the same image once per task; hashing a multi-GB image each time would cost more
     than the launch.  So a success is remembered in the per-user cache, stamped with the image's
     and every key file's size, mtime and inode: any rewrite of either verifies again.  Failures
-    are never cached.
+    are never cached.  ``read``: where to read the image (an open file of it, /proc/self/fd/N),
+    when the caller holds it open so that the file checked is the file mounted.
     """
     from .. import cache
+    read = read or path
     if kind != "sif":
         raise SignatureError(f"{path}: this site requires signed SIF images, and a {kind} "
                              "image cannot be signed")
-    stamp = [cache.file_stamp(path)] + [cache.file_stamp(k) for k in keyring]
+    stamp = [[path] + cache.file_stamp(read)[1:]] + [cache.file_stamp(k) for k in keyring]
     hit = cache.read(CACHE_KIND, path, stamp)
     if hit:
         return hit
     if not keyring:
         raise SignatureError(f"{path}: this site requires signed images but its "
                              "signatures.keyring is empty")
-    value = [v.to_dict() for v in verify_image(path, keyring)]
+    value = [v.to_dict() for v in verify_image(read, keyring)]
     cache.write(CACHE_KIND, path, stamp, value)
     return value

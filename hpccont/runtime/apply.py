@@ -165,7 +165,7 @@ def _mount_image(plan: LaunchPlan, cfg: dict[str, dict], target: str) -> str:
 
 
 def _mount_loop(img, target: str) -> str:
-    fd = os.open(img.path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(img.handle or img.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         dev, loop_fd = K.attach_loop(fd, img.offset, img.size)
     finally:
@@ -180,11 +180,18 @@ def _mount_loop(img, target: str) -> str:
 def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
     server = _system_program(FUSE_SERVERS[cfg["runtime"]["squashfuse"]])
     _serve_fuse(target, "squashfuse", K.MS_RDONLY, uid, gid,
-                [server, "-f", "-o", f"offset={img.offset}", img.path])
+                [server, "-f", "-o", f"offset={img.offset}", img.handle or img.path],
+                keep=_handle_fd(img))
     return target
 
 
-def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: list) -> None:
+def _handle_fd(img) -> tuple:
+    """The descriptor behind ``img.handle`` (/proc/self/fd/N), which the server must inherit."""
+    return (int(img.handle.rsplit("/", 1)[1]),) if img.handle else ()
+
+
+def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: list,
+                keep: tuple = ()) -> None:
     """Mount a FUSE filesystem at ``target`` ourselves and start ``argv`` to serve it.
 
     We hold CAP_SYS_ADMIN in the namespace, so we open /dev/fuse and mount; the server gets the
@@ -204,6 +211,8 @@ def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: li
             K.prctl(K.PR_SET_PDEATHSIG, K.SIGKILL)
             if os.getppid() != parent:      # parent died before prctl took effect
                 os._exit(1)
+            for kept in keep:               # e.g. the verified image, as /proc/self/fd/N
+                os.set_inheritable(kept, True)
             # Its own chatter (fuse-overlayfs reports ignored mount options) is not the
             # command's output; a failure shows as an I/O error inside.
             devnull = os.open("/dev/null", os.O_RDWR)

@@ -53,8 +53,13 @@ def _open_image(path: str, cfg: dict[str, dict]) -> ImageSource:
     if cfg["signatures"]["require"]:
         # Fail closed: unsigned, badly signed and unsignable (squashfs, sandbox) images are
         # refused; a verified image is remembered per user until it or a key file changes.
+        # The file is opened once and everything after (verification, mount) uses that open
+        # file: replacing the path after the check cannot slip another image in.
         from ..image.sign import require_verified
-        require_verified(image.path, image.kind, cfg["signatures"]["keyring"])
+        if image.kind == "sif":
+            image.handle = f"/proc/self/fd/{os.open(image.path, os.O_RDONLY | os.O_CLOEXEC)}"
+        require_verified(image.path, image.kind, cfg["signatures"]["keyring"],
+                         read=image.handle or image.path)
     if image.fs_type not in ("squashfs", "dir"):
         raise ImageError(f"{path}: {image.fs_type} partitions cannot be mounted without root "
                          "and are not supported")

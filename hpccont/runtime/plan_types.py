@@ -53,6 +53,7 @@ class ImageSource:
     offset: int = 0      # byte offset of the filesystem inside the file
     size: int = 0        # bytes of the filesystem (0: to end of file)
     fs_type: str = "squashfs"   # "squashfs" | "ext3" | "dir"
+    handle: str = ""     # "/proc/self/fd/N": the file as verified, kept open (signature policy)
 
 
 @record

@@ -84,3 +84,38 @@ def test_policy_wrong_key_refused(hpccont_user, hpccont, site, shared_tmp):
     cfg.chmod(0o644)
     _refused(hpccont_user("exec", signed, "true", env={"HPCCONT_CONFIG": str(cfg)}),
              "no matching key")
+
+
+def test_policy_mounts_the_file_it_verified(site, install, busybox_rootfs, shared_tmp, hpccont):
+    """Replacing the image path between the check and the mount must not run the new file: the
+    runtime verifies and mounts one open file (ImageSource.handle)."""
+    import shutil
+    import sys
+    import helpers
+    signed, _, env = site
+    other_root = shared_tmp / "other-rootfs"
+    shutil.copytree(busybox_rootfs, other_root, symlinks=True)
+    (other_root / "marker").write_text("swapped-in\n")
+    other = shared_tmp / "other.sif"
+    assert hpccont("build", other, other_root).returncode == 0
+    victim = shared_tmp / "victim.sif"
+    shutil.copy(signed, victim)
+    for p in (other, victim):
+        p.chmod(0o644)
+    script = shared_tmp / "race.py"
+    script.write_text(f"""import os, sys
+sys.path.insert(0, {install['lib']!r})
+from hpccont import config
+from hpccont.cli.launch import build_request
+from hpccont.runtime.apply import apply
+from hpccont.runtime.plan import make_plan
+cfg = config.load()
+req = build_request("exec", [{str(victim)!r}, "sh", "-c", "cat /marker 2>/dev/null || echo verified-content"])
+plan = make_plan(req, cfg, os.environ, "/tmp")
+os.rename({str(other)!r}, {str(victim)!r})      # swapped after the check, before the mount
+apply(plan, cfg)
+""")
+    script.chmod(0o644)
+    r = helpers.as_user([sys.executable, str(script)], env=env, cwd="/tmp")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "verified-content"

@@ -164,7 +164,8 @@ def cmd_update(args) -> int:
     if args.check:
         sys.stdout.write(f"update available for {local}: {plan.reason}\n")
         return 1
-    status = update.copy_verified(plan, required_signature=config["signatures"]["require"])
+    status = update.copy_verified(plan, required_signature=config["signatures"]["require"],
+                                  keyring=bool(config["signatures"]["keyring"]))
     sys.stdout.write(f"updated {local} from {central} ({plan.central_digest}, signature: "
                      f"{status})\n")
     if os.environ.get("HPCCONT_MODULE") == args.module and os.environ.get("HPCCONT_IMAGE") != local:

@@ -84,10 +84,15 @@ def verifier_available() -> bool:
 
 
 def verify_signature(path: str, signed: bool, required: bool,
-                     run_verify: Optional[Callable[[str], int]] = None) -> str:
-    """'verified', 'unsigned' or 'no verifier'; SignatureError when verification fails."""
+                     run_verify: Optional[Callable[[str], int]] = None,
+                     keyring: bool = True) -> str:
+    """'verified', 'unsigned', 'no keyring' or 'no verifier'; SignatureError when verification
+    fails.  ``keyring``: whether the site names trusted keys; without them a signature cannot be
+    checked, which only matters when the site requires one."""
     if not signed and not required:
         return "unsigned"
+    if not keyring and not required:
+        return "no keyring"
     if run_verify is None:
         if not verifier_available():
             if required:
@@ -102,7 +107,8 @@ def verify_signature(path: str, signed: bool, required: bool,
 
 
 def copy_verified(plan: UpdatePlan, *, required_signature: bool = False,
-                  run_verify: Optional[Callable[[str], int]] = None) -> str:
+                  run_verify: Optional[Callable[[str], int]] = None,
+                  keyring: bool = True) -> str:
     """Copy, check digest and signature, then rename into place.  Returns the signature status."""
     from .metadata import ImageReader
     directory = os.path.dirname(os.path.abspath(plan.local))
@@ -124,7 +130,7 @@ def copy_verified(plan: UpdatePlan, *, required_signature: bool = False,
             raise ImageError(f"copy of {plan.central} has digest {got}, expected "
                              f"{plan.central_digest} (central image changed during the copy?)")
         signed = ImageReader(tmp).signed
-        status = verify_signature(tmp, signed, required_signature, run_verify)
+        status = verify_signature(tmp, signed, required_signature, run_verify, keyring)
         os.replace(tmp, plan.local)
         return status
     except OSError as e:

@@ -239,3 +239,26 @@ def test_lmod_interpreter_and_launcher_work_from_the_private_paths(shared_tmp, l
     r = subprocess.run(["sh", "-c", script.split("\n", 2)[2], "lua", "-e", "print(1+1)"],
                        capture_output=True, text=True)
     assert r.stdout.strip() == "2", r.stderr
+
+
+def test_update_with_real_signatures(shared_tmp, hpccont, busybox_sif, monkeypatch):
+    """A signed central image: verified with the site keyring (the real `hpccont verify`),
+    accepted without a keyring when the site does not require signatures, refused when the
+    keyring holds another key."""
+    central = shared_tmp / "signed.sif"
+    central.write_bytes(busybox_sif.read_bytes())
+    assert hpccont("key", "newpair", "--out", shared_tmp / "site").returncode == 0
+    assert hpccont("key", "newpair", "--out", shared_tmp / "other").returncode == 0
+    assert hpccont("sign", "--key", shared_tmp / "site.pem", central).returncode == 0
+    cfg = shared_tmp / "site.yaml"
+
+    def update_with(keys, name):
+        cfg.write_text("signatures:\n  keyring: [%s]\n" % ", ".join(str(k) for k in keys))
+        monkeypatch.setenv("HPCCONT_CONFIG", str(cfg))
+        plan = update.plan_update(str(central), str(shared_tmp / "cache" / name))
+        return update.copy_verified(plan, keyring=bool(keys))
+    assert update_with([shared_tmp / "site.pub.pem"], "a.sif") == "verified"
+    assert update_with([], "b.sif") == "no keyring"
+    with pytest.raises(SignatureError, match="old copy is kept"):
+        update_with([shared_tmp / "other.pub.pem"], "c.sif")
+    assert not (shared_tmp / "cache" / "c.sif").exists()

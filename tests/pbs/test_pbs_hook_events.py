@@ -71,6 +71,25 @@ def test_begin_rejects_unsigned_images_when_signatures_are_required(run_hook, bu
     _refused(out, "requires signed SIF images")
 
 
+def test_begin_verifies_signatures_with_the_site_keyring(run_hook, hpccont, busybox_sif,
+                                                        tmp_path):
+    """The real ``hpccont verify`` behind the hook: a SIF signed by the site key is accepted,
+    an unsigned one and one signed by another key are rejected."""
+    signed, unsigned, foreign = (tmp_path / n for n in ("signed.sif", "unsigned.sif", "foreign.sif"))
+    for p in (signed, unsigned, foreign):
+        p.write_bytes(busybox_sif.read_bytes())
+    for name, image in (("site", signed), ("other", foreign)):
+        assert hpccont("key", "newpair", "--out", tmp_path / name).returncode == 0
+        assert hpccont("sign", "--key", tmp_path / f"{name}.pem", image).returncode == 0
+    site = {"signatures": {"require": True, "keyring": [str(tmp_path / "site.pub.pem")]}}
+    out = run_hook("execjob_begin", resources={"container": str(signed)}, site=site)
+    assert out["accepted"], out
+    _refused(run_hook("execjob_begin", resources={"container": str(unsigned)}, site=site),
+             "signature check failed", "no signatures")
+    _refused(run_hook("execjob_begin", resources={"container": str(foreign)}, site=site),
+             "signature check failed")
+
+
 def test_begin_rejects_a_corrupt_image(run_hook, tmp_path):
     bad = tmp_path / "broken.sif"
     bad.write_bytes(b"\0" * 4096)

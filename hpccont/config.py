@@ -1,6 +1,7 @@
 """Site configuration: one YAML file an admin edits (site-config/hpccont.yaml documents every key).
 
-Read from ``$HPCCONT_CONFIG`` or ``/etc/hpccont/hpccont.yaml``; a missing file means defaults.
+Read from ``/etc/hpccont/hpccont.yaml`` (or ``$HPCCONT_CONFIG``, honoured for root and on
+machines without a site config); a missing file means defaults.
 Unknown keys and values of the wrong type are ConfigError (one line, naming the key).
 
 ``hpccont exec`` runs once per task of every job, and a YAML parser costs more to import than
@@ -127,7 +128,15 @@ def _check(value: object, typ: type, where: str) -> object:
 
 
 def config_path(environ=os.environ) -> str:
-    return environ.get("HPCCONT_CONFIG") or DEFAULT_PATH
+    """``$HPCCONT_CONFIG`` for root, or where no site config is installed; else the site's.
+
+    The site config is policy (allowed images, user binds, required signatures): a user must
+    not be able to swap it for a file of their own with an environment variable.
+    """
+    override = environ.get("HPCCONT_CONFIG")
+    if override and (os.geteuid() == 0 or not os.path.exists(DEFAULT_PATH)):
+        return override
+    return DEFAULT_PATH
 
 
 def parse_file(path: str) -> dict[str, dict[str, object]]:
@@ -154,7 +163,7 @@ def load(environ=os.environ, use_cache: bool = True) -> dict[str, dict[str, obje
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        if environ.get("HPCCONT_CONFIG"):
+        if path != DEFAULT_PATH:
             raise ConfigError(f"site config {path} (from HPCCONT_CONFIG) does not exist")
         return defaults()
     except OSError as e:

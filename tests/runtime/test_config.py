@@ -79,3 +79,21 @@ def test_cli_show_and_errors(hpccont, tmp_path):
     good.write_text("runtime:\n  tmp_size: 16m\n")
     r = hpccont("config", "show", env={"HPCCONT_CONFIG": str(good)})
     assert r.returncode == 0 and "tmp_size: 16m" in r.stdout
+
+
+def test_users_cannot_replace_an_installed_site_config(tmp_path, monkeypatch):
+    """The site config is policy: HPCCONT_CONFIG counts for root, or where none is installed."""
+    site = tmp_path / "site.yaml"
+    site.write_text("mounts:\n  user_binds: false\n")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("mounts:\n  user_binds: true\n")
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(site))
+    env = {"HPCCONT_CONFIG": str(mine)}
+    monkeypatch.setattr(config.os, "geteuid", lambda: 1000)
+    assert config.config_path(env) == str(site)
+    assert config.load(env, use_cache=False)["mounts"]["user_binds"] is False
+    monkeypatch.setattr(config.os, "geteuid", lambda: 0)
+    assert config.config_path(env) == str(mine)
+    monkeypatch.setattr(config.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(tmp_path / "not-installed.yaml"))
+    assert config.config_path(env) == str(mine)

@@ -399,13 +399,69 @@ def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]
     delta.copy = copy
     # slurmstepd forked us: if it dies, the keeper must not outlive it (see the plugin).
     pid, scripts = join.ensure_keeper(plan, cfg, persistent=True, watch_pid=os.getppid())
-    prefix = (["/bin/sh", "-c", env_script(plan.env_overrides, _ld_first(plan), plan.env_dirs),
-               "hpccont"] if scripts else [])
+    prefix = []
+    if scripts:
+        script = env_script(plan.env_overrides, _ld_first(plan), plan.env_dirs)
+        evaluated = _evaluated_environment(pid, plan, script)
+        merged = _with_scripts_applied(delta, full_env, evaluated) if evaluated else None
+        if merged is not None:
+            delta = merged       # tasks exec their command directly: no shell per task
+        else:
+            prefix = ["/bin/sh", "-c", script, "hpccont"]
     d = join.state_dir(cfg)
     name = join.state_name(plan)
     return Recipe(mode=plan.mode, keeper=pid, keeper_start=join._start_time(pid),
                   host_cwd=os.getcwd(), cwd=plan.cwd, prefix=prefix, env=delta,
                   state_files=[os.path.join(d, name + s) for s in ("", ".lock", ".guests")])
+
+
+def _evaluated_environment(keeper: int, plan, script: str) -> Optional[Dict[str, str]]:
+    """The environment the image's /.singularity.d/env scripts give a command, evaluated once in
+    the step's container exactly as a task's shell would (same script, same environment, same
+    directory); None when that fails."""
+    from ..runtime import join
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(r)
+            join._enter(keeper, plan)
+            os.chdir(plan.cwd)
+            os.dup2(w, 1)
+            os.dup2(os.open("/dev/null", os.O_WRONLY), 2)
+            os.execve("/bin/sh", ["/bin/sh", "-c", script, "hpccont", "cat", "/proc/self/environ"],
+                      plan.env)
+        finally:
+            os._exit(127)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(child, 0)
+    if status != 0 or not data:
+        return None
+    items = data.decode("utf-8", "surrogateescape").split("\0")
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
+def _with_scripts_applied(delta, environ: Mapping[str, str], evaluated: Dict[str, str]):
+    """``delta`` extended by what the image's scripts changed, so that tasks need no shell; None
+    when that cannot be said as a delta (a script changed a variable copied per task)."""
+    from ..runtime.environment import EnvDelta, apply_delta
+    before = apply_delta(delta, dict(environ))
+    removed = [k for k in before if k not in evaluated]
+    changed = {k: v for k, v in evaluated.items() if before.get(k) != v}
+    if any(k in changed or k in removed for k in delta.copy):
+        return None
+    merged = EnvDelta(set={k: v for k, v in delta.set.items() if k not in removed},
+                      overrides=dict(delta.overrides), unset=tuple(delta.unset),
+                      unset_prefixes=tuple(delta.unset_prefixes), keep_only=delta.keep_only,
+                      copy=list(delta.copy))
+    merged.set.update(changed)
+    if merged.keep_only is not None:
+        merged.keep_only = tuple(k for k in merged.keep_only if k not in removed)
+    else:
+        merged.unset = merged.unset + tuple(removed)
+    return merged if apply_delta(merged, dict(environ)) == evaluated else None
 
 
 def run_prepare(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],

@@ -155,3 +155,24 @@ def test_prepare_without_container_or_with_a_bad_image():
     env["HPCCONT_CONTAINER"] = "/nonexistent.sif"
     with pytest.raises(HpccontError, match="not found"):
         slurm.prepare_step(step, args, {}, ["true"], env, "/")
+
+def test_image_scripts_folded_into_the_delta():
+    """What the image's env scripts change, evaluated once, becomes part of the tasks' delta
+    (no shell per task); a script touching a per-task variable keeps the shell."""
+    from hpccont.runtime.environment import EnvDelta, apply_delta
+    host = {"HOME": "/h", "BAR": "1", "SLURM_PROCID": "0", "KEEP": "k"}
+    delta = EnvDelta(set={"PATH": "/bin"}, overrides={}, copy=["SLURM_PROCID"])
+    before = apply_delta(delta, host)
+    evaluated = dict(before, PATH="/opt/app/bin:/bin", FOO="from-image")
+    del evaluated["BAR"]
+    merged = slurm._with_scripts_applied(delta, host, evaluated)
+    assert merged is not None and apply_delta(merged, host) == evaluated
+    other_task = dict(host, SLURM_PROCID="5")
+    assert apply_delta(merged, other_task)["SLURM_PROCID"] == "5"
+    assert "BAR" not in apply_delta(merged, other_task)
+    clean = EnvDelta(set={"PATH": "/bin"}, overrides={}, keep_only=("HOME", "BAR"))
+    evaluated = {"HOME": "/h", "PATH": "/bin:/x"}
+    merged = slurm._with_scripts_applied(clean, host, evaluated)
+    assert merged is not None and apply_delta(merged, host) == evaluated
+    conflict = dict(apply_delta(delta, host), SLURM_PROCID="changed-by-script")
+    assert slurm._with_scripts_applied(delta, host, conflict) is None

@@ -261,7 +261,6 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
 
 def _linger(dir_fd: int, name: str) -> None:
     me = os.getpid()
-    ns = os.readlink("/proc/self/ns/mnt")
     guests = os.open(name + ".guests", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     lock = os.open(name + ".lock", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     empty_since = None
@@ -273,7 +272,7 @@ def _linger(dir_fd: int, name: str) -> None:
             fcntl.flock(guests, fcntl.LOCK_UN)
             time.sleep(0.01)
             continue
-        if _guests(ns, me):
+        if _guests(me):
             empty_since, wait = None, RECHECK_S
         else:
             empty_since = empty_since or time.monotonic()
@@ -302,18 +301,17 @@ def _start_time_or_none(pid: int) -> str | None:
         return None
 
 
-def _guests(ns: str, me: int) -> bool:
-    """Is any process other than us and our own children (the FUSE server) in namespace ``ns``?"""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            if os.readlink(f"/proc/{entry}/ns/mnt") != ns:
-                continue
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid != me:
+def _guests(me: int) -> bool:
+    """Is any process other than us and our own children (the FUSE server) in our namespace?"""
+    for pid in members(me):
+        if pid != me and _parent(pid) not in (me, None):
             return True
     return False
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

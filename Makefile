@@ -3,7 +3,7 @@ PREFIX ?= /opt/hpccont
 VENV := $(PREFIX)/venv
 PY := $(VENV)/bin/python
 
-DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev \
+DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev binutils procps \
 	squashfs-tools squashfuse fuse3 fuse-overlayfs busybox-static util-linux uidmap \
 	debootstrap ca-certificates \
 	slurmctld slurmd slurm-client libslurm-dev munge libpmix-dev lua-posix \

@@ -62,8 +62,9 @@ Options:
 """
 
 
-def parse(action: str, argv: list[str]) -> tuple[ContainerRequest, list[str]]:
-    """Returns the request and the raw --env-file names (read after parsing)."""
+def parse(action: str, argv: list[str]) -> tuple[ContainerRequest, dict[str, object]]:
+    """Returns the request and the raw option values; build_request turns the list options
+    (binds, --env, --env-file) into their final form."""
     values: dict[str, object] = {"binds": [], "env": [], "env_files": []}
     i = 0
     while i < len(argv):

@@ -9,7 +9,6 @@ signatures, and only then renamed over the old copy: a failed or interrupted upd
 old copy untouched.
 """
 import hashlib
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
@@ -79,14 +78,10 @@ def plan_update(central: str, local: str, force: bool = False) -> UpdatePlan:
     return UpdatePlan(central, local, "copy", "central image changed", cdigest)
 
 
-def verifier_available() -> bool:
-    return importlib.util.find_spec("hpccont.cli.sign_cmd") is not None
-
-
 def verify_signature(path: str, signed: bool, required: bool,
                      run_verify: Optional[Callable[[str], int]] = None,
                      keyring: bool = True) -> str:
-    """'verified', 'unsigned', 'no keyring' or 'no verifier'; SignatureError when verification
+    """'verified', 'unsigned' or 'no keyring'; SignatureError when verification
     fails.  ``keyring``: whether the site names trusted keys; without them a signature cannot be
     checked, which only matters when the site requires one."""
     if not signed and not required:
@@ -94,11 +89,6 @@ def verify_signature(path: str, signed: bool, required: bool,
     if not keyring and not required:
         return "no keyring"
     if run_verify is None:
-        if not verifier_available():
-            if required:
-                raise SignatureError("the site requires signed images but this hpccont "
-                                     "has no signature verifier")
-            return "no verifier"
         from ..cli.main import run_command
         run_verify = lambda p: run_command("verify", [p])  # noqa: E731
     if run_verify(path) != 0:

@@ -42,9 +42,14 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "squashfuse": (str, "squashfuse_ll"),   # FUSE server for rootless mounts
         "overlay": (str, "kernel"),       # kernel | fuse-overlayfs
         "root_mount": (str, "loop"),      # loop (kernel squashfs) | fuse
+        "prefetch": (bool, True),         # read the command into the page cache while mounting
         "tmp_size": (str, "64m"),         # size of --writable-tmpfs and of the scratch tmpfs
         "state_dir": (str, "/run/hpccont"),     # joined containers (shared namespaces) when root
         "session_dir": (str, ""),         # staging mount point; "" = the one shipped in the package
+    },
+    "build": {
+        "compression": (str, "zstd"),     # squashfs compressor of built images
+        "compression_level": (int, 9),    # 0: the compressor's own default
     },
     "signatures": {
         "require": (bool, False),         # refuse unsigned or unverifiable SIF images
@@ -74,6 +79,7 @@ CHOICES = {
     ("runtime", "overlay"): ("kernel", "fuse-overlayfs"),
     ("runtime", "root_mount"): ("loop", "fuse"),
     ("mpi", "default_mode"): ("hybrid", "bind"),
+    ("build", "compression"): ("gzip", "xz", "lz4", "lzo", "zstd", "lzma"),
 }
 
 
@@ -124,6 +130,10 @@ def _check(value: object, typ: type, where: str) -> object:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where} must be a string, not {value!r}")
         return str(value)
+    if typ is int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where} must be a whole number >= 0, not {value!r}")
+        return value
     return value
 
 

@@ -45,6 +45,7 @@ import os
 
 from ..errors import CommandNotFound, CommandNotExecutable, LaunchError
 from . import kernel as K
+from . import prefetch
 from .environment import env_script
 from .identity import group_content, passwd_content
 from .mounts import resolve_in_root
@@ -90,16 +91,18 @@ def apply(plan: LaunchPlan, cfg: dict[str, dict], *, debug: bool = False) -> Non
     """Set up the container described by ``plan`` and exec its command.  Never returns."""
     step = Step(debug)
     try:
-        root = setup(plan, cfg, step)
+        root, reader = setup(plan, cfg, step)
         enter(root, plan, step)
     except OSError as e:
         raise LaunchError(f"cannot start container ({step.name}): "
                           f"{e.strerror or e}") from None
-    execute(plan, step)
+    execute(plan, step, reader)
 
 
-def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> str:
-    """Steps 1-6: returns the host path of the finished container root (in our namespace)."""
+def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]:
+    """Steps 1-6: returns the host path of the finished container root (in our namespace) and
+    the pid of the child warming the image's page cache (0: none), which the caller waits for
+    before the exec (prefetch.finish)."""
     ident = plan.identity
     step("creating namespaces")
     if plan.mode == "rootless":
@@ -117,6 +120,11 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> str:
         os.mkdir(f"{stage}/{d}", 0o755)
     step("mounting the image")
     lower = _mount_image(plan, cfg, f"{stage}/lower")
+    reader = 0
+    if plan.image.kind != "sandbox" and cfg["runtime"].get("prefetch", True):
+        step("starting the page-cache reader")
+        reader = prefetch.start(lower, prefetch.targets(
+            plan.argv[0] if plan.argv else "", plan.env.get("PATH", ""), bool(plan.env_dirs)))
     step("mounting the overlay")
     root = f"{stage}/root"
     _mount_overlay(cfg, root, lower, stage)
@@ -126,7 +134,7 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> str:
     if not plan.writable_tmpfs:
         step("making the root read-only")
         K.mount(None, root, None, K.MS_REMOUNT | K.MS_BIND | K.MS_RDONLY | K.MS_NOSUID | K.MS_NODEV)
-    return root
+    return root, reader
 
 
 def _write_id_maps(uid_map: str, gid_map: str, deny_setgroups: bool) -> None:
@@ -344,8 +352,10 @@ def enter(root: str, plan: LaunchPlan, step: Step) -> None:
                           f"{e.strerror}") from None
 
 
-def execute(plan: LaunchPlan, step: Step) -> None:
-    """Step 8: exec the command.  Image environment scripts run through /bin/sh when present."""
+def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
+    """Step 8: exec the command.  Image environment scripts run through /bin/sh when present.
+    ``reader`` (the page-cache reader started by setup) is waited for first: the exec then
+    finds the program in the cache, and no child of ours is left to the command."""
     argv = list(plan.argv)
     env = dict(plan.env)
     if argv[0] == "/bin/sh" and len(argv) == 1 and os.path.exists("/bin/bash"):
@@ -358,6 +368,9 @@ def execute(plan: LaunchPlan, step: Step) -> None:
         path = "/bin/sh"
     else:
         path = _which(argv[0], env.get("PATH", ""))
+    if reader:
+        step("waiting for the page-cache reader")
+        prefetch.finish(reader)
     step(f"exec {path}")
     try:
         K.prctl(K.PR_SET_NO_NEW_PRIVS, 1)

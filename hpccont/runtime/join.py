@@ -225,6 +225,7 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
 def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
             persistent: bool, watch_pid: int = 0) -> None:
     from .apply import Step, _has_env_scripts, enter, setup
+    from .prefetch import finish
     # Keep no terminal, output pipe or launcher socket of the job open: srun and mpirun wait
     # for EOF on their pipes, and a PMI socket held by the keeper outlives the rank.
     devnull = os.open("/dev/null", os.O_RDWR)
@@ -235,7 +236,7 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
     dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     step = Step()
     try:
-        root = setup(plan, cfg, step)
+        root, reader = setup(plan, cfg, step)
         step("pivoting into the container root")
         plan_root = plan.cwd
         plan.cwd = "/"
@@ -247,6 +248,7 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
         os._exit(1)
     # Seen from inside, as apply.execute decides: does the command go through the env scripts?
     scripts = _has_env_scripts() and os.path.exists("/bin/sh")
+    finish(reader)     # the tasks about to enter then find their program cached
     os.write(wfd, f"ready {os.getpid()} {'env' if scripts else 'plain'}".encode())
     os.close(wfd)
     if persistent:       # an instance or a Slurm step: lives until stopped ...

@@ -1,14 +1,52 @@
-"""Thin ctypes layer over the system calls the runtime needs.
+"""Thin layer over the system calls the runtime needs, through the C-call machinery of
+``_ctypes``.
 
-Python 3.11 has no os.unshare/os.setns/mount/pivot_root, and importing ctypes costs ~5 ms,
-so this module is imported only by ``apply`` (never while planning or printing a plan).
-Each wrapper raises OSError with errno and a short description, which ``apply`` turns into a
-one-line LaunchError naming the step that failed.
+Python 3.11 has no os.unshare/os.setns/mount/pivot_root.  The ``ctypes`` package defines some
+seventy classes on import (~1.5 ms, on every task of every job); the four C types and the
+function-pointer class used here are declared directly on ``_ctypes``, its C core, exactly as
+``ctypes/__init__.py`` declares them.  This module is imported only by ``apply`` and ``join``
+(never while planning or printing a plan).  Each wrapper raises OSError with errno and a short
+description, which ``apply`` turns into a one-line LaunchError naming the step that failed.
 """
-import ctypes
 import os
 
-_libc = ctypes.CDLL(None, use_errno=True)
+import _ctypes
+
+
+class c_int(_ctypes._SimpleCData):
+    _type_ = "i"
+
+
+class c_long(_ctypes._SimpleCData):
+    _type_ = "l"
+
+
+class c_ulong(_ctypes._SimpleCData):
+    _type_ = "L"
+
+
+class _Function(_ctypes.CFuncPtr):
+    """A C function returning int; errno is saved right after the call (use_errno)."""
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = c_int
+
+
+class _Process:
+    """The symbols of this process (dlopen(NULL)): libc's are there, in the global scope."""
+    _handle = _ctypes.dlopen(None, os.RTLD_LOCAL)
+
+
+class _Libc:
+    """``_libc.name(...)`` calls the C function ``name``; looked up once, on first use."""
+
+    def __getattr__(self, name: str) -> _Function:
+        function = _Function((name, _Process))
+        setattr(self, name, function)
+        return function
+
+
+_libc = _Libc()
+get_errno = _ctypes.get_errno
 
 # <sched.h>
 CLONE_NEWNS = 0x00020000
@@ -63,43 +101,43 @@ NS_GET_PARENT = 0xB702
 
 def _check(ret: int, what: str) -> int:
     if ret < 0:
-        err = ctypes.get_errno()
+        err = get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
     return ret
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+    _check(_libc.unshare(c_int(flags)), "unshare")
 
 
 def setns(fd: int, nstype: int = 0) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+    _check(_libc.setns(c_int(fd), c_int(nstype)), "setns")
 
 
 def mount(source, target: str, fstype, flags: int = 0, data=None) -> None:
     enc = (lambda s: s.encode() if isinstance(s, str) else s)
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), c_ulong(flags), enc(data)),
            f"mount {target}")
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
+    _check(_libc.umount2(target.encode(), c_int(flags)), f"umount {target}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
     nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if nr is None:
         raise OSError(38, f"pivot_root: unknown syscall number on {os.uname().machine}")
-    _check(_libc.syscall(ctypes.c_long(nr), new_root.encode(), put_old.encode()), "pivot_root")
+    _check(_libc.syscall(c_long(nr), new_root.encode(), put_old.encode()), "pivot_root")
 
 
 def prctl(option: int, arg2: int = 0) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
-                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
+    _check(_libc.prctl(c_int(option), c_ulong(arg2), c_ulong(0),
+                       c_ulong(0), c_ulong(0)), "prctl")
 
 
 def ioctl_int(fd: int, request: int, arg: int = 0) -> int:
-    return _check(_libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(request), ctypes.c_ulong(arg)),
+    return _check(_libc.ioctl(c_int(fd), c_ulong(request), c_ulong(arg)),
                   "ioctl")
 
 
@@ -109,20 +147,18 @@ def locked_flags(path: str) -> int:
     return sum(ms for st, ms in _ST_TO_MS if f & st)
 
 
-class _LoopInfo64(ctypes.Structure):
-    _fields_ = [("lo_device", ctypes.c_uint64), ("lo_inode", ctypes.c_uint64),
-                ("lo_rdevice", ctypes.c_uint64), ("lo_offset", ctypes.c_uint64),
-                ("lo_sizelimit", ctypes.c_uint64), ("lo_number", ctypes.c_uint32),
-                ("lo_encrypt_type", ctypes.c_uint32), ("lo_encrypt_key_size", ctypes.c_uint32),
-                ("lo_flags", ctypes.c_uint32), ("lo_file_name", ctypes.c_uint8 * LO_NAME_SIZE),
-                ("lo_crypt_name", ctypes.c_uint8 * LO_NAME_SIZE),
-                ("lo_encrypt_key", ctypes.c_uint8 * LO_KEY_SIZE),
-                ("lo_init", ctypes.c_uint64 * 2)]
+# struct loop_config { __u32 fd; __u32 block_size; struct loop_info64 info; __u64 reserved[8]; }
+# with loop_info64 = 5 x u64 (device, inode, rdevice, offset, sizelimit), 4 x u32 (number,
+# encrypt_type, encrypt_key_size, flags), file_name[64], crypt_name[64], encrypt_key[32],
+# 2 x u64 init: 304 bytes, no padding.
+_LOOP_CONFIG = "=II5Q4I64s64s32s2Q8Q"
 
 
-class _LoopConfig(ctypes.Structure):
-    _fields_ = [("fd", ctypes.c_uint32), ("block_size", ctypes.c_uint32),
-                ("info", _LoopInfo64), ("__reserved", ctypes.c_uint64 * 8)]
+def _loop_config(image_fd: int, offset: int, size: int) -> bytes:
+    import struct
+    return struct.pack(_LOOP_CONFIG, image_fd, 0, 0, 0, 0, offset, size, 0, 0, 0,
+                       LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR, b"", b"", b"", 0, 0,
+                       *([0] * 8))
 
 
 def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 20) -> tuple:
@@ -135,24 +171,20 @@ def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 20) -> tu
     LOOP_CONFIGURE are not atomic together: another process may take the same device in between
     (EBUSY), so we retry with the next free one.
     """
+    import fcntl
     ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     try:
         for _ in range(attempts):
             n = ioctl_int(ctl, LOOP_CTL_GET_FREE)
             dev = f"/dev/loop{n}"
             fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
-            cfg = _LoopConfig()
-            cfg.fd = image_fd
-            cfg.info.lo_offset = offset
-            cfg.info.lo_sizelimit = size
-            cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
-            ret = _libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(LOOP_CONFIGURE), ctypes.byref(cfg))
-            err = ctypes.get_errno()
-            if ret == 0:
+            try:
+                fcntl.ioctl(fd, LOOP_CONFIGURE, _loop_config(image_fd, offset, size))
                 return dev, fd
-            os.close(fd)
-            if err != 16:  # EBUSY: raced with another attach
-                raise OSError(err, f"LOOP_CONFIGURE {dev}: {os.strerror(err)}")
+            except OSError as e:
+                os.close(fd)
+                if e.errno != 16:  # EBUSY: raced with another attach
+                    raise OSError(e.errno, f"LOOP_CONFIGURE {dev}: {e.strerror}") from None
         raise OSError(16, "no free loop device after retries")
     finally:
         os.close(ctl)

@@ -74,3 +74,48 @@ def test_build_arg_file(hpccont, tmp_path):
                 out, d)
     assert r.returncode == 0, r.stderr
     assert (out / "who").read_text() == "cli\n"
+
+
+SQUASHFS_COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
+
+
+def _sif_compression(path) -> str:
+    """The compressor id in the squashfs superblock (u16 at byte 20) of the SIF's partition."""
+    from hpccont.image import sif
+    offset = next(d.offset for d in sif.read_sif(str(path)).descriptors
+                  if d.data_type == sif.DATA_PARTITION)
+    with open(path, "rb") as f:
+        f.seek(offset + 20)
+        return SQUASHFS_COMPRESSORS[int.from_bytes(f.read(2), "little")]
+
+
+@pytest.mark.parametrize("config,args,expected", [
+    ("", [], "zstd"),                                          # the shipped default
+    ("build:\n  compression: lz4\n", [], "lz4"),
+    ("build:\n  compression: gzip\n  compression_level: 1\n", [], "gzip"),
+    ("", ["--mksquashfs-args", "-comp gzip"], "gzip"),          # one build overrides the site
+])
+def test_compression_follows_site_config(hpccont, tmp_path, busybox_rootfs, config, args,
+                                         expected):
+    cfg = tmp_path / "hpccont.yaml"
+    cfg.write_text(config)
+    out = tmp_path / "o.sif"
+    r = hpccont("build", *args, out, busybox_rootfs, env={"HPCCONT_CONFIG": str(cfg)})
+    assert r.returncode == 0, r.stderr
+    assert _sif_compression(out) == expected
+
+
+@pytest.mark.parametrize("config,fragment", [
+    ("build:\n  compression: rar\n", "build.compression must be one of"),
+    ("build:\n  compression_level: fast\n", "build.compression_level must be a whole number"),
+    ("build:\n  compression_level: 99\n", "out of range for zstd (1-22)"),
+])
+def test_bad_compression_settings_are_one_line(hpccont, tmp_path, busybox_rootfs, config,
+                                               fragment):
+    cfg = tmp_path / "hpccont.yaml"
+    cfg.write_text(config)
+    r = hpccont("build", tmp_path / "o.sif", busybox_rootfs, env={"HPCCONT_CONFIG": str(cfg)})
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert fragment in r.stderr
+    assert not (tmp_path / "o.sif").exists()

@@ -173,6 +173,9 @@ def main(action: str, argv: list[str]) -> int:
         from ..runtime.instances import attach
         req = attach(req, cfg)
     plan = make_plan(req, cfg, os.environ, current_dir())
+    if req.debug:
+        from ..runtime.apply import Step
+        Step(debug=True)("plan made (interpreter, imports, parsing, config, image, planning)")
     for w in plan.warnings:
         sys.stderr.write(f"hpccont: warning: {w}\n")
     if req.dry_run or req.debug:

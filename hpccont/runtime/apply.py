@@ -1,5 +1,8 @@
 """Execute a LaunchPlan: the only code in hpccont that changes kernel state.
 
+Everything this module runs after pivot_root is imported before it, at the top: once the host's
+tree is gone, so is its Python library (an import would fail, or find the image's files).
+
 The sequence, and why it is in this order:
 
 1. Namespaces.  Unprivileged: a new user namespace plus a mount namespace, with the caller
@@ -46,6 +49,7 @@ import os
 from ..errors import CommandNotFound, CommandNotExecutable, LaunchError
 from . import kernel as K
 from . import prefetch
+from .envscripts import Unsupported, evaluate
 from .environment import env_script
 from .identity import group_content, passwd_content
 from .mounts import resolve_in_root
@@ -62,8 +66,8 @@ SYSTEM_BIN = ("/usr/bin", "/usr/local/bin", "/bin", "/usr/sbin", "/sbin")
 class Step:
     """Names the step in progress, so that a failure becomes one line saying what failed.
 
-    With --debug each step also prints the time since the interpreter started (from the
-    process start time the kernel recorded), which is the breakdown bench/startup shows.
+    With --debug each step also prints the time since the interpreter started (see
+    since_process_start): the breakdown docs/performance.md quotes.
     """
 
     def __init__(self, debug: bool = False):
@@ -77,14 +81,18 @@ class Step:
         return self
 
 
+_origin: list = []
+
+
 def since_process_start() -> float:
-    """Milliseconds since this process was started: its start time in /proc/self/stat is in
-    clock ticks since boot, which CLOCK_BOOTTIME measures too."""
+    """Milliseconds since the interpreter started, estimated on first use as now minus the CPU
+    time used so far: until then the process only computes (interpreter start, imports,
+    planning), so the two agree to a fraction of a millisecond, where the start time in
+    /proc/self/stat counts in 10 ms clock ticks."""
     import time
-    with open("/proc/self/stat") as f:
-        start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-    started = start_ticks / os.sysconf("SC_CLK_TCK")
-    return (time.clock_gettime(time.CLOCK_BOOTTIME) - started) * 1000
+    if not _origin:
+        _origin.append(time.monotonic() - time.process_time())
+    return (time.monotonic() - _origin[0]) * 1000
 
 
 def apply(plan: LaunchPlan, cfg: dict[str, dict], *, debug: bool = False) -> None:
@@ -353,20 +361,32 @@ def enter(root: str, plan: LaunchPlan, step: Step) -> None:
 
 
 def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
-    """Step 8: exec the command.  Image environment scripts run through /bin/sh when present.
-    ``reader`` (the page-cache reader started by setup) is waited for first: the exec then
-    finds the program in the cache, and no child of ours is left to the command."""
+    """Step 8: exec the command, in the environment the image's env scripts make.
+
+    The scripts are evaluated here, in Python (envscripts.py), when they keep to what such
+    scripts use; otherwise /bin/sh sources them and execs the command, as Apptainer's
+    layout expects.  ``reader`` (the page-cache reader started by setup) is waited for first:
+    the exec then finds the program in the cache, and no child of ours is left to the command.
+    """
     argv = list(plan.argv)
     env = dict(plan.env)
     if argv[0] == "/bin/sh" and len(argv) == 1 and os.path.exists("/bin/bash"):
         argv[0] = "/bin/bash"
     if argv[0] in ("/bin/sh", "/bin/bash"):
         env.setdefault("PS1", "Hpccont> ")
-    if _has_env_scripts() and os.path.exists("/bin/sh"):
-        # $0 is "hpccont"; the command and its arguments are "$@", untouched
-        argv = ["/bin/sh", "-c", env_script(plan.env_overrides, _ld_first(plan), plan.env_dirs), "hpccont"] + argv
-        path = "/bin/sh"
-    else:
+    path = None
+    scripts = env_scripts(plan.env_dirs)
+    if scripts:
+        step("evaluating the image's environment scripts")
+        evaluated = evaluate_env_scripts(scripts, env, plan)
+        if evaluated is not None:
+            env = evaluated
+        elif os.path.exists("/bin/sh"):
+            # $0 is "hpccont"; the command and its arguments are "$@", untouched
+            argv = ["/bin/sh", "-c", env_script(plan.env_overrides, _ld_first(plan),
+                                                 plan.env_dirs), "hpccont"] + argv
+            path = "/bin/sh"
+    if path is None:
         path = _which(argv[0], env.get("PATH", ""))
     if reader:
         step("waiting for the page-cache reader")
@@ -379,6 +399,44 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             raise CommandNotFound(f"{plan.argv[0]}: command not found in the container") from None
         raise CommandNotExecutable(f"{plan.argv[0]}: cannot execute: {e.strerror}") from None
+
+
+def env_scripts(dirs: list[str]) -> list[str]:
+    """The ``*.sh`` files of ``dirs``, in the order ``for f in DIR/*.sh`` gives them."""
+    out = []
+    for d in dirs:
+        try:
+            names = sorted(n for n in os.listdir(d) if n.endswith(".sh"))
+        except OSError:
+            continue
+        out += [f"{d}/{n}" for n in names if os.path.isfile(f"{d}/{n}")]
+    return out
+
+
+def evaluate_env_scripts(scripts: list[str], env: dict[str, str],
+                         plan: LaunchPlan) -> dict[str, str] | None:
+    """What ``env_script`` computes with a shell, or None when the scripts need one."""
+    env = dict(env, PWD=_shell_pwd(env.get("PWD")))
+    try:
+        env = evaluate(scripts, env)
+    except Unsupported:
+        return None
+    env.update(plan.env_overrides)
+    ld = _ld_first(plan)
+    if ld:   # host libraries (--nv, MPI bind mode) stay first even if the image reset the path
+        env["LD_LIBRARY_PATH"] = ":".join(ld + ([env["LD_LIBRARY_PATH"]]
+                                                if env.get("LD_LIBRARY_PATH") else []))
+    return env
+
+
+def _shell_pwd(pwd: str | None) -> str:
+    """$PWD as a POSIX shell sets it on start: kept when it names the working directory."""
+    try:
+        if pwd and pwd.startswith("/") and os.path.samefile(pwd, "."):
+            return pwd
+    except OSError:
+        pass
+    return os.getcwd()
 
 
 def _which(cmd: str, path: str) -> str:

@@ -1,0 +1,181 @@
+"""Environment scripts evaluated in Python (hpccont/runtime/envscripts.py) against the real
+shells that images use: every supported script must give exactly the environment that dash
+(Debian's /bin/sh) and busybox sh give, and everything else must be refused (Unsupported),
+which makes the runtime fall back to /bin/sh."""
+import os
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from hpccont.image.build import oci, scif
+from hpccont.image.layout import ENV_SCRIPTS
+from hpccont.runtime import envscripts
+from hpccont.runtime.envscripts import Unsupported
+
+SHELLS = [s for s in ("/bin/dash", shutil.which("busybox")) if s and os.path.exists(s)]
+# What the shells add on their own (not the scripts' doing).
+SHELL_OWN = ("PWD", "SHLVL", "OLDPWD", "_")
+
+
+def shell_env(shell: str, scripts: list, environ: dict, cwd) -> dict:
+    argv = [shell] + (["sh"] if shell.endswith("busybox") else [])
+    body = "".join(f'. "{p}"; ' for p in scripts) + "exec /usr/bin/env -0"
+    r = subprocess.run(argv + ["-c", body], env=environ, capture_output=True, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    out = dict(item.split(b"=", 1) for item in r.stdout.split(b"\0") if item)
+    return {k.decode(errors="surrogateescape"): v.decode(errors="surrogateescape")
+            for k, v in out.items() if k.decode() not in SHELL_OWN}
+
+
+def python_env(scripts: list, environ: dict) -> dict:
+    got = envscripts.evaluate([str(p) for p in scripts], dict(environ))
+    return {k: v for k, v in got.items() if k not in SHELL_OWN}
+
+
+def same_as_shells(tmp_path, texts: list, environ: dict) -> dict:
+    scripts = []
+    for n, text in enumerate(texts):
+        p = tmp_path / f"{n:02d}-script.sh"
+        p.write_text(text)
+        scripts.append(p)
+    environ = {"PATH": "/usr/bin:/bin", **environ}
+    expected = python_env(scripts, environ)
+    for shell in SHELLS:
+        assert shell_env(shell, scripts, environ, tmp_path) == expected, shell
+    return expected
+
+
+LAYOUT = [ENV_SCRIPTS[n] for n in sorted(ENV_SCRIPTS)]
+
+
+@pytest.mark.parametrize("environ", [
+    {},
+    {"LD_LIBRARY_PATH": ""},
+    {"LD_LIBRARY_PATH": "/opt/lib"},
+    {"SING_USER_DEFINED_PREPEND_PATH": "/pre", "SING_USER_DEFINED_APPEND_PATH": "/post"},
+    {"SING_USER_DEFINED_PATH": "/only"},
+])
+def test_the_layout_scripts(tmp_path, environ):
+    env = same_as_shells(tmp_path, LAYOUT, environ)
+    assert env["LD_LIBRARY_PATH"].endswith("/.singularity.d/libs")
+    assert env["PS1"] == "Apptainer> "
+
+
+def test_oci_environment_with_awkward_values(tmp_path):
+    values = [("A", 'quote " and \\ backslash'), ("B", "dollar $HOME and `tick`"),
+              ("C", "spaces  and\ttabs"), ("D", "single ' quote"), ("E", "x=y;z|w&v"),
+              ("PATH", "/opt/app/bin:/usr/local/bin:/usr/bin:/bin"), ("EMPTY", "")]
+    text = "\n".join(["#!/bin/sh"] + [f"export {k}={oci._dq(v)}" for k, v in values]) + "\n"
+    env = same_as_shells(tmp_path, [text], {"HOME": "/home/u"})
+    expected = dict(values, B="dollar /home/u and `tick`")   # Docker ENV may use $VAR
+    assert {k: env[k] for k, _ in values} == expected
+
+
+@pytest.mark.parametrize("appname", [None, "tool"])
+def test_scif_scripts(tmp_path, appname, monkeypatch):
+    """SCIF: without an app the for loop and the error branch are not run; with one, its
+    directory is searched and its own env script sourced (a glob in a for loop)."""
+    apps = tmp_path / "scif/apps/tool/scif/env"
+    apps.mkdir(parents=True)
+    (apps / "90-environment.sh").write_text("export TOOL_VAR=from-app\n")
+    text = (scif.apps_env_script(["tool"]).replace("/scif/apps", str(tmp_path / "scif/apps"))
+            + scif.base_env_script("tool"))
+    env = same_as_shells(tmp_path, [text], {"APPTAINER_APPNAME": appname} if appname else {})
+    assert env.get("TOOL_VAR") == ("from-app" if appname else None)
+
+
+CASES = {
+    "assign-then-export": 'A=1\nB="$A x"\nexport B\n',
+    "unexported-stays-inside": "INNER=1\nexport OUTER=$INNER\n",
+    "defaults": 'export C=${UNSET:-default} D=${UNSET-dash} E=${EMPTY:-e} F=${EMPTY-f}\n',
+    "alternatives": 'export G=${SET:+alt} H=${UNSET:+alt} I=${EMPTY+alt}\n',
+    "assign-default": ': ${J:=dflt}\nexport J\nK=${K=kval}\nexport K\n',
+    "unset": "unset HOME\nexport L=${HOME:-gone}\n",
+    "if-elif-else": ('if [ "$SET" = no ]; then export M=1\nelif test -n "$SET"\nthen\n'
+                     '  export M=2\nelse export M=3; fi\n'),
+    "and-or": "[ -d /tmp ] && export N=dir || export N=nodir\n"
+              "test -n \"$EMPTY\" || export O=empty\n",
+    "negation-and-integers": '[ ! -z "$SET" ] && export P=1\n[ 3 -gt 2 ] && export Q=yes\n',
+    "quoting": "export R='single $SET' S=\\$SET T=a\\ b U=\"in \\\"quotes\\\"\"\n",
+    "continuation-comments": "# comment\nexport V=one\\\ntwo # trailing\n",
+    "export-many": "W=2\nexport X W Y=3\n",
+    "status": "false\nexport Z=$?\ntrue\nexport ZZ=$?\n",
+    "export-star": "export STAR=* Q2=a?b\n",
+    "file-tests": '[ -f /etc/passwd ] && export FT=f\n[ -x /bin/sh ] && export FX=x\n'
+                  '[ -e /nonexistent ] || export FE=missing\n',
+    "untaken-branch-may-hold-anything": 'if [ -z "$SET" ]; then echo hi >&2; exit 1; fi\n'
+                                        'export AFTER=1\n',
+    "empty-if-status": 'if false; then :; fi\nexport S2=$?\n',
+    "lone-dollar-and-bracket": 'export DL="cost $ 5" BR="[x"\n',
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_constructs(tmp_path, name):
+    same_as_shells(tmp_path, [CASES[name]], {"SET": "yes", "EMPTY": "", "HOME": "/home/u"})
+
+
+def test_source_relative_to_other_scripts(tmp_path):
+    (tmp_path / "inc.sh").write_text("export INCLUDED=yes\n")
+    same_as_shells(tmp_path, [f'. "{tmp_path}/inc.sh"\nexport AFTER=$INCLUDED\n'], {})
+
+
+UNSUPPORTED = {
+    "command": "echo hi\n",
+    "command-substitution": "export A=$(date)\n",
+    "backticks": "export A=`date`\n",
+    "arithmetic": "export A=$((1+2))\n",
+    "length": "export A=${#PATH}\n",
+    "trim": "export A=${PATH%:*}\n",
+    "positional": "export A=$1\n",
+    "all-args": 'export A="$@"\n',
+    "tilde": "export A=~/bin\n",
+    "tilde-in-path": "export A=/x:~/bin\n",
+    "exit": "exit 0\n",
+    "set": "set -e\n",
+    "function": "f() { :; }\n",
+    "while": "while false; do :; done\n",
+    "case": "case x in x) ;; esac\n",
+    "heredoc-redirection": "cat <<EOF\nx\nEOF\n",
+    "pipe": "true | true\n",
+    "prefix-assignment": "A=1 true\n",
+    "export-nothing": "export\n",
+    "export-option": "export -p\n",
+    "source-by-name": ". inc.sh\n",
+    "source-missing": ". /nonexistent/inc.sh\n",
+    "unterminated": "export A='x\n",
+    "missing-fi": "if true; then :\n",
+    "glob-argument": "[ -f /etc/* ]\n",
+    "field-splitting": "[ -n $SPACED ]\n",
+    "integer-test-on-text": "[ a -eq 1 ]\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
+def test_refused(tmp_path, name):
+    p = tmp_path / "s.sh"
+    p.write_text(UNSUPPORTED[name])
+    with pytest.raises(Unsupported):
+        envscripts.evaluate([str(p)], {"PATH": "/bin", "SPACED": "a b"})
+
+
+values = st.text(st.characters(min_codepoint=1, max_codepoint=0x7e, blacklist_categories=("Cc",)),
+                 max_size=20)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a=values, b=values, host=values)
+def test_generated_quoting(tmp_path, a, b, host):
+    """Random values through the quoting the image writers use, and expansions of them.  A
+    value may itself hold shell syntax ($0, $(...)): then refusing is right (the runtime
+    uses the shell), and otherwise the result must be the shells'."""
+    text = (f"export A={oci._dq(a)}\n"
+            f"B='{b.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))}'\n"
+            'export C="${A}:${B}:${HOSTVAR:-none}"\n'
+            'export D=${HOSTVAR:+"$HOSTVAR"}\n')
+    try:
+        same_as_shells(tmp_path, [text], {"HOSTVAR": host} if host else {})
+    except Unsupported:
+        assert "$" in a or "`" in a, a   # only a value with shell syntax of its own

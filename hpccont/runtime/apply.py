@@ -394,7 +394,13 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
     step(f"exec {path}")
     try:
         K.prctl(K.PR_SET_NO_NEW_PRIVS, 1)
-        os.execve(path, argv, env)
+        try:
+            os.execve(path, argv, env)
+        except OSError as e:
+            if e.errno != errno.ENOEXEC or not os.path.exists("/bin/sh"):
+                raise
+            # a script without "#!": run by the shell, as execvp and the shell's exec do
+            os.execve("/bin/sh", ["/bin/sh", path] + argv[1:], env)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             raise CommandNotFound(f"{plan.argv[0]}: command not found in the container") from None

@@ -153,7 +153,7 @@ def _dollar(text: str, i: int, parts: list, quoted: bool) -> int:
         op = text[k:k + 2] if text[k:k + 1] == ":" else text[k:k + 1]
         if op not in (":-", "-", ":+", "+", ":=", "="):
             raise Unsupported("parameter expansion operator")
-        word, end = _word(text, k + len(op), stop={"}"} if not quoted else {"}"})
+        word, end = _word(text, k + len(op), stop={"}"})
         if end >= n or text[end] != "}":
             raise Unsupported("unterminated ${")
         parts.append(("var", name, op, word, quoted))

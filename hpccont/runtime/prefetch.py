@@ -46,13 +46,14 @@ def library_dirs(machine: str) -> tuple[str, ...]:
 def targets(argv0: str, path_env: str, use_shell: bool) -> list[list[str]]:
     """What to read, in order: each entry lists alternatives of which the first found is read
     (a bare command name becomes one candidate per directory of the container's PATH: the
-    child looks, as it sees the image)."""
-    out = [["/bin/sh"]] if use_shell else []
+    child looks, as it sees the image).  The command comes first; ``/bin/sh`` (needed only
+    when the env scripts turn out to need a shell) after it."""
+    out = []
     if argv0.startswith("/"):
         out.append([argv0])
     elif argv0 and "/" not in argv0:
         out.append([f"{d}/{argv0}" for d in path_env.split(":") if d.startswith("/")])
-    return out
+    return out + ([["/bin/sh"]] if use_shell else [])
 
 
 def start(root: str, wanted: list[list[str]]) -> int:

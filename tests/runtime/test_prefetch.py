@@ -57,7 +57,7 @@ def test_parse_elf_of_a_script_and_of_garbage(tmp_path):
 def test_targets():
     assert prefetch.targets("/bin/true", "/usr/bin:/bin", False) == [["/bin/true"]]
     assert prefetch.targets("true", "/usr/bin:relative:/bin", True) == [
-        ["/bin/sh"], ["/usr/bin/true", "/bin/true"]]
+        ["/usr/bin/true", "/bin/true"], ["/bin/sh"]]
     assert prefetch.targets("./here", "/bin", False) == []
     assert prefetch.targets("", "/bin", False) == []
 

@@ -245,7 +245,8 @@ def _walk(rootfd: int, path: str) -> int:
                         os.close(stack.pop())
                 todo = [p for p in target.split("/") if p and p != "."] + todo
                 continue
-            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+            # O_NONBLOCK: a FIFO where the program should be must not stop us at open
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
             stack.append(os.open(part, flags if not todo else flags | os.O_PATH | os.O_DIRECTORY,
                                  dir_fd=stack[-1]))
         if len(stack) == 1:

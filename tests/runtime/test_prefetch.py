@@ -91,6 +91,19 @@ def test_walk_stays_inside_the_image(tmp_path, path):
         os.close(rootfd)
 
 
+def test_reader_skips_what_is_not_a_regular_file(tmp_path):
+    """A FIFO or a directory where a program should be is passed over, never waited on."""
+    root = _tree(tmp_path / "root")
+    os.mkfifo(root / "bin/fifo")
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        reader = prefetch.Reader(rootfd)
+        reader.run([["/bin/fifo"], ["/bin"], ["/bin/abs"]])
+    finally:
+        os.close(rootfd)
+    assert len(reader.seen) == 1      # only the regular file behind /bin/abs
+
+
 @pytest.mark.parametrize("path", ["/bin/loop", "/nope", "/", "/etc/passwd/x"])
 def test_walk_refuses(tmp_path, path):
     root = _tree(tmp_path / "root")

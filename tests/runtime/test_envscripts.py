@@ -179,3 +179,26 @@ def test_generated_quoting(tmp_path, a, b, host):
         same_as_shells(tmp_path, [text], {"HOSTVAR": host} if host else {})
     except Unsupported:
         assert "$" in a or "`" in a, a   # only a value with shell syntax of its own
+
+
+@pytest.mark.parametrize("pattern,name,expected", [
+    ("*.sh", "90-environment.sh", True), ("*.sh", "90-environment.sh~", False),
+    ("9?-*", "95-apps.sh", True), ("[0-4]*", "50-x", False), ("[!a-c]x", "dx", True),
+    ("[!a-c]x", "bx", False), ("a*b*c", "aXbYc", True), ("a*b*c", "acb", False),
+    ("", "", True), ("x", "", False),
+])
+def test_match(pattern, name, expected):
+    assert envscripts.match(pattern, name) is expected
+
+
+def test_pathname_expansion_matches_the_shell(tmp_path):
+    for name in ("b.sh", "a.sh", ".hidden.sh", "c.txt"):
+        (tmp_path / "d" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "d" / name).write_text("")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "x.sh").write_text("")
+    for pattern in (f"{tmp_path}/d/*.sh", f"{tmp_path}/*/*.sh", f"{tmp_path}/d/.*.sh",
+                    f"{tmp_path}/nothing/*.sh"):
+        shell = subprocess.run(["/bin/dash", "-c", f'for f in {pattern}; do echo "$f"; done'],
+                               capture_output=True, text=True).stdout.split("\n")[:-1]
+        assert (envscripts.pathname_expansion(pattern) or [pattern]) == shell

@@ -10,8 +10,10 @@ commands, redirections, functions, ``exit``...).  The runtime then falls back to
 exactly as before, so an image behaves the same either way; tests compare both on the same
 scripts.
 
-Only what is executed must be understood: a branch that is not taken may hold anything that
-parses (SCIF's app script prints an error in a branch that normal runs never take).
+Only what is executed must be understood: a branch that is not taken may hold commands,
+redirections and pipes (SCIF's app script prints an error in a branch that normal runs never
+take).  A here-document anywhere means the shell: its lines are data that we could mistake
+for commands.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ class Unsupported(Exception):
 # ---------------------------------------------------------------------------------------------
 # Lexing: words (as parts, keeping their quoting) and the operators that separate commands.
 
-OPERATORS = ("&&", "||", ";;", ";", "\n", "|", "&", "(", ")", "<", ">")
+OPERATORS = ("&&", "||", ";;", ";", "\n", "|", "&", "(", ")", "<<", "<", ">")
 SPECIAL = set(";\n|&()<> \t")
 
 
@@ -240,11 +242,15 @@ class Parser:
             words.append(self.take())
         if not words:
             raise Unsupported(f"{self.peek()!r} where a command was expected")
+        if self.peek() == "<<":
+            # a here-document's lines are data, not commands: we cannot even skip them
+            raise Unsupported("here-document")
         if self.peek() in ("|", "&", "(", ")", "<", ">"):
             # pipes, background jobs, redirections: a command we will not run ourselves;
             # its tokens are skipped so that an untaken branch may hold it
             while self.peek() not in (None, ";", "\n", "&&", "||"):
-                self.i += 1
+                if self.take() == "<<":
+                    raise Unsupported("here-document")
             return ("unsupported", "redirection, pipe or subshell")
         return ("simple", words)
 
@@ -387,6 +393,8 @@ class Shell:
         """The word as one string (no field splitting, no pathname expansion: refused where
         the shell would do them and they could change the result)."""
         out = []
+        if not assignment and _vanishes(self, word):
+            raise Unsupported("an unquoted empty expansion removes the word")
         for part in word.parts:
             if part[0] == "lit":
                 text, quoted = part[1], part[2]
@@ -422,7 +430,7 @@ class Shell:
                 pattern.append(_escape_glob(value))
         text = "".join(pattern)
         if not magic:
-            return [self.expand(word, assignment=True)]
+            return [] if _vanishes(self, word) else [self.expand(word, assignment=True)]
         return pathname_expansion(text) or [_unescape_glob(text)]
 
     def parameter(self, part) -> str:
@@ -441,6 +449,17 @@ class Shell:
         if empty:                                   # "=": assign the default
             self.vars[name] = self.expand(word, assignment=True)
         return self.vars[name]
+
+
+def _vanishes(sh: Shell, word: Word) -> bool:
+    """A word made only of unquoted expansions that are all empty is removed by field
+    splitting (``[ -n $EMPTY ]`` tests one argument, ``for x in $EMPTY`` loops zero times)."""
+    for part in word.parts:
+        if part[0] == "lit" and (part[1] or part[2]):
+            return False
+        if part[0] == "var" and (part[4] or sh.parameter(part) != ""):
+            return False
+    return True
 
 
 def _assignment(word: Word) -> bool:

@@ -109,6 +109,8 @@ CASES = {
                                         'export AFTER=1\n',
     "empty-if-status": 'if false; then :; fi\nexport S2=$?\n',
     "lone-dollar-and-bracket": 'export DL="cost $ 5" BR="[x"\n',
+    "empty-word-vanishes-in-for": 'for x in $EMPTY $UNSET; do export LOOPED=1; done\n'
+                                  'for x in "$EMPTY"; do export QUOTED_LOOP=1; done\n',
 }
 
 
@@ -150,6 +152,9 @@ UNSUPPORTED = {
     "glob-argument": "[ -f /etc/* ]\n",
     "field-splitting": "[ -n $SPACED ]\n",
     "integer-test-on-text": "[ a -eq 1 ]\n",
+    "vanishing-test-argument": "[ -n $EMPTY ] && export V=1\n",
+    # even untaken: the body is data that could look like commands (and close the if)
+    "heredoc-in-untaken-branch": "if false; then\ncat <<true\nfi\nexport EVIL=1\ntrue\nfi\n",
 }
 
 
@@ -158,7 +163,7 @@ def test_refused(tmp_path, name):
     p = tmp_path / "s.sh"
     p.write_text(UNSUPPORTED[name])
     with pytest.raises(Unsupported):
-        envscripts.evaluate([str(p)], {"PATH": "/bin", "SPACED": "a b"})
+        envscripts.evaluate([str(p)], {"PATH": "/bin", "SPACED": "a b", "EMPTY": ""})
 
 
 values = st.text(st.characters(min_codepoint=1, max_codepoint=0x7e, blacklist_categories=("Cc",)),

@@ -207,3 +207,82 @@ def test_pathname_expansion_matches_the_shell(tmp_path):
         shell = subprocess.run(["/bin/dash", "-c", f'for f in {pattern}; do echo "$f"; done'],
                                capture_output=True, text=True).stdout.split("\n")[:-1]
         assert (envscripts.pathname_expansion(pattern) or [pattern]) == shell
+
+
+# Generated scripts from the supported subset: whenever the evaluator accepts one, dash must
+# agree exactly (and must not complain: where the shell reports an error, refusing is right).
+NAMES = st.sampled_from(["A", "B", "EMPTY", "UNSET", "SET"])
+TEXTS = st.sampled_from(["x", "a b", "", "*", "/tmp", "-n", "=", "$", "it's", 'q"q', "-z"])
+
+
+def _quoted(text: str, style: str) -> str:
+    if style == "single":
+        return "'" + text.replace("'", "'\\''") + "'"
+    if style == "double":
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+    return "".join("\\" + c if not c.isalnum() and c not in "/-_." else c for c in text)
+
+
+@st.composite
+def words(draw):
+    parts = []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["text", "var", "op"]))
+        if kind == "text":
+            parts.append(_quoted(draw(TEXTS), draw(st.sampled_from(["single", "double", "bare"]))))
+        else:
+            name = draw(NAMES)
+            inner = f"${{{name}}}" if kind == "var" else \
+                f"${{{name}{draw(st.sampled_from([':-', '-', ':+', '+', ':=', '=']))}" \
+                f"{_quoted(draw(TEXTS), 'double')}}}"
+            parts.append(f'"{inner}"' if draw(st.booleans()) else inner)
+    return "".join(parts)
+
+
+@st.composite
+def commands(draw, depth=0):
+    kind = draw(st.sampled_from(["assign", "export", "unset", "test", "status", "andor"]
+                                + (["if"] if depth < 2 else [])))
+    if kind == "assign":
+        return f"{draw(NAMES)}={draw(words())}"
+    if kind == "export":
+        return f"export {draw(NAMES)}={draw(words())}" if draw(st.booleans()) else \
+            f"export {draw(NAMES)}"
+    if kind == "unset":
+        return f"unset {draw(NAMES)}"
+    if kind == "status":
+        return draw(st.sampled_from(["true", "false", ":"]))
+    if kind == "test":
+        form = draw(st.sampled_from(["one", "z", "n", "eq", "ne"]))
+        w1, w2 = draw(words()), draw(words())
+        body = {"one": w1, "z": f"-z {w1}", "n": f"-n {w1}", "eq": f"{w1} = {w2}",
+                "ne": f"{w1} != {w2}"}[form]
+        return f"[ {body} ]" if draw(st.booleans()) else f"test {body}"
+    if kind == "andor":
+        return f"{draw(commands(depth + 1))} {draw(st.sampled_from(['&&', '||']))} " \
+               f"{draw(commands(depth + 1))}"
+    then = "; ".join(draw(st.lists(commands(depth + 1), min_size=1, max_size=3)))
+    other = "; ".join(draw(st.lists(commands(depth + 1), max_size=2)))
+    return f"if {draw(commands(depth + 1))}; then {then}; " + \
+        (f"else {other}; " if other else "") + "fi"
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(script=st.lists(commands(), min_size=1, max_size=6))
+def test_generated_scripts_agree_with_dash(tmp_path, script):
+    text = "\n".join(script) + "\nexport A B EMPTY SET STATUS=$?\n"
+    path = tmp_path / "gen.sh"
+    path.write_text(text)
+    environ = {"PATH": "/usr/bin:/bin", "SET": "yes", "EMPTY": ""}
+    try:
+        ours = python_env([path], environ)
+    except Unsupported:
+        return
+    r = subprocess.run(["/bin/dash", "-c", f'. "{path}"; exec /usr/bin/env -0'], env=environ,
+                       capture_output=True, cwd=tmp_path)
+    assert r.returncode == 0 and not r.stderr, (text, r.stderr)
+    theirs = {k.decode(): v.decode() for k, v in
+              (item.split(b"=", 1) for item in r.stdout.split(b"\0") if item)
+              if k.decode() not in SHELL_OWN}
+    assert ours == theirs, text

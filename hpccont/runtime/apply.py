@@ -455,13 +455,6 @@ def _which(cmd: str, path: str) -> str:
     raise CommandNotFound(f"{cmd}: command not found in the container")
 
 
-def _has_env_scripts() -> bool:
-    try:
-        return any(n.endswith(".sh") for n in os.listdir("/.singularity.d/env"))
-    except OSError:
-        return False
-
-
 def _ld_first(plan: LaunchPlan) -> list[str]:
     ld = plan.env.get("LD_LIBRARY_PATH", "")
     return [p for p in ld.split(":") if p and p != "/.singularity.d/libs"]

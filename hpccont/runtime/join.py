@@ -224,7 +224,7 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
 
 def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
             persistent: bool, watch_pid: int = 0) -> None:
-    from .apply import Step, _has_env_scripts, enter, setup
+    from .apply import Step, enter, env_scripts, setup
     from .prefetch import finish
     # Keep no terminal, output pipe or launcher socket of the job open: srun and mpirun wait
     # for EOF on their pipes, and a PMI socket held by the keeper outlives the rank.
@@ -246,8 +246,9 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
         text = getattr(e, "strerror", None) or str(e)
         os.write(wfd, f"cannot start container ({step.name}): {text}".encode())
         os._exit(1)
-    # Seen from inside, as apply.execute decides: does the command go through the env scripts?
-    scripts = _has_env_scripts() and os.path.exists("/bin/sh")
+    # Seen from inside: has the image env scripts (and a shell for them)?  Slurm's prepare then
+    # evaluates them once for all the step's tasks.
+    scripts = bool(env_scripts(plan.env_dirs)) and os.path.exists("/bin/sh")
     finish(reader)     # the tasks about to enter then find their program cached
     os.write(wfd, f"ready {os.getpid()} {'env' if scripts else 'plain'}".encode())
     os.close(wfd)

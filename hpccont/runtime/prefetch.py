@@ -66,7 +66,11 @@ def start(root: str, wanted: list[list[str]]) -> int:
     except OSError:
         return 0
     parent = os.getpid()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:          # e.g. the job's process limit: the reader is only an optimisation
+        os.close(rootfd)
+        return 0
     if pid == 0:
         try:
             from . import kernel as K

@@ -205,3 +205,13 @@ def test_prefetch_can_be_turned_off(hpccont, busybox_squashfs, shared_tmp, tmp_p
                 env={"HPCCONT_CONFIG": str(cfg)})
     assert r.returncode == 0, r.stderr
     assert "page-cache reader" not in r.stderr
+
+
+def test_a_failed_fork_only_skips_the_reader(tmp_path, monkeypatch):
+    """Under a process limit (ulimit -u in a job) the launch goes on without the reader."""
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(prefetch.os, "fork", no_fork)
+    before = len(os.listdir("/proc/self/fd"))
+    assert prefetch.start(str(tmp_path), [["/bin/true"]]) == 0
+    assert len(os.listdir("/proc/self/fd")) == before      # the root descriptor is closed

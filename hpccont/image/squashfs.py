@@ -10,10 +10,12 @@ import shutil
 import subprocess
 from typing import List, Optional, Sequence
 
+from ..config import CHOICES
 from ..errors import BuildError, ImageError
 
-# Compressors squashfs-tools 4.5 supports and the kernel here can read.
-COMPRESSORS = ("gzip", "xz", "lz4", "lzo", "zstd", "lzma")
+# Compressors squashfs-tools 4.5 supports and the kernel here can read (the site config's
+# build.compression takes the same names).
+COMPRESSORS = CHOICES[("build", "compression")]
 
 
 def _tool(name: str) -> str:

@@ -131,8 +131,8 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
     reader = 0
     if plan.image.kind != "sandbox" and cfg["runtime"].get("prefetch", True):
         step("starting the page-cache reader")
-        reader = prefetch.start(lower, prefetch.targets(
-            plan.argv[0] if plan.argv else "", plan.env.get("PATH", ""), bool(plan.env_dirs)))
+        reader = prefetch.start(lower, prefetch.targets(plan.argv[0] if plan.argv else "",
+                                                        plan.env.get("PATH", "")))
     step("mounting the overlay")
     root = f"{stage}/root"
     _mount_overlay(cfg, root, lower, stage)

@@ -10,8 +10,7 @@ process while the parent finishes the mounts moves that work onto another CPU.  
 cached for the exec: squashfuse opens files with ``keep_cache`` and the kernel squashfs (root
 path) has an ordinary page cache.
 
-What is read: the command (looked up on the container's PATH), ``/bin/sh`` when the image's
-environment scripts will run through it, a script's ``#!`` interpreter, each ELF program's
+What is read: the command (looked up on the container's PATH), a script's ``#!`` interpreter, each ELF program's
 interpreter and the libraries it names (DT_NEEDED, looked up in the usual library directories), within a byte budget so that a
 huge program is not read whole.  Everything is best effort: a file that cannot be found or
 parsed is simply not read, and the exec reports any real problem.
@@ -43,17 +42,15 @@ def library_dirs(machine: str) -> tuple[str, ...]:
             "/usr/lib", "/usr/local/lib")
 
 
-def targets(argv0: str, path_env: str, use_shell: bool) -> list[list[str]]:
-    """What to read, in order: each entry lists alternatives of which the first found is read
-    (a bare command name becomes one candidate per directory of the container's PATH: the
-    child looks, as it sees the image).  The command comes first; ``/bin/sh`` (needed only
-    when the env scripts turn out to need a shell) after it."""
-    out = []
+def targets(argv0: str, path_env: str) -> list[list[str]]:
+    """What to read: each entry lists alternatives of which the first found is read (a bare
+    command name becomes one candidate per directory of the container's PATH: the child looks,
+    as it sees the image).  Not /bin/sh: the env scripts rarely need it (envscripts.py)."""
     if argv0.startswith("/"):
-        out.append([argv0])
-    elif argv0 and "/" not in argv0:
-        out.append([f"{d}/{argv0}" for d in path_env.split(":") if d.startswith("/")])
-    return out + ([["/bin/sh"]] if use_shell else [])
+        return [[argv0]]
+    if argv0 and "/" not in argv0:
+        return [[f"{d}/{argv0}" for d in path_env.split(":") if d.startswith("/")]]
+    return []
 
 
 def start(root: str, wanted: list[list[str]]) -> int:

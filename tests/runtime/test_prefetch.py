@@ -55,11 +55,10 @@ def test_parse_elf_of_a_script_and_of_garbage(tmp_path):
 
 
 def test_targets():
-    assert prefetch.targets("/bin/true", "/usr/bin:/bin", False) == [["/bin/true"]]
-    assert prefetch.targets("true", "/usr/bin:relative:/bin", True) == [
-        ["/usr/bin/true", "/bin/true"], ["/bin/sh"]]
-    assert prefetch.targets("./here", "/bin", False) == []
-    assert prefetch.targets("", "/bin", False) == []
+    assert prefetch.targets("/bin/true", "/usr/bin:/bin") == [["/bin/true"]]
+    assert prefetch.targets("true", "/usr/bin:relative:/bin") == [["/usr/bin/true", "/bin/true"]]
+    assert prefetch.targets("./here", "/bin") == []
+    assert prefetch.targets("", "/bin") == []
 
 
 def _tree(root: Path) -> Path:
@@ -155,8 +154,8 @@ def test_reader_follows_shell_script_interpreter_and_libraries(tmp_path):
     rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
         reader = prefetch.Reader(rootfd)
-        read = _read_by(reader, prefetch.targets("app", "/nothing:/usr/bin", True)
-                           + prefetch.targets("/usr/bin/true", "", False))
+        read = _read_by(reader, prefetch.targets("app", "/nothing:/usr/bin")
+                           + [["/bin/sh"]] + prefetch.targets("/usr/bin/true", ""))
     finally:
         os.close(rootfd)
     expected = [str(script), str(prog), str(ld)] + [str(root / libdir.lstrip("/") / n)

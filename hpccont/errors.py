@@ -58,6 +58,11 @@ class BindError(HpccontError):
     exit_code = 7
 
 
+class PrivsepError(HpccontError):
+    """Root-side code could not open a user-named path as that user (privsep.py)."""
+    exit_code = 2
+
+
 class LaunchError(HpccontError):
     """Setting up namespaces, mounts or identity failed."""
     exit_code = 255

@@ -26,6 +26,7 @@ COMMANDS = {
     "sign": "hpccont.cli.sign_cmd",
     "verify": "hpccont.cli.sign_cmd",
     "key": "hpccont.cli.sign_cmd",
+    "doctor": "hpccont.doctor",
 }
 
 USAGE = """usage: hpccont COMMAND [options] ...
@@ -48,6 +49,7 @@ Site and schedulers:
   mpi check IMAGE         host and container MPI, chosen mode
   nv list                 what --nv would bind on this node
   module ...              generate Lmod/Tcl modules for images
+  doctor                  check this node's set-up (namespaces, FUSE, Slurm plugin...)
 
 'hpccont COMMAND --help' for a command's options.
 """

@@ -32,6 +32,9 @@ _MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
 SLURM_PLUGIN_DIRS = (f"/usr/lib/{_MULTIARCH}/slurm-wlm", f"/usr/lib/{_MULTIARCH}/slurm",
                      "/usr/lib64/slurm", "/usr/lib/slurm", "/usr/local/lib/slurm",
                      "/usr/local/lib64/slurm")
+# Where Lua modules (lua-posix) live; {lua} is the version Slurm's Lua plugin links ("5.1").
+LUA_DIRS = (f"/usr/lib/{_MULTIARCH}/lua/{{lua}}", "/usr/share/lua/{lua}", "/usr/lib64/lua/{lua}",
+            "/usr/lib/lua/{lua}", "/usr/local/lib/lua/{lua}", "/usr/local/share/lua/{lua}")
 LIB_DIRS = (f"/usr/lib/{_MULTIARCH}", f"/lib/{_MULTIARCH}", "/usr/lib64", "/usr/lib",
             "/usr/local/lib", "/usr/local/lib64")
 # SlurmdSpoolDir when slurm.conf does not set it: Debian's build, then Slurm's own default.
@@ -78,6 +81,7 @@ class Context:
         self.bin_dirs: Sequence[str] = SYSTEM_BIN
         self.slurm_plugin_dirs: Optional[Sequence[str]] = None   # None: slurm.conf PluginDir, defaults
         self.lib_dirs: Sequence[str] = LIB_DIRS
+        self.lua_dirs: Sequence[str] = LUA_DIRS
         self.slurm_include = "/usr/include"
         self.slurm_version: Optional[str] = None      # None: ask slurmd -V / srun --version
         self.shipped_cli_filter: Optional[str] = None  # None: spank_plugin/cli_filter.lua if present
@@ -795,9 +799,6 @@ def check_spank_plugin(ctx: Context) -> Result:
     return Result(OK, name, found)
 
 
-def _lua_posix_dirs(lua: str) -> List[str]:
-    return [f"/usr/lib/{_MULTIARCH}/lua/{lua}", f"/usr/share/lua/{lua}", f"/usr/lib64/lua/{lua}",
-            f"/usr/lib/lua/{lua}", f"/usr/local/lib/lua/{lua}", f"/usr/local/share/lua/{lua}"]
 
 
 def check_cli_filter(ctx: Context) -> Result:
@@ -849,7 +850,7 @@ def check_cli_filter(ctx: Context) -> Result:
     lua = next((m.group(1) for n in (dyn.needed if dyn else [])
                 for m in [re.match(r"liblua-?(5\.\d)", n)] if m), None)
     if lua:
-        dirs = _lua_posix_dirs(lua)
+        dirs = [d.format(lua=lua) for d in ctx.lua_dirs]
         if not any(glob.glob(os.path.join(d, pat)) for d in dirs
                    for pat in ("posix.so", "posix.lua", "posix/init.lua", "posix/*.so")):
             return Result(FAIL, name, "; ".join(found) + f"; no lua-posix for Lua {lua} "

@@ -119,7 +119,8 @@ def options_from_args(ns: argparse.Namespace, environ=os.environ):
         sections=parse_sections(ns.section), update=ns.update, mksquashfs_args=mksquashfs_args,
         tmpdir=tmpdir, fakeroot=ns.fakeroot or os.geteuid() != 0,
         build_args=parse_build_args(ns.build_arg, ns.build_arg_file),
-        reproducible=ns.reproducible, source_date_epoch=int(epoch_text), quiet=ns.quiet)
+        reproducible=ns.reproducible, source_date_epoch=int(epoch_text),
+        source_date_epoch_given=bool(environ.get("SOURCE_DATE_EPOCH")), quiet=ns.quiet)
 
 
 def main(name: str, argv: List[str]) -> int:

@@ -5,6 +5,7 @@ failed build never leaves a half-written image under the output name, and tempor
 removed however the build ends.  A sandbox source is packed as it is (never modified): the
 pieces of the ``/.singularity.d`` layout it lacks are added as mksquashfs pseudo files.
 """
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 from .. import __version__
 from ..errors import BuildError
 from ..runtime.plan_types import ImageSource
-from . import layout, sif, squashfs
+from . import layout, sif, squashfs, times
 from .source import open_image
 
 INSPECT_METADATA_NAME = "inspect-metadata.json"
@@ -35,11 +36,15 @@ def image_from_source(out: str, src: str, *, sandbox: bool = False, force: bool 
                       mksquashfs_args: Optional[Sequence[str]] = None,
                       deffile_text: Optional[str] = None,
                       labels: Optional[Dict[str, str]] = None,
-                      comp: Optional[str] = None) -> str:
+                      comp: Optional[str] = None,
+                      clamp: Optional[times.Clamp] = None) -> str:
     """Build ``out`` (a SIF, or a sandbox directory when ``sandbox``) from image ``src``.
 
     Returns the absolute output path.  ``deffile_text`` defaults to what Apptainer records for
     such a build ("bootstrap: localimage / from: SRC"); ``labels`` are merged over the image's.
+    ``clamp`` (reproducible builds) fixes the times of what this conversion writes, and of
+    what is newer than SOURCE_DATE_EPOCH when that is given, keeping pycs valid (times.py);
+    without it the tree's times are packed as they are.
     """
     source = open_image(src)
     out = os.path.abspath(out)
@@ -52,15 +57,19 @@ def image_from_source(out: str, src: str, *, sandbox: bool = False, force: bool 
     parent = os.path.dirname(out)
     work = tempfile.mkdtemp(prefix=".hpccont-build-", dir=parent)
     try:
+        if clamp is not None and clamp.since_ns is None:
+            clamp = dataclasses.replace(clamp, since_ns=times.fs_clock(work))
         if sandbox:
             root = os.path.join(work, "rootfs")
             _unpack(source, root)
             layout.write_layout(root, deffile=deffile, labels=all_labels)
+            if clamp is not None:
+                times.normalise(root, clamp)
             _replace_output(root, out, force)
         else:
             tmp_sif = os.path.join(work, "image.sif")
             _write_sif(tmp_sif, source, work, deffile, all_labels, arch,
-                       list(mksquashfs_args or ()), comp)
+                       list(mksquashfs_args or ()), comp, clamp)
             _replace_output(tmp_sif, out, force)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -109,17 +118,21 @@ def _unpack(source: ImageSource, root: str) -> None:
 
 def _write_sif(tmp_sif: str, source: ImageSource, work: str, deffile: str,
                labels: Dict[str, str], arch: str, mksquashfs_args: List[str],
-               comp: Optional[str]) -> None:
-    if source.kind == "sandbox":
-        root = source.path
-    else:
+               comp: Optional[str], clamp: Optional[times.Clamp]) -> None:
+    root = source.path
+    if source.kind != "sandbox" or (clamp is not None and not times.plan(root, clamp).empty()):
+        # A source sandbox is packed as it is unless its times must change (files newer than
+        # SOURCE_DATE_EPOCH, or written while converting): then a copy is changed instead.
         root = os.path.join(work, "rootfs")
         _unpack(source, root)
+        if clamp is not None:
+            times.normalise(root, clamp)
     entries = layout.plan_layout(lambda rel: os.path.lexists(os.path.join(root, rel)),
                                  layout.dir_reader(root), deffile=deffile, labels=labels)
     stage = os.path.join(work, "stage")
     os.mkdir(stage)
-    pseudo, excludes = layout.pseudo_definitions(entries, stage)
+    mtime = clamp.epoch if clamp is not None else None
+    pseudo, excludes = layout.pseudo_definitions(entries, stage, mtime=mtime)
     extra: List[str] = []
     for p in pseudo:
         extra += ["-p", p]
@@ -128,7 +141,7 @@ def _write_sif(tmp_sif: str, source: ImageSource, work: str, deffile: str,
         # -e takes every argument after it, so it goes last
         extra += ["-e", *excludes]
     fs = os.path.join(work, "rootfs.sqsh")
-    squashfs.mksquashfs(root, fs, comp=comp, extra_args=extra)
+    squashfs.mksquashfs(root, fs, comp=comp, extra_args=extra, mkfs_time=mtime)
     metadata = _metadata_after(root, entries, deffile)
     sif.create_sif(tmp_sif, [
         sif.ObjectInput(sif.DATA_DEFFILE, data=deffile.encode()),

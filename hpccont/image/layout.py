@@ -254,25 +254,31 @@ def apply_layout(root: str, entries: List[Entry]) -> None:
             os.chmod(path, e.mode)
 
 
-def pseudo_definitions(entries: List[Entry], stage: str) -> Tuple[List[str], List[str]]:
+def pseudo_definitions(entries: List[Entry], stage: str, mtime: Optional[int] = None
+                       ) -> Tuple[List[str], List[str]]:
     """(mksquashfs -p definitions, paths to exclude) adding ``entries`` while packing a tree.
 
     File contents are staged under ``stage`` and read back with ``cat``; replaced paths are
-    excluded from the source tree so the pseudo file takes their place.
+    excluded from the source tree so the pseudo file takes their place.  With ``mtime`` the
+    entries get that time (the timed D/F/S forms); without it, mksquashfs's own (the time of
+    packing, or SOURCE_DATE_EPOCH).
     """
     pseudo, excludes = [], []
+
+    def kind(letter: str) -> str:
+        return letter if mtime is None else f"{letter.upper()} {mtime}"
     for i, e in enumerate(entries):
         if e.replace:
             excludes.append(e.path)
         if e.kind == "dir":
-            pseudo.append(f"{e.path} d {e.mode:o} 0 0")
+            pseudo.append(f"{e.path} {kind('d')} {e.mode:o} 0 0")
         elif e.kind == "symlink":
-            pseudo.append(f"{e.path} s {e.mode:o} 0 0 {e.content}")
+            pseudo.append(f"{e.path} {kind('s')} {e.mode:o} 0 0 {e.content}")
         else:
             staged = os.path.join(stage, f"{i:03d}")
             with open(staged, "w") as f:
                 f.write(e.content)
-            pseudo.append(f"{e.path} f {e.mode:o} 0 0 cat {staged}")
+            pseudo.append(f"{e.path} {kind('f')} {e.mode:o} 0 0 cat {staged}")
     return pseudo, excludes
 
 

@@ -52,12 +52,25 @@ def mksquashfs_argv(src: str, out: str, *, comp: Optional[str] = None,
     return argv
 
 
+TIME_OPTIONS = ("-mkfs-time", "-fstime")
+
+
 def mksquashfs(src: str, out: str, *, comp: Optional[str] = None,
-               extra_args: Sequence[str] = (), all_root: Optional[bool] = None) -> None:
+               extra_args: Sequence[str] = (), all_root: Optional[bool] = None,
+               mkfs_time: Optional[int] = None) -> None:
+    """Pack ``src`` into ``out``.  With ``mkfs_time`` (a reproducible build, whose times the
+    caller has clamped already: see times.py) the files keep the times they have and the
+    superblock gets ``mkfs_time``: SOURCE_DATE_EPOCH is not passed on, since mksquashfs would
+    clamp every file newer than it."""
     if not os.path.isdir(src):
         raise BuildError(f"cannot pack {src}: not a directory")
+    env = None
+    if mkfs_time is not None:
+        env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+        if not any(a in TIME_OPTIONS for a in extra_args):
+            extra_args = ["-mkfs-time", str(mkfs_time), *extra_args]
     argv = mksquashfs_argv(src, out, comp=comp, extra_args=extra_args, all_root=all_root)
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if r.returncode != 0:
         raise BuildError(f"mksquashfs failed: {_last_line(r.stderr or r.stdout)}")
 

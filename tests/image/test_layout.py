@@ -70,3 +70,13 @@ def test_metadata_json_documents():
     assert json.loads(meta.to_json()) == {
         "data": {"attributes": {"labels": {"a": "b"}, "runscript": "#!/bin/sh\n"}}, "type": "container"}
     assert json.loads(meta.sif_document()) == {"attributes": {"labels": {"a": "b"}, "runscript": "#!/bin/sh\n"}}
+
+
+def test_pseudo_definitions_with_a_fixed_time(tmp_path):
+    entries = [layout.Entry(".singularity.d", "dir", 0o755),
+               layout.Entry(".singularity.d/runscript", "file", 0o755, "#!/bin/sh\n"),
+               layout.Entry("singularity", "symlink", 0o777, ".singularity.d/runscript")]
+    pseudo, _ = layout.pseudo_definitions(entries, str(tmp_path), mtime=1600000000)
+    assert pseudo[0] == ".singularity.d D 1600000000 755 0 0"
+    assert pseudo[1].startswith(".singularity.d/runscript F 1600000000 755 0 0 cat ")
+    assert pseudo[2] == "singularity S 1600000000 777 0 0 .singularity.d/runscript"

@@ -5,9 +5,11 @@ Order of work, as in Apptainer, for each stage: bootstrap, %setup (host), %files
 Non-root builds run the whole pipeline as root of a user namespace (fakeroot.py), so that the
 image's files keep root and system owners and nothing needs privileges on the host.
 
-Builds are reproducible by default: file times and the squashfs creation time are set to
-SOURCE_DATE_EPOCH (0 when unset), mksquashfs sorts entries, and labels carry no build-host
-noise; the same inputs give the same bytes.
+Builds are reproducible by default: what the build writes gets SOURCE_DATE_EPOCH's time (0
+when unset), as do, when it is given, files newer than it; files keep the times they came with
+otherwise, and pycs are kept valid (image/times.py).  The squashfs creation time and SIF times
+are SOURCE_DATE_EPOCH's, mksquashfs sorts entries, and labels carry no build-host noise; the
+same inputs give the same bytes.
 """
 import contextlib
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ...errors import BuildError
+from .. import times
 from . import agents, deffile, fakeroot, output, scif, sections
 from .deffile import Definition, Section, Stage
 from .progress import Progress
@@ -45,6 +48,7 @@ class BuildOptions:
     build_args: Dict[str, str] = field(default_factory=dict)
     reproducible: bool = True
     source_date_epoch: int = 0
+    source_date_epoch_given: bool = False   # clamp every file newer than it, not only the build's
     quiet: bool = False
 
     def wants(self, section: str) -> bool:
@@ -111,9 +115,18 @@ def convert(opts: BuildOptions, out: Path, source: BuildSource, progress: Progre
 
 
 def reproducible_mksquashfs_args(opts: BuildOptions) -> List[str]:
-    """mksquashfs takes every timestamp from SOURCE_DATE_EPOCH (set by _epoch) and refuses
-    -mkfs-time/-all-time alongside it; it sorts entries by default (-reproducible)."""
+    """mksquashfs sorts entries by default (-reproducible); file times are clamped before it
+    runs (times.py) and its creation time comes from the clamp (-mkfs-time)."""
     return list(opts.mksquashfs_args)
+
+
+def clamp_for(opts: BuildOptions, since_ns: Optional[int] = None) -> Optional[times.Clamp]:
+    """How a reproducible build fixes times: what it wrote since ``since_ns`` (None: since the
+    conversion started) gets SOURCE_DATE_EPOCH, and so does, when that was given, anything
+    newer.  None for --no-reproducible: times stay as they are."""
+    if not opts.reproducible:
+        return None
+    return times.Clamp(opts.source_date_epoch, since_ns, newer=opts.source_date_epoch_given)
 
 
 @contextlib.contextmanager
@@ -133,12 +146,14 @@ def _epoch(opts: BuildOptions):
 
 
 def pack(opts: BuildOptions, src: str, dest: Path, *, sandbox: bool,
-         deffile_text: Optional[str] = None, labels: Optional[Dict[str, str]] = None) -> None:
+         deffile_text: Optional[str] = None, labels: Optional[Dict[str, str]] = None,
+         since_ns: Optional[int] = None) -> None:
     from ..convert import image_from_source
     with _epoch(opts):
         image_from_source(str(dest), src, sandbox=sandbox, force=True,
                           mksquashfs_args=reproducible_mksquashfs_args(opts),
-                          deffile_text=deffile_text, labels=labels)
+                          deffile_text=deffile_text, labels=labels,
+                          clamp=clamp_for(opts, since_ns))
     if opts.reproducible and not sandbox:
         set_content_uuid(str(dest))
 
@@ -193,6 +208,9 @@ class BuildJob:
         work = tempfile.mkdtemp(prefix="hpccont-build-", dir=self.opts.tmpdir)
         os.environ["HPCCONT_BUILD_WORK"] = work
         try:
+            # Anything modified from now on was written by the build (times.py).  Read from
+            # both filesystems the build writes on, in case their clocks differ.
+            since = min(times.fs_clock(work), times.fs_clock(str(self.partial.parent)))
             roots: Dict[str, str] = {}
             plans = self.plans(work)
             for plan in plans:
@@ -201,12 +219,14 @@ class BuildJob:
             final = plans[-1]
             if self.opts.update:
                 return
+            clamp = clamp_for(self.opts, since)
+            if clamp is not None:
+                with self.progress.phase("clamp times"):
+                    times.normalise(final.rootfs, clamp)
             if not self.opts.sandbox:
                 with self.progress.phase("squash and write SIF"):
                     pack(self.opts, final.rootfs, self.partial, sandbox=False,
-                         deffile_text=self.definition.text, labels=None)
-            if self.opts.sandbox:
-                _normalise_times(final.rootfs, self.opts)
+                         deffile_text=self.definition.text, labels=None, since_ns=since)
             output.commit(self.partial, self.out)
         except BaseException:
             output.remove(self.partial)
@@ -354,20 +374,6 @@ def _write_oci_config(rootfs: str, config) -> None:
     with open(path, "w") as f:
         f.write(config.environment())
     os.chmod(path, 0o755)
-
-
-def _normalise_times(rootfs: str, opts: BuildOptions) -> None:
-    """Sandboxes are reproducible too: every mtime set to SOURCE_DATE_EPOCH."""
-    if not opts.reproducible:
-        return
-    t = opts.source_date_epoch
-    for dirpath, dirnames, filenames in os.walk(rootfs, topdown=False):
-        for name in filenames + dirnames:
-            try:
-                os.utime(os.path.join(dirpath, name), (t, t), follow_symlinks=False)
-            except OSError:
-                pass
-    os.utime(rootfs, (t, t))
 
 
 def _raise_interrupt(signum, frame):

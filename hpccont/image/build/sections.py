@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from ...errors import BuildError
+from .. import times
 from . import fakeroot
 from .deffile import Section
 from .rootpath import resolve
@@ -162,6 +163,10 @@ def apply_files(plan: List[Copy]) -> None:
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise BuildError(f"%files: copying {', '.join(c.sources)}: {r.stderr.strip()}")
+        for src in c.sources:
+            dst = os.path.join(c.dest, os.path.basename(src.rstrip("/"))) if c.into_dir \
+                else c.dest
+            times.follow_copy(src, dst)   # pycs copied with their sources stay valid
 
 
 def echo_stdout(line: str) -> None:

@@ -23,7 +23,8 @@ import helpers  # noqa: E402
 sys.path.insert(0, str(helpers.REPO))
 
 # The Slurm cluster and its plugin: one per session, for every suite (see slurm_fixtures.py).
-from slurm_fixtures import plugstack, site_images, slurm_cluster, spank_so, submit  # noqa: E402,F401
+from slurm_fixtures import (plugstack, site_images, site_install, site_root, site_tmp,  # noqa: E402,F401
+                            slurm_cluster, slurm_multinode, spank_so, submit, submit_multinode)
 
 
 @pytest.fixture(scope="session")

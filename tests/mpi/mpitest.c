@@ -36,6 +36,27 @@ static int ring(int rank, int size) {
     return 0;
 }
 
+#define BIGRING_INTS (1 << 18)       /* 1 MiB */
+
+static int bigring(int rank, int size) {
+    int *buf = malloc(BIGRING_INTS * sizeof(int)), ok = 1, i;
+    if (!buf || size < 2) return 1;
+    if (rank == 0) {
+        for (i = 0; i < BIGRING_INTS; i++) buf[i] = i;
+        MPI_Send(buf, BIGRING_INTS, MPI_INT, 1, 8, MPI_COMM_WORLD);
+        MPI_Recv(buf, BIGRING_INTS, MPI_INT, size - 1, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        for (i = 0; i < BIGRING_INTS; i++)
+            if (buf[i] != i + size * (size - 1) / 2) ok = 0;
+        printf("bigring size=%d bytes=%zu ok=%d\n", size, BIGRING_INTS * sizeof(int), ok);
+    } else {
+        MPI_Recv(buf, BIGRING_INTS, MPI_INT, rank - 1, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        for (i = 0; i < BIGRING_INTS; i++) buf[i] += rank;
+        MPI_Send(buf, BIGRING_INTS, MPI_INT, (rank + 1) % size, 8, MPI_COMM_WORLD);
+    }
+    free(buf);
+    return ok ? 0 : 1;
+}
+
 static int maps(int rank) {
     char line[4096];
     FILE *f = fopen("/proc/self/maps", "r");
@@ -83,6 +104,7 @@ int main(int argc, char **argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     if (!strcmp(what, "allreduce")) rc = allreduce(rank, size);
     else if (!strcmp(what, "ring")) rc = ring(rank, size);
+    else if (!strcmp(what, "bigring")) rc = bigring(rank, size);
     else if (!strcmp(what, "maps")) rc = maps(rank);
     else if (!strcmp(what, "shm")) rc = shm(rank);
     else if (!strcmp(what, "version")) {

@@ -6,6 +6,20 @@ directory, so nothing under /etc/slurm is touched: daemons get ``-f CONF`` and c
 cgroup roots), so ``start`` takes an exclusive lock on ``/tmp/hpccont-slurm.lock`` and holds it
 until ``stop``.
 
+Site layout, as on a real node and nothing of it under /tmp (every container binds /tmp, so a
+spool or TmpFS there would hide what a site's layout needs): one directory per run under
+``/var/lib/hpccont-test`` (``SITE_ROOT``)::
+
+    RUN/etc/        slurm.conf, cgroup.conf, plugstack.conf, cli_filter.lua (like /etc/slurm)
+    RUN/slurmd/     SlurmdSpoolDir, 0755 like Debian's /var/lib/slurm/slurmd (batch scripts,
+                    PMIx server directories)
+    RUN/slurmctld/  StateSaveLocation
+    RUN/run/        pid files
+    RUN/tmpfs/      TmpFS (1777): PMIx client directories
+    /var/log/hpccont-test/RUN/   daemon logs (``log_dir``)
+
+``stop`` removes both (set ``HPCCONT_TEST_KEEP_LOGS=1`` to keep the logs).
+
 The daemons run in the foreground (``-D``) as children of this process: PID 1 here reaps
 orphans slowly, and waiting on our own children is the only reliable "it has stopped".
 """
@@ -23,6 +37,22 @@ from typing import Dict, List, Optional
 
 LOCK_FILE = "/tmp/hpccont-slurm.lock"
 MUNGE_SOCKET = "/run/munge/munge.socket.2"
+SITE_ROOT = Path(os.environ.get("HPCCONT_TEST_SITE_ROOT", "/var/lib/hpccont-test"))
+LOG_ROOT = Path(os.environ.get("HPCCONT_TEST_LOG_ROOT", "/var/log/hpccont-test"))
+
+
+def site_dir(prefix: str, root: Path = SITE_ROOT, mode: int = 0o755) -> Path:
+    """A new directory ``root/PREFIXxxxx`` (``root`` made 0755 if missing)."""
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    d.chmod(mode)
+    return d
+
+
+def remove_tree(path: Optional[Path]) -> None:
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 SLURM_CONF = """\
 ClusterName=hpccont
@@ -33,12 +63,13 @@ SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 AuthType=auth/munge
 CredType=cred/munge
-StateSaveLocation={dir}/state
-SlurmdSpoolDir={dir}/spool
-SlurmctldPidFile={dir}/slurmctld.pid
-SlurmdPidFile={dir}/slurmd.pid
-SlurmctldLogFile={dir}/slurmctld.log
-SlurmdLogFile={dir}/slurmd.log
+StateSaveLocation={dir}/slurmctld
+SlurmdSpoolDir={dir}/slurmd
+TmpFS={dir}/tmpfs
+SlurmctldPidFile={dir}/run/slurmctld.pid
+SlurmdPidFile={dir}/run/slurmd.pid
+SlurmctldLogFile={log_dir}/slurmctld.log
+SlurmdLogFile={log_dir}/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # cgroup v1 here: "autodetect" in cgroup.conf; cgroup/v2 refuses the hybrid layout.
@@ -57,7 +88,7 @@ ReturnToService=2
 KillWait=5
 InactiveLimit=0
 MinJobAge=300
-PlugStackConfig={dir}/plugstack.conf
+PlugStackConfig={dir}/etc/plugstack.conf
 {cli_filter}
 # salloc runs no cli_filter for --container without the interactive step.
 LaunchParameters=use_interactive_step
@@ -92,44 +123,62 @@ class SlurmCluster:
     """Configuration directory + the daemons started for it."""
     plugstack: str = ""                       # plugstack.conf contents
     cli_filter: Optional[str] = None          # path of a cli_filter.lua to install, or None
-    dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hpccont-slurm-",
-                                                                    dir="/tmp")))
+    dir: Path = field(default_factory=lambda: site_dir("slurm-"))
     host: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     procs: Dict[str, subprocess.Popen] = field(default_factory=dict)
+    lock_file: str = LOCK_FILE
     _lock: Optional[object] = None
     _started_munge: bool = False
 
     @property
+    def etc(self) -> Path:
+        return self.dir / "etc"
+
+    @property
     def conf(self) -> Path:
-        return self.dir / "slurm.conf"
+        return self.etc / "slurm.conf"
+
+    @property
+    def log_dir(self) -> Path:
+        return LOG_ROOT / self.dir.name
 
     @property
     def env(self) -> Dict[str, str]:
         return {"SLURM_CONF": str(self.conf)}
 
     # -- configuration ------------------------------------------------------------------------
-    def write_config(self) -> None:
+    def make_dirs(self) -> None:
         self.dir.chmod(0o755)
-        for sub in ("state", "spool"):
+        for sub, mode in (("etc", 0o755), ("slurmd", 0o755), ("slurmctld", 0o700),
+                          ("run", 0o755), ("tmpfs", 0o1777)):
             (self.dir / sub).mkdir(exist_ok=True)
-        filt = ""
-        if self.cli_filter:
-            shutil.copy(self.cli_filter, self.dir / "cli_filter.lua")
-            (self.dir / "cli_filter.lua").chmod(0o644)
-            filt = "CliFilterPlugins=cli_filter/lua"
+            (self.dir / sub).chmod(mode)
+        LOG_ROOT.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o755, exist_ok=True)
+
+    def install_cli_filter(self) -> str:
+        """Copy the cli_filter next to slurm.conf; the slurm.conf line that enables it."""
+        if not self.cli_filter:
+            return ""
+        shutil.copy(self.cli_filter, self.etc / "cli_filter.lua")
+        return "CliFilterPlugins=cli_filter/lua"
+
+    def write_config(self) -> None:
+        self.make_dirs()
+        filt = self.install_cli_filter()
         self.conf.write_text(SLURM_CONF.format(
-            host=self.host, dir=self.dir, cpus=os.cpu_count() or 1, cli_filter=filt,
-            ctld_port=_free_port(), slurmd_port=_free_port()))
-        (self.dir / "cgroup.conf").write_text(CGROUP_CONF)
+            host=self.host, dir=self.dir, log_dir=self.log_dir, cpus=os.cpu_count() or 1,
+            cli_filter=filt, ctld_port=_free_port(), slurmd_port=_free_port()))
+        (self.etc / "cgroup.conf").write_text(CGROUP_CONF)
         self.set_plugstack(self.plugstack)
-        for f in self.dir.iterdir():
+        for f in self.etc.iterdir():
             if f.is_file():
                 f.chmod(0o644)
 
     def set_plugstack(self, text: str) -> None:
         """slurmstepd reads plugstack.conf at every step start, clients at every run."""
         self.plugstack = text
-        p = self.dir / "plugstack.conf"
+        p = self.etc / "plugstack.conf"
         p.write_text(text)
         p.chmod(0o644)
 
@@ -149,7 +198,7 @@ class SlurmCluster:
 
     def _take_lock(self, wait: float) -> None:
         """Wait for another test session's cluster to go away (suites run side by side)."""
-        self._lock = open(LOCK_FILE, "a")
+        self._lock = open(self.lock_file, "a")
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -159,7 +208,7 @@ class SlurmCluster:
                 if time.monotonic() > deadline:
                     self._lock.close()
                     self._lock = None
-                    raise RuntimeError(f"another Slurm test cluster is running ({LOCK_FILE} "
+                    raise RuntimeError(f"another Slurm test cluster is running ({self.lock_file} "
                                        f"stayed locked for {wait:.0f}s)")
                 time.sleep(0.5)
 
@@ -185,7 +234,7 @@ class SlurmCluster:
         return r.returncode == 0
 
     def _spawn(self, name: str, argv: List[str]) -> None:
-        out = open(self.dir / f"{name}.out", "w")
+        out = open(self.log_dir / f"{name}.out", "w")
         self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
@@ -208,7 +257,7 @@ class SlurmCluster:
     def log_tail(self, name: str, lines: int = 30) -> str:
         text = ""
         for suffix in (".log", ".out"):
-            p = self.dir / f"{name}{suffix}"
+            p = self.log_dir / f"{name}{suffix}"
             if p.exists():
                 text += "".join(p.read_text(errors="replace").splitlines(True)[-lines:])
         return text
@@ -232,9 +281,16 @@ class SlurmCluster:
         self._kill_stepds()
         if self._started_munge:
             self._stop_munge()
+        self.remove_dirs()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    def remove_dirs(self) -> None:
+        """The run's directory and, unless HPCCONT_TEST_KEEP_LOGS is set, its logs."""
+        remove_tree(self.dir)
+        if not os.environ.get("HPCCONT_TEST_KEEP_LOGS"):
+            remove_tree(self.log_dir)
 
     def _kill_stepds(self) -> None:
         """slurmstepd processes of this cluster outlive slurmd; end the ones still there."""

@@ -438,17 +438,54 @@ def unsafe_reason(path: str) -> Optional[str]:
     return None
 
 
-def interpreter_of(path: str) -> Optional[str]:
-    """The ``#!`` interpreter of a script (absolute path), or None."""
+def script_header(path: str) -> Tuple[Optional[str], List[str], List[str]]:
+    """(``#!`` interpreter, its arguments, the ``sys.path[0:0] = [...]`` entries) of a launcher
+    script as hpccont.cli.launchers writes it; (None, [], []) for a binary."""
     try:
         with open(path, "rb") as f:
-            head = f.read(256)
+            head = f.read(4096).decode("utf-8", "replace")
     except OSError:
+        return None, [], []
+    if not head.startswith("#!"):
+        return None, [], []
+    words = head[2:].split("\n", 1)[0].split()
+    paths: List[str] = []
+    m = re.search(r"^sys\.path\[0:0\] = (\[.*\])$", head, re.M)
+    if m:
+        import ast
+        try:
+            paths = [p for p in ast.literal_eval(m.group(1)) if isinstance(p, str)]
+        except (ValueError, SyntaxError):
+            paths = []
+    return (words[0] if words else None), words[1:], paths
+
+
+def launcher_problem(launcher: str) -> Optional[str]:
+    """What lets someone other than root change what the plugin's launcher runs as root."""
+    bad = unsafe_reason(launcher)
+    if bad:
+        return bad
+    interp, args, paths = script_header(launcher)
+    if interp is None:
         return None
-    if not head.startswith(b"#!"):
-        return None
-    words = head[2:].split(b"\n", 1)[0].split()
-    return words[0].decode() if words and words[0].startswith(b"/") else None
+    if not os.path.isabs(interp):
+        return f"{launcher}: interpreter {interp!r} is not an absolute path"
+    name = os.path.basename(interp)
+    if name == "env":
+        return f"{launcher} finds its interpreter through PATH (#!{interp})"
+    bad = unsafe_reason(interp)
+    if bad:
+        return bad
+    if name.startswith("python"):
+        flags = "".join(a[1:] for a in args if a.startswith("-") and not a.startswith("--"))
+        if "I" not in flags and "E" not in flags:
+            return (f"{launcher}: #!{interp} {' '.join(args)} honours PYTHONPATH and the "
+                    "user site (no -I): a job's environment could run code as root")
+    for p in paths:
+        bad = unsafe_reason(p)
+        if bad:
+            return f"sys.path entry {bad}"
+    return None
 
 
 # -------------------------------------------------------------------------------------------
@@ -723,14 +760,12 @@ def check_plugstack(ctx: Context) -> Result:
     if not (os.path.isfile(launcher) and os.access(launcher, os.X_OK)):
         return Result(FAIL, name, f"{where}: hpccont={launcher} is not an executable file",
                       "install hpccont on this node (same path on every node) or fix hpccont=")
-    bad = unsafe_reason(launcher)
-    interp = interpreter_of(launcher)
-    if not bad and interp:
-        bad = unsafe_reason(interp)
+    bad = launcher_problem(launcher)
     if bad:
         return Result(FAIL, name, f"{where}: hpccont={launcher}: {bad}; slurmstepd runs it as root",
-                      "chown root and chmod go-w the launcher, its interpreter and their "
-                      "directories")
+                      "rerun 'hpccont slurm install-plugin' (writes a root-owned launcher "
+                      "running an isolated interpreter), or chown root / chmod go-w the "
+                      "launcher, its interpreter, its package directories and their parents")
     notes = []
     for d in (line.arg("image_dir") or "").split(":"):
         if d and not os.path.isdir(d):
@@ -740,7 +775,8 @@ def check_plugstack(ctx: Context) -> Result:
                      "their container")
     if problems:
         notes += problems
-    found = f"{where}: {line.kind} {line.path}, hpccont={launcher} (root-owned, not group/other-writable)"
+    found = (f"{where}: {line.kind} {line.path}, hpccont={launcher} (root-owned, not "
+             "group/other-writable)")
     if notes:
         return Result(WARN, name, found + "; " + "; ".join(notes),
                       "use 'required', create the image directories, fix the listed lines")
@@ -828,9 +864,12 @@ def check_cli_filter(ctx: Context) -> Result:
         fix.append("merge spank_plugin/cli_filter.lua into the site's filter")
     else:
         shipped = ctx.shipped_cli_filter
-        if shipped is None:
-            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            shipped = os.path.join(here, "spank_plugin", "cli_filter.lua")
+        if shipped is None:   # the package's copy, else a source tree's
+            pkg = os.path.dirname(os.path.abspath(__file__))
+            shipped = next((c for c in (
+                os.path.join(pkg, "data", "spank_plugin", "cli_filter.lua"),
+                os.path.join(os.path.dirname(pkg), "spank_plugin", "cli_filter.lua"))
+                if os.path.isfile(c)), "")
         try:
             with open(shipped, "rb") as f:
                 if f.read() != text:

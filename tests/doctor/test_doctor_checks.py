@@ -333,6 +333,37 @@ def test_plugstack_launcher_interpreter_unsafe(tree):
     assert r.status == FAIL and str(interp) in r.found
 
 
+def python_launcher(tree, flags: str, libdir: Path) -> None:
+    """A launcher as hpccont.cli.launchers writes it (or pip, without flags)."""
+    interp = write(tree.root / "py" / "python3", "#!/bin/sh\n", 0o755)
+    interp.parent.chmod(0o755)
+    write(tree.launcher, f"#!{interp} {flags}\nimport sys\nsys.path[0:0] = {[str(libdir)]!r}\n"
+          "from hpccont.cli.main import main\nsys.exit(main())\n", 0o755)
+
+
+def test_plugstack_launcher_python_not_isolated(tree):
+    """pip's console script (#!python, no -I) honours PYTHONPATH: not for root."""
+    lib = tree.root / "pkg"
+    lib.mkdir(mode=0o755)
+    python_launcher(tree, "-IS", lib)
+    assert run(tree.context(), "plugstack").status == OK
+    python_launcher(tree, "", lib)
+    r = run(tree.context(), "plugstack")
+    assert r.status == FAIL and "honours PYTHONPATH" in r.found
+    write(tree.launcher, "#!/usr/bin/env python3\n", 0o755)
+    r = run(tree.context(), "plugstack")
+    assert r.status == FAIL and "through PATH" in r.found
+
+
+def test_plugstack_launcher_package_dir_writable(tree):
+    lib = tree.root / "pkg"
+    lib.mkdir(mode=0o755)
+    python_launcher(tree, "-IS", lib)
+    lib.chmod(0o775)
+    r = run(tree.context(), "plugstack")
+    assert r.status == FAIL and f"sys.path entry {lib} is mode 0775" in r.found
+
+
 def test_plugstack_launcher_relative_or_missing(tree):
     tree.write_plugstack(f"required {tree.so} hpccont=bin/hpccont\n")
     r = run(tree.context(), "plugstack")

@@ -86,6 +86,40 @@ local function rewrite(args, value)
    return nil
 end
 
+-- Every image typed before the command (--container and the plugin's own option), or {}.
+local function typed_images(args, options)
+   local out = {}
+   local prog = options.argv and options.argv[1]
+   local i = 2
+   while i <= #args do
+      local a = args[i]
+      if a == "--" or (prog ~= nil and a == prog) then break end
+      local v = a:match("^%-%-container=(.*)$") or a:match("^%-%-" .. OPTION:gsub("%-", "%%-") .. "=(.*)$")
+      if v then
+         out[#out + 1] = v
+      elseif a == "--container" or a == "--" .. OPTION then
+         out[#out + 1] = args[i + 1] or ""
+         i = i + 1
+      end
+      i = i + 1
+   end
+   return out
+end
+
+-- "--container=" (what --container=$IMG gives with IMG unset) must not run the job on the
+-- host, and two different images must not leave one of them silently ignored.
+local function check_typed(options)
+   local typed = typed_images(read_cmdline() or {}, options)
+   for _, v in ipairs(typed) do
+      if v == "" then
+         error("empty image (an unset variable?); use --container=none for no container")
+      end
+      if v ~= typed[1] then
+         error("two different images given: " .. typed[1] .. " and " .. v)
+      end
+   end
+end
+
 -- Route (a): never returns when it works.
 local function reexec(options, value)
    if not have_posix or getenv(GUARD) then return false end
@@ -129,6 +163,7 @@ local function route(options)
       -- an inner srun's own rewrite.
       setenv(GUARD, nil)
    end
+   check_typed(options)
    local value = options.container
    if value == nil or value == "" then return end
    if is_oci_bundle(value) then return end
@@ -144,7 +179,7 @@ end
 function slurm_cli_pre_submit(options, pack_offset)
    local ok, err = pcall(route, options)
    if not ok then
-      say("hpccont: --container: " .. tostring(err))
+      say("hpccont: --container: " .. tostring(err):gsub("^[^:]*:%d+: ", ""))
       return ERROR
    end
    return slurm.SUCCESS

@@ -8,7 +8,7 @@
 
 #include "options.h"
 
-struct hpccont_args hpccont_args = { .hpccont = "/usr/bin/hpccont" };
+struct hpccont_args hpccont_args = { .hpccont = "/usr/bin/hpccont", .prepare_timeout = 300 };
 
 static int option_seen(int val, const char *optarg, int remote)
 {
@@ -61,6 +61,8 @@ int hpccont_parse_args(int ac, char **av)
 	for (i = 0; i < ac; i++) {
 		if (strncmp(av[i], "hpccont=", 8) == 0)
 			hpccont_args.hpccont = av[i] + 8;
+		if (strncmp(av[i], "prepare_timeout=", 16) == 0 && atoi(av[i] + 16) > 0)
+			hpccont_args.prepare_timeout = atoi(av[i] + 16);
 		if (hpccont_args.nargs == HPCCONT_MAX_ARGS) {
 			slurm_error("hpccont: too many plugstack arguments");
 			return -1;

@@ -17,6 +17,7 @@
 
 struct hpccont_args {
 	char *hpccont;                       /* hpccont executable (plugstack "hpccont=") */
+	int prepare_timeout;                 /* seconds (plugstack "prepare_timeout=") */
 	int nargs;
 	char *args[HPCCONT_MAX_ARGS];        /* every plugstack argument, for the Python side */
 };

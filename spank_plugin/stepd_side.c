@@ -30,7 +30,10 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <poll.h>
+#include <time.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,8 +41,9 @@
 #include "recipe.h"
 #include "sides.h"
 
-/* hpccont slurm MODE --step J.S --arg A... --opt O... [-- ARGV...] */
-static char **build_argv(spank_t sp, const char *mode, int with_job_argv)
+/* hpccont slurm MODE --step J.S --arg A... --opt O... [EXTRA...] -- [ARGV...]
+ * EXTRA: further "--flag value" pairs (the record step's job values and identity). */
+static char **build_argv(spank_t sp, const char *mode, int with_job_argv, char **extra, int nextra)
 {
 	uint32_t jobid = 0, stepid = 0;
 	int job_argc = 0, nopts, i, n = 0;
@@ -55,7 +59,7 @@ static char **build_argv(spank_t sp, const char *mode, int with_job_argv)
 	nopts = hpccont_collect_options(sp, &opts);
 	if (nopts < 0)
 		return NULL;
-	argv = calloc(8 + 2 * hpccont_args.nargs + 2 * nopts + job_argc, sizeof(char *));
+	argv = calloc(8 + 2 * hpccont_args.nargs + 2 * nopts + nextra + job_argc, sizeof(char *));
 	if (argv == NULL)
 		return NULL;
 	snprintf(step, sizeof(step), "%u.%u", jobid, stepid);
@@ -72,6 +76,8 @@ static char **build_argv(spank_t sp, const char *mode, int with_job_argv)
 		argv[n++] = "--opt";
 		argv[n++] = opts[i];
 	}
+	for (i = 0; i < nextra; i++)
+		argv[n++] = extra[i];
 	argv[n++] = "--";
 	for (i = 0; i < job_argc; i++)
 		argv[n++] = job_argv[i];
@@ -117,16 +123,98 @@ static void wait_child(pid_t pid, int *status)
 		;
 }
 
+/*
+ * The privilege boundary.  "hpccont slurm record" is the only program this plugin runs as root,
+ * and nothing of the job's reaches it through the dynamic loader, the interpreter or a PATH
+ * lookup:
+ *  - its environment is root_env below, built here, never the job's (LD_PRELOAD, LD_AUDIT,
+ *    LD_LIBRARY_PATH, PYTHONPATH and PATH from the job would otherwise act with uid 0: the real
+ *    uid is already 0, so the loader's secure-execution mode does not switch on);
+ *  - the program is the plugstack's absolute "hpccont=", which must be owned by root and not
+ *    writable by anyone else, nor its directory (install-plugin writes an isolated launcher:
+ *    an absolute interpreter with -I);
+ *  - the job's values it needs arrive as arguments ("--jobenv NAME=VALUE"; the Python side
+ *    keeps only the names it uses), and the job's identity from Slurm itself ("--user");
+ *  - it opens the image as the user (hpccont/privsep.py), never with root's credentials.
+ * (Keep root_env in step with ROOT_ENV in hpccont/privsep.py; the plugstack's slurm_conf= tells
+ * record where a non-default slurm.conf is.)
+ */
+static char *root_env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C", "LC_ALL=C", NULL };
+
+/* Root runs it: a file anyone but root could change would be a way in. */
+static int trusted_by_root(const char *path)
+{
+	char dir[4096], *slash;
+	struct stat st;
+
+	if (path[0] != '/' || stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != 0 ||
+	    (st.st_mode & (S_IWGRP | S_IWOTH)))
+		return 0;
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	*(slash == dir ? slash + 1 : slash) = '\0';
+	return stat(dir, &st) == 0 && st.st_uid == 0 && !(st.st_mode & (S_IWGRP | S_IWOTH));
+}
+
+/* Descriptors slurmstepd holds must not reach a child that runs something else. */
+static void close_inherited(void)
+{
+	if (syscall(SYS_close_range, 3, ~0U, 0) != 0) {
+		int fd;
+
+		for (fd = 3; fd < 1024; fd++)
+			close(fd);
+	}
+}
+
+/* "--user UID:GID:G1,G2,..." and "--jobenv NAME=VALUE" for each job variable. */
+static char **record_extra(spank_t sp, char **env, int *count)
+{
+	static char user[4096];
+	uid_t uid;
+	gid_t gid, *gids = NULL;
+	int ngids = 0, nenv = 0, i, n = 0;
+	size_t len;
+	char **extra;
+
+	if (spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_JOB_GID, &gid) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_JOB_SUPPLEMENTARY_GIDS, &gids, &ngids) != ESPANK_SUCCESS)
+		return NULL;
+	len = snprintf(user, sizeof(user), "%u:%u:", (unsigned)uid, (unsigned)gid);
+	for (i = 0; i < ngids && len < sizeof(user) - 16; i++)
+		len += snprintf(user + len, sizeof(user) - len, "%s%u", i ? "," : "", (unsigned)gids[i]);
+	while (env[nenv])
+		nenv++;
+	extra = calloc(2 + 2 * nenv, sizeof(char *));
+	if (extra == NULL)
+		return NULL;
+	extra[n++] = "--user";
+	extra[n++] = user;
+	for (i = 0; i < nenv; i++) {
+		extra[n++] = "--jobenv";
+		extra[n++] = env[i];
+	}
+	*count = n;
+	return extra;
+}
+
 /* Start "hpccont slurm record" as root; returns its PID (0 when it could not start).  It runs
  * while prepare builds the container: the step waits for the longer of the two, not the sum. */
 static pid_t start_record(spank_t sp, char **env)
 {
-	char **argv = build_argv(sp, "record", 0);
+	int nextra = 0, devnull;
+	char **extra = record_extra(sp, env, &nextra);
+	char **argv = extra ? build_argv(sp, "record", 0, extra, nextra) : NULL;
 	pid_t pid;
-	int devnull;
 
 	if (argv == NULL) {
 		slurm_error("hpccont: cannot collect the step's options for accounting");
+		return 0;
+	}
+	if (!trusted_by_root(hpccont_args.hpccont)) {
+		slurm_info("hpccont: not recording the step: %s (or its directory) is not owned by "
+			   "root or is writable by others", hpccont_args.hpccont);
 		return 0;
 	}
 	pid = fork();
@@ -146,7 +234,8 @@ static pid_t start_record(spank_t sp, char **env)
 			dup2(devnull, 1);
 			dup2(devnull, 2);
 		}
-		execve(hpccont_args.hpccont, argv, env);
+		close_inherited();
+		execve(hpccont_args.hpccont, argv, root_env);
 		_exit(127);
 	}
 	return pid;
@@ -165,28 +254,88 @@ static void finish_record(pid_t pid)
 		slurm_info("hpccont: '%s slurm record' failed (status %d)", hpccont_args.hpccont, status);
 }
 
-/* Run "hpccont slurm prepare" as the user and keep the recipe it prints.  Any failure leaves
- * no recipe: the tasks then take the Python path, which reports the error to the user. */
-static void prepare(spank_t sp, char **env)
+/* What prepare may print, and for how long: a recipe is a few KiB; a helper that floods the
+ * pipe or never exits must not hold slurmstepd (and the step) forever. */
+#define RECIPE_MAX (4 << 20)
+
+static long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/* Read the child's output until EOF, at most RECIPE_MAX bytes and timeout_s seconds.
+ * Returns the length, or -1 (too long), -2 (too slow), -3 (out of memory). */
+static ssize_t read_bounded(int fd, char **out, int timeout_s)
+{
+	long deadline = now_ms() + 1000L * timeout_s;
+	size_t len = 0, cap = 0;
+	char *buf = NULL, *grown;
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	ssize_t n;
+	int left, rc;
+
+	for (;;) {
+		left = (int)(deadline - now_ms());
+		if (left <= 0) {
+			free(buf);
+			return -2;
+		}
+		rc = poll(&pfd, 1, left);
+		if (rc < 0 && errno == EINTR)
+			continue;
+		if (rc == 0) {
+			free(buf);
+			return -2;
+		}
+		if (len == cap) {
+			if (cap >= RECIPE_MAX) {
+				free(buf);
+				return -1;
+			}
+			cap = cap ? 2 * cap : 4096;
+			grown = realloc(buf, cap);
+			if (grown == NULL) {
+				free(buf);
+				return -3;
+			}
+			buf = grown;
+		}
+		n = read(fd, buf + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += n;
+	}
+	*out = buf;
+	return (ssize_t)len;
+}
+
+/* Run "hpccont slurm prepare" as the user and keep the recipe it prints.  A failure of its
+ * own (bad options, no image...) leaves no recipe: the tasks then take the Python path, which
+ * reports the error to the user.  A prepare that floods its output or hangs fails the step. */
+static int prepare(spank_t sp, char **env)
 {
 	char **argv;
-	char *buf = NULL, *grown;
-	size_t len = 0, cap = 0;
-	ssize_t n;
+	char *buf = NULL;
+	ssize_t len;
 	uint32_t ntasks = 0;
 	int fds[2], status, devnull;
 	pid_t pid;
 
 	if (spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &ntasks) != ESPANK_SUCCESS || ntasks < 1)
-		return;
-	argv = build_argv(sp, "prepare", 1);
+		return 0;
+	argv = build_argv(sp, "prepare", 1, NULL, 0);
 	if (argv == NULL || pipe2(fds, O_CLOEXEC) != 0)
-		return;
+		return 0;
 	pid = fork();
 	if (pid < 0) {
 		close(fds[0]);
 		close(fds[1]);
-		return;
+		return 0;
 	}
 	if (pid == 0) {
 		devnull = open("/dev/null", O_RDWR);
@@ -195,41 +344,38 @@ static void prepare(spank_t sp, char **env)
 		dup2(devnull, 0);
 		dup2(fds[1], 1);      /* dup2 clears close-on-exec on the copy */
 		dup2(devnull, 2);
+		close_inherited();
 		execve(hpccont_args.hpccont, argv, env);
 		_exit(127);
 	}
 	close(fds[1]);
 	/* EOF comes when prepare exits: the keeper it starts closes every inherited descriptor. */
-	for (;;) {
-		if (len == cap) {
-			cap = cap ? 2 * cap : 4096;
-			grown = realloc(buf, cap);
-			if (grown == NULL)
-				break;
-			buf = grown;
-		}
-		n = read(fds[0], buf + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		len += n;
-	}
+	len = read_bounded(fds[0], &buf, hpccont_args.prepare_timeout);
 	close(fds[0]);
+	if (len < 0)
+		kill(pid, SIGKILL);   /* it runs as the user: slurmstepd's effective uid may signal it */
 	wait_child(pid, &status);
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && len > 0 &&
+	if (len == -1 || len == -2) {
+		slurm_error("hpccont: '%s slurm prepare' %s: the step is not started",
+			    hpccont_args.hpccont, len == -1 ? "printed more than a recipe can be" :
+			    "did not finish within prepare_timeout");
+		return -1;
+	}
+	if (len > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
 	    recipe_parse(&step_recipe, buf, len) == 0)
-		return;
+		return 0;
 	if (len > 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		slurm_info("hpccont: '%s slurm prepare' gave no recipe (status %d): tasks start "
 			   "their container themselves", hpccont_args.hpccont, status);
 	free(buf);
+	return 0;
 }
 
 int stepd_user_init(spank_t sp)
 {
 	char **env;
 	pid_t recorder;
+	int rc;
 
 	if (!hpccont_requested(sp))
 		return 0;
@@ -239,9 +385,9 @@ int stepd_user_init(spank_t sp)
 		return 0;
 	}
 	recorder = start_record(sp, env);
-	prepare(sp, env);
+	rc = prepare(sp, env);
 	finish_record(recorder);
-	return 0;
+	return rc;
 }
 
 static void enter_prepared(spank_t sp)
@@ -268,7 +414,7 @@ int stepd_task_init(spank_t sp)
 	if (!hpccont_requested(sp))
 		return 0;
 	enter_prepared(sp);     /* returns only if the step's container cannot be entered */
-	argv = build_argv(sp, "task", 1);
+	argv = build_argv(sp, "task", 1, NULL, 0);
 	env = job_env(sp);
 	if (argv == NULL || env == NULL) {
 		fprintf(stderr, "hpccont: cannot read the task's command and environment from Slurm\n");

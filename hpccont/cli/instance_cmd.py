@@ -10,7 +10,8 @@ import time
 from .. import config
 from ..errors import LaunchError, UsageError
 from ..runtime import instances
-from .launch import OPTIONS, build_request, current_dir
+from ..runtime.launch import current_dir
+from .launch import OPTIONS, build_request
 
 
 def main(name: str, argv: list) -> int:

@@ -147,46 +147,6 @@ def _split_env_list(item: str) -> list[str]:
     return out
 
 
-def current_dir() -> str:
-    """The logical working directory ($PWD when it names the same place, as shells keep it)."""
-    try:
-        real = os.getcwd()
-    except FileNotFoundError:
-        from ..errors import LaunchError
-        raise LaunchError("the current working directory no longer exists")
-    pwd = os.environ.get("PWD")
-    if pwd and pwd != real:
-        try:
-            if os.path.samefile(pwd, real):
-                return pwd
-        except OSError:
-            pass
-    return real
-
-
 def main(action: str, argv: list[str]) -> int:
-    from .. import config
-    from ..runtime.plan import make_plan
-    req = build_request(action, argv)
-    cfg = config.load()
-    if req.image.startswith("instance://"):
-        from ..runtime.instances import attach
-        req = attach(req, cfg)
-    plan = make_plan(req, cfg, os.environ, current_dir())
-    if req.debug:
-        from ..runtime.apply import Step
-        Step(debug=True)("plan made (interpreter, imports, parsing, config, image, planning)")
-    for w in plan.warnings:
-        sys.stderr.write(f"hpccont: warning: {w}\n")
-    if req.dry_run or req.debug:
-        import json
-        text = json.dumps(plan.to_dict(), indent=2) + "\n"
-        (sys.stdout if req.dry_run else sys.stderr).write(text)
-        if req.dry_run:
-            return 0
-    if plan.join:
-        from ..runtime.join import apply_joined
-        apply_joined(plan, cfg)
-    from ..runtime.apply import apply
-    apply(plan, cfg, debug=req.debug)
-    return 255  # not reached: apply execs or raises
+    from ..runtime.launch import launch
+    return launch(build_request(action, argv))

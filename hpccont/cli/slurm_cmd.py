@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 from ..errors import SchedulerError, UsageError
 
 USAGE = """usage: hpccont slurm install-plugin [--source DIR] [--prefix DIR] [--plugstack FILE]
-                                    [--cli-filter FILE | --no-cli-filter] [--hpccont PATH]
+                                    [--cli-filter FILE | --no-cli-filter] [--python PATH]
                                     [--image-dir DIR]... [--wrap-batch yes|no]
                                     [--require-signature yes|no] [--accounting FILE]
        hpccont slurm jobs [--log FILE] [--json] [--all]
@@ -39,50 +39,48 @@ def main(name: str, argv: List[str]) -> int:
 
 # -- plugin entry points -------------------------------------------------------------------------
 def _plugin_argv(argv: List[str]):
-    """--step J.S --arg K=V... --opt NAME[=V]... -- PROGRAM..."""
+    """--step J.S --arg K=V... --opt NAME[=V]... [--user U:G:GROUPS] [--jobenv N=V]... -- PROGRAM...
+
+    ``--user`` and ``--jobenv`` come only for ``record`` (root): the job's identity from Slurm
+    and the job's variables as plain values (its process environment is the plugin's own)."""
     from ..schedulers import slurm
-    step: Optional[str] = None
-    args: List[str] = []
-    opts: List[str] = []
+    values: Dict[str, List[str]] = {"--step": [], "--arg": [], "--opt": [], "--user": [],
+                                    "--jobenv": []}
     i = 0
     while i < len(argv):
         a = argv[i]
         if a == "--":
             i += 1
             break
-        if a in ("--step", "--arg", "--opt") and i + 1 < len(argv):
-            value = argv[i + 1]
-            if a == "--step":
-                step = value
-            elif a == "--arg":
-                args.append(value)
-            else:
-                opts.append(value)
+        if a in values and i + 1 < len(argv):
+            values[a].append(argv[i + 1])
             i += 2
             continue
         raise UsageError(f"unexpected argument {a!r} (this command is run by the SPANK plugin)")
-    if step is None:
+    if len(values["--step"]) != 1:
         raise UsageError("--step is required")
-    return (slurm.parse_step(step), slurm.parse_plugin_args(args),
-            slurm.parse_spank_options(opts), argv[i:])
+    jobenv = dict(v.split("=", 1) for v in values["--jobenv"] if "=" in v)
+    return (slurm.parse_step(values["--step"][0]), slurm.parse_plugin_args(values["--arg"]),
+            slurm.parse_spank_options(values["--opt"]), argv[i:],
+            slurm.parse_identity(values["--user"][-1]) if values["--user"] else None, jobenv)
 
 
 def cmd_task(argv: List[str]) -> int:
     from ..schedulers import slurm
-    step, args, spank, program = _plugin_argv(argv)
+    step, args, spank, program, _, _ = _plugin_argv(argv)
     return slurm.run_task(step, args, spank, program)
 
 
 def cmd_prepare(argv: List[str]) -> int:
     from ..schedulers import slurm
-    step, args, spank, program = _plugin_argv(argv)
+    step, args, spank, program, _, _ = _plugin_argv(argv)
     return slurm.run_prepare(step, args, spank, program)
 
 
 def cmd_record(argv: List[str]) -> int:
     from ..schedulers import slurm
-    step, args, spank, _ = _plugin_argv(argv)
-    return slurm.run_record(step, args, spank)
+    step, args, spank, _, ident, jobenv = _plugin_argv(argv)
+    return slurm.run_record(step, args, spank, jobenv, ident)
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -200,8 +198,24 @@ def _accounting_from_plugstack(path: Optional[str]) -> str:
 
 # -- install-plugin ------------------------------------------------------------------------------
 def default_source() -> str:
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(here, "spank_plugin")
+    """The plugin sources shipped in the package (hpccont/data/spank_plugin: in the repository a
+    link to spank_plugin/, the one copy), else a source tree's spank_plugin/."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shipped = os.path.join(pkg, "data", "spank_plugin")
+    if os.path.isfile(os.path.join(shipped, "Makefile")):
+        return shipped
+    return os.path.join(os.path.dirname(pkg), "spank_plugin")
+
+
+def write_root_launcher(dest_dir: str, python: str) -> str:
+    """The program the plugin runs (as root for accounting): an absolute interpreter in isolated
+    mode (-IS: no PYTHON* variables, no user site, no .pth files) with this package first on
+    sys.path, owned by root, 0755.  Never pip's console script, whose interpreter honours
+    PYTHONPATH (a sitecustomize of the user's would run as root)."""
+    from .launchers import package_parent, write_launchers
+    if not os.path.isabs(python) or not os.access(python, os.X_OK):
+        raise SchedulerError(f"--python must be an absolute path to an interpreter, not {python!r}")
+    return write_launchers(dest_dir, package_parent(), python)["hpccont"]
 
 
 def plugstack_line(so_path: str, values: Dict[str, str]) -> str:
@@ -224,7 +238,8 @@ def cmd_install_plugin(argv: List[str]) -> int:
                    help="where cli_filter.lua goes (default: next to slurm.conf)")
     p.add_argument("--no-cli-filter", action="store_true")
     p.add_argument("--slurm-include", default="/usr/include")
-    p.add_argument("--hpccont", default=os.path.abspath(sys.argv[0]) if sys.argv[0] else "hpccont")
+    p.add_argument("--python", default=sys.executable,
+                   help="interpreter of the launcher the plugin runs (default: this one)")
     p.add_argument("--image-dir", action="append", default=[])
     p.add_argument("--wrap-batch", default="yes")
     p.add_argument("--require-signature", default="no")
@@ -236,7 +251,9 @@ def cmd_install_plugin(argv: List[str]) -> int:
     if not os.path.isfile(os.path.join(ns.slurm_include, "slurm", "spank.h")):
         raise SchedulerError(f"{ns.slurm_include}/slurm/spank.h not found "
                              "(install libslurm-dev, or use --slurm-include)")
-    values = {"hpccont": ns.hpccont, "image_dir": ":".join(ns.image_dir),
+    dest_dir = os.path.join(ns.prefix, "lib", "hpccont")
+    launcher = os.path.join(dest_dir, "bin", "hpccont")
+    values = {"hpccont": launcher, "image_dir": ":".join(ns.image_dir),
               "wrap_batch": ns.wrap_batch, "require_signature": ns.require_signature,
               "accounting": ns.accounting or PLUGSTACK_DEFAULTS["accounting"]}
     values = {k: v for k, v in values.items() if v != ""}
@@ -249,8 +266,8 @@ def cmd_install_plugin(argv: List[str]) -> int:
         if r.returncode != 0:
             last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["?"]
             raise SchedulerError(f"building the SPANK plugin failed: {last[0]}")
-        dest_dir = os.path.join(ns.prefix, "lib", "hpccont")
         os.makedirs(dest_dir, mode=0o755, exist_ok=True)
+        write_root_launcher(os.path.dirname(launcher), ns.python)
         so = os.path.join(dest_dir, "hpccont_spank.so")
         tmp = so + ".new"
         shutil.copyfile(os.path.join(build, "hpccont_spank.so"), tmp)
@@ -258,7 +275,7 @@ def cmd_install_plugin(argv: List[str]) -> int:
         os.replace(tmp, so)   # a running slurmstepd keeps its mapped copy
     plugstack = ns.plugstack or os.path.join(_slurm_conf_dir(), "plugstack.conf.d", "hpccont.conf")
     _write(plugstack, plugstack_line(so, values))
-    sys.stdout.write(f"installed {so}\nwrote {plugstack}\n")
+    sys.stdout.write(f"installed {so}\ninstalled {launcher}\nwrote {plugstack}\n")
     if not ns.no_cli_filter:
         filt = ns.cli_filter or os.path.join(_slurm_conf_dir(), "cli_filter.lua")
         with open(os.path.join(ns.source, "cli_filter.lua")) as f:

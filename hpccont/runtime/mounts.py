@@ -39,6 +39,9 @@ def parse_bind(spec: str) -> Bind:
     if len(parts) > 3:
         raise BindError(f"bad bind spec {spec!r}: expected SRC[:DST[:ro|rw]]")
     src = parts[0]
+    if len(parts) == 2 and not parts[1]:
+        # "SRC:" is an unset variable or a typo; "SRC::ro" says "same place, read-only".
+        raise BindError(f"bad bind spec {spec!r}: empty destination")
     dst = parts[1] if len(parts) > 1 and parts[1] else src
     readonly = False
     if len(parts) == 3:

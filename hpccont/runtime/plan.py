@@ -133,6 +133,8 @@ def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) 
     for b in req.binds:
         M.check_bind_source(b, mcfg["user_bind_denylist"])
         out.append(M.bind_mount(b, "user -B"))
+    for b in req.scheduler_binds:
+        out.append(M.bind_mount(b, "batch system: step files"))
     out += additions.mounts
     out.append(Mount(kind="passwd", target="/etc/passwd", why="identity: user entry"))
     out.append(Mount(kind="group", target="/etc/group", why="identity: group entry"))

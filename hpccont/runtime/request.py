@@ -28,6 +28,9 @@ class ContainerRequest:
     action: str = "exec"                        # one of ACTIONS
     argv: list[str] = factory(list)
     binds: list[Bind] = factory(list)
+    # Binds the batch system needs in every task (its batch script, its PMIx directories): chosen
+    # by the scheduler adapter, not the user, so the user-bind policy does not apply to them.
+    scheduler_binds: list[Bind] = factory(list)
     env: dict[str, str] = factory(dict)      # --env K=V (already merged with --env-file)
     cleanenv: bool = False
     contain: bool = False                       # no host /tmp, /var/tmp, cwd; only $HOME

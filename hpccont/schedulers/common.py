@@ -1,7 +1,8 @@
 """What every scheduler adapter shares: job container options -> the command that wraps a task.
 
 Slurm (SPANK plugin) and PBS (execjob_launch hook) both collect the same option set from the
-user and call ``launch_argv``.  Keeping the decision here means both schedulers behave the same.
+user; Slurm's tasks turn it into a request with ``job_request``, PBS hands its hook a command
+line made by ``launch_argv`` (a hook can only give PBS a program and its arguments).  Keeping the decision here means both schedulers behave the same.
 
 Option names are the Slurm spellings without the leading dashes; each also has an environment
 variable (``HPCCONT_CONTAINER``, ``HPCCONT_CONTAINER_BIND``...) read by ``options_from_env``.
@@ -30,7 +31,7 @@ OPTION_TABLE = {
     "no-container-mount-home": ("no_mount_home", False),
 }
 
-NO_CONTAINER = ("none", "no", "")
+NO_CONTAINER = ("none", "no")
 IMAGE_SUFFIXES = (".sif", ".sqsh", ".squashfs", ".sqfs", ".img")
 MPI_MODES = ("hybrid", "bind")
 
@@ -61,21 +62,46 @@ def _truthy(value: str) -> bool:
     return value.strip().lower() not in ("0", "no", "false", "off")
 
 
+# Flags that say opposite things: given together, neither wins silently.
+CONFLICTS = (("container-mount-home", "no-container-mount-home"),)
+
+
+def _items(name: str, value: str) -> List[str]:
+    """A comma list; an empty item (``FOO,``, ``a,,b``) is a typo or an unset variable."""
+    items = value.split(",")
+    if any(not i.strip() for i in items):
+        raise UsageError(f"--{name}: empty item in {value!r}")
+    return items
+
+
 def parse_options(values: Mapping[str, Optional[str]]) -> JobOptions:
     """Options as collected by a scheduler front end: ``{"container": "img.sif", "container-nv": None}``.
 
-    A flag option's value may be None (given without value) or a truth string.
+    A flag option's value may be None (given without value) or a truth string.  Every bad value
+    is refused with the option's name: a task must never run on the host because an option was
+    mistyped (``--container=$IMG`` with IMG unset gives an empty image, not "no container").
     """
     opts = JobOptions()
+    for a, b in CONFLICTS:
+        if a in values and b in values:
+            raise UsageError(f"--{a} and --{b} contradict each other")
     for name, value in values.items():
         if name not in OPTION_TABLE:
             raise UsageError(f"unknown container option --{name}")
         attr, takes_value = OPTION_TABLE[name]
         if takes_value:
-            if value is None or (value == "" and attr != "image"):
-                raise UsageError(f"--{name} needs a value")
-            if attr in ("binds", "env_names"):
-                getattr(opts, attr).extend(v for v in value.split(",") if v)
+            if value is None or not value.strip():
+                what = " (use 'none' for no container)" if attr == "image" else ""
+                raise UsageError(f"--{name} needs a value{what}")
+            if attr == "binds":
+                from ..runtime.mounts import parse_binds
+                parse_binds(_items(name, value))       # refuse a bad spec here, by name
+                opts.binds.extend(_items(name, value))
+            elif attr == "env_names":
+                for n in _items(name, value):
+                    if not n.replace("_", "a").isalnum() or n[0].isdigit():
+                        raise UsageError(f"--{name}: {n!r} is not a variable name")
+                    opts.env_names.append(n)
             else:
                 setattr(opts, attr, value)
         else:
@@ -119,6 +145,23 @@ def resolve_image(image: str, submit_dir: str, image_dirs: List[str]) -> str:
             return os.path.normpath(c)
     where = ", ".join([submit_dir] + list(image_dirs))
     raise ImageError(f"container image {image!r} not found (looked in {where})")
+
+
+def job_request(opts: JobOptions, program: List[str], environ: Mapping[str, str], *,
+                join: Optional[str] = None, scheduler_binds=()):
+    """The ContainerRequest that runs ``program`` in the job's container (``opts.image``
+    resolved to a path).  Variables named by ``--container-env`` carry the host's value, which
+    wins over the image's, as in Pyxis.  ``HPCCONT_BIND`` of the job environment counts as
+    the user's binds, as it does for ``hpccont exec``."""
+    from ..runtime.mounts import parse_binds
+    from ..runtime.request import ContainerRequest
+    specs = ([environ["HPCCONT_BIND"]] if environ.get("HPCCONT_BIND") else []) + list(opts.binds)
+    return ContainerRequest(
+        image=opts.image or "", action="exec", argv=list(program), binds=parse_binds(specs),
+        scheduler_binds=list(scheduler_binds),
+        env={n: environ[n] for n in opts.env_names if n in environ},
+        cleanenv=opts.cleanenv, mount_home=opts.mount_home, pwd=opts.workdir,
+        writable_tmpfs=opts.writable_tmpfs, nv=opts.nv, mpi=opts.mpi, join=join)
 
 
 def launch_argv(opts: JobOptions, program: List[str], *, hpccont: str = "hpccont",

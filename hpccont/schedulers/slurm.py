@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 from ..errors import HpccontError, ImageError, SchedulerError, UsageError
 from ..record import factory, record
-from .common import JobOptions, launch_argv, parse_options, options_from_env, resolve_image
+from .common import (OPTION_TABLE, JobOptions, env_name, options_from_env, parse_options,
+                     resolve_image)
 
 # Plugstack arguments (``key=value`` after the plugin path) and their defaults.
 PLUGSTACK_DEFAULTS: Dict[str, str] = {
@@ -34,6 +35,8 @@ PLUGSTACK_DEFAULTS: Dict[str, str] = {
     "require_signature": "no",                # refuse images whose signature does not verify
     "accounting": "/var/log/hpccont/slurm-steps.jsonl",   # per-node log of image + digest per step
     "admin_comment": "yes",                   # also put the image + digest in the job's AdminComment
+    "slurm_conf": "",                         # slurm.conf for scontrol when not the default one
+    "prepare_timeout": "300",                 # seconds the plugin waits for prepare (read in C)
 }
 
 IMAGE_OPTION = "hpccont-image"                # the plugin's name for --container (cli_filter maps it)
@@ -76,6 +79,8 @@ class PluginArgs:
     require_signature: bool
     accounting: str
     admin_comment: bool
+    slurm_conf: str = ""
+    prepare_timeout: int = 300
 
 
 @record
@@ -94,11 +99,13 @@ class Step:
 
 @record
 class TaskPlan:
-    """What one task execs.  ``image`` is None when the task runs as Slurm would run it."""
+    """What one task execs: ``request`` in the container, or ``argv`` as Slurm would run it
+    (``image`` None, with the ``reason``)."""
     argv: List[str]
     image: Optional[str] = None
     reason: str = ""
     env: Dict[str, str] = factory(dict)
+    request: Optional["ContainerRequest"] = None   # noqa: F821 (runtime.request, lazily)
 
 
 # -- parsing what the plugin hands over ---------------------------------------------------------
@@ -126,7 +133,33 @@ def parse_plugin_args(args: List[str]) -> PluginArgs:
         require_signature=_switch("require_signature", values["require_signature"]),
         accounting=values["accounting"],
         admin_comment=_switch("admin_comment", values["admin_comment"]),
+        slurm_conf=values["slurm_conf"],
+        prepare_timeout=_seconds("prepare_timeout", values["prepare_timeout"]),
     )
+
+
+def _seconds(key: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise SchedulerError(f"plugstack.conf: {key}={value!r} must be a number of seconds")
+    return int(value)
+
+
+@record
+class JobIdentity:
+    """The job's user as Slurm says it (S_JOB_UID/GID/SUPPLEMENTARY_GIDS), for root-side code."""
+    uid: int
+    gid: int
+    groups: List[int] = factory(list)
+
+
+def parse_identity(text: str) -> JobIdentity:
+    """``"1001:1001:1001,27"`` (as the plugin prints it)."""
+    parts = text.split(":")
+    try:
+        return JobIdentity(int(parts[0]), int(parts[1]),
+                           [int(g) for g in parts[2].split(",") if g] if len(parts) > 2 else [])
+    except (ValueError, IndexError):
+        raise SchedulerError(f"bad job identity {text!r} from the SPANK plugin") from None
 
 
 def parse_step(text: str) -> Step:
@@ -235,9 +268,47 @@ def tasks_on_this_node(environ: Mapping[str, str]) -> int:
     return counts[int(node)] if node.isdigit() and int(node) < len(counts) else 0
 
 
+# Variables through which Slurm's MPI plugins name directories their servers made for this
+# step; the tasks' MPI libraries open them at the same paths, so each is bound where it is.
+# (PMIx: the server's rendezvous dir in SlurmdSpoolDir/pmix.J.S and the client dirs under
+# TmpFS; PMI2 needs only its inherited socket.)
+STEP_DIR_VARS = ("PMIX_SERVER_TMPDIR", "PMIX_SYSTEM_TMPDIR", "SLURM_PMIX_TMPDIR", "PMIX_TMPDIR")
+
+# PMIx MCA aliases: Slurm's server exports the legacy names, PMIx >= 4 clients in an image read
+# the MCA ones (as enroot's PMIx hook sets them).
+PMIX_ALIASES = (("PMIX_MCA_ptl", "PMIX_PTL_MODULE"), ("PMIX_MCA_psec", "PMIX_SECURITY_MODE"),
+                ("PMIX_MCA_gds", "PMIX_GDS_MODULE"))
+
+
+def step_binds(step: Step, program: List[str], environ: Mapping[str, str]) -> list:
+    """Files of Slurm's own that the tasks must see at their host paths, wherever the site keeps
+    SlurmdSpoolDir and TmpFS: the batch script (read-only, the one file: other jobs' spool
+    files stay hidden), and the step's PMIx directories."""
+    from ..runtime.request import Bind
+    out = []
+    if step.kind == "batch" and program and os.path.isabs(program[0]):
+        out.append(Bind(program[0], program[0], readonly=True))
+    for var in STEP_DIR_VARS:
+        d = os.path.normpath(environ.get(var, "") or ".")
+        if os.path.isabs(d) and d != "/" and os.path.isdir(d) and \
+                all(b.src != d for b in out):
+            out.append(Bind(d, d))
+    return out
+
+
+def step_env(environ: Mapping[str, str]) -> Dict[str, str]:
+    """Variables every task of the step gets in its container (beside the job's own)."""
+    env = {STEP_VAR: ""}
+    for alias, legacy in PMIX_ALIASES:
+        if legacy in environ and alias not in environ:
+            env[alias] = environ[legacy]
+    return env
+
+
 def plan_task(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]],
               program: List[str], environ: Mapping[str, str], cwd: str) -> TaskPlan:
     """The whole decision for one task, without side effects."""
+    from .common import job_request
     opts = job_options(spank, environ)
     reason = skip_reason(opts, step, args, program)
     if reason:
@@ -249,16 +320,18 @@ def plan_task(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]],
     if args.require_signature:
         check_signature(image, kind)
     opts.image = image
-    # Passed with --env so that it survives --container-cleanenv.
-    opts.env_names = list(opts.env_names) + [STEP_VAR]
-    env = {STEP_VAR: step.key}
+    env = step_env(environ)
+    env[STEP_VAR] = step.key
+    # Passed as the request's own variables so that they survive --container-cleanenv.
     full_env = dict(environ)
     full_env.update(env)
+    opts.env_names = list(opts.env_names) + [n for n in env if n not in opts.env_names]
     # One container per node per step: every task of the step joins the first one's namespaces.
     # A lone task has nobody to share with, and the shared container's keeper outlives it.
     join = None if tasks_on_this_node(environ) == 1 else step.key
-    argv = launch_argv(opts, program, hpccont=args.hpccont, environ=full_env, join=join)
-    return TaskPlan(argv=argv, image=image, env=env)
+    req = job_request(opts, program, full_env, join=join,
+                      scheduler_binds=step_binds(step, program, environ))
+    return TaskPlan(argv=list(program), image=image, env=env, request=req)
 
 
 # -- the task: exec the plan ----------------------------------------------------------------------
@@ -280,18 +353,16 @@ def run_task(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
     """Exec the task.  Returns only on failure (the exit status for the task)."""
     try:
         plan = plan_task(step, args, spank, program, os.environ, os.getcwd())
+        if plan.request is None:
+            return _exec_plain(program) if program else 0
+        os.environ.update(plan.env)
+        from ..runtime.launch import launch   # the runtime, in this process: one interpreter
+        return launch(plan.request)
     except HpccontError as e:
         # Every task fails the same way; one line per node keeps srun's output readable.
         if _first_on_node():
             sys.stderr.write(f"hpccont: step {step.key}: {e.one_line()}\n")
         return e.exit_code
-    if plan.image is None:
-        if not program:
-            return 0
-        return _exec_plain(program)
-    os.environ.update(plan.env)
-    from ..cli.main import run_command  # the runtime, in this process: one interpreter per task
-    return run_command(plan.argv[1], plan.argv[2:])
 
 
 # -- the step's shared container, prepared once per node ----------------------------------------
@@ -367,7 +438,6 @@ def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]
     if tplan.image is None:
         return None
     from .. import config
-    from ..cli.launch import build_request
     from ..runtime import join
     from ..runtime.apply import _ld_first
     from ..runtime.environment import apply_delta, env_script, environment_delta
@@ -377,7 +447,7 @@ def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]
     pass_names = [n for n in job_options(spank, environ).env_names if n != STEP_VAR]
     full_env = dict(environ)
     full_env.update(tplan.env)
-    req = build_request("exec", tplan.argv[2:], full_env)
+    req = tplan.request
     req.join = req.join or step.key
     for n in pass_names:
         req.env.pop(n, None)
@@ -445,13 +515,13 @@ def _evaluated_environment(keeper: int, plan, script: str) -> Optional[Dict[str,
 
 def _with_scripts_applied(delta, environ: Mapping[str, str], evaluated: Dict[str, str]):
     """``delta`` extended by what the image's scripts changed, so that tasks need no shell; None
-    when that cannot be said as a delta (a script changed a variable copied per task)."""
+    when that cannot be said as a delta.  Variables each task copies from its own environment
+    (``--container-env``) are copied last: the host's value wins over the image's."""
     from ..runtime.environment import EnvDelta, apply_delta
+    copied = set(delta.copy)
     before = apply_delta(delta, dict(environ))
-    removed = [k for k in before if k not in evaluated]
-    changed = {k: v for k, v in evaluated.items() if before.get(k) != v}
-    if any(k in changed or k in removed for k in delta.copy):
-        return None
+    removed = [k for k in before if k not in evaluated and k not in copied]
+    changed = {k: v for k, v in evaluated.items() if before.get(k) != v and k not in copied}
     merged = EnvDelta(set={k: v for k, v in delta.set.items() if k not in removed},
                       overrides=dict(delta.overrides), unset=tuple(delta.unset),
                       unset_prefixes=tuple(delta.unset_prefixes), keep_only=delta.keep_only,
@@ -461,7 +531,9 @@ def _with_scripts_applied(delta, environ: Mapping[str, str], evaluated: Dict[str
         merged.keep_only = tuple(k for k in merged.keep_only if k not in removed)
     else:
         merged.unset = merged.unset + tuple(removed)
-    return merged if apply_delta(merged, dict(environ)) == evaluated else None
+    want = {k: v for k, v in evaluated.items() if k not in copied}
+    want.update({k: before[k] for k in copied if k in before})
+    return merged if apply_delta(merged, dict(environ)) == want else None
 
 
 def run_prepare(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
@@ -470,7 +542,7 @@ def run_prepare(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
     pwd = os.environ.get("PWD", "")
     if pwd and os.path.isdir(pwd):
         os.chdir(pwd)      # slurmstepd's own directory until the tasks chdir to the step's
-    from ..cli.launch import current_dir
+    from ..runtime.launch import current_dir
     recipe = prepare_step(step, args, spank, program, os.environ, current_dir())
     if recipe is not None:
         os.write(1, recipe_bytes(recipe))
@@ -494,55 +566,102 @@ class StepRecord:
     error: str = ""
 
 
+# The job variables ``record`` reads (it gets them as arguments; see spank_plugin/stepd_side.c).
+RECORD_ENV = ("PWD", "SLURM_SUBMIT_DIR", "SLURM_JOB_USER", CWD_VAR)
+
+
+def record_environ(jobenv: Mapping[str, str]) -> Dict[str, str]:
+    """The part of the job's environment accounting uses; the rest never reaches root's code."""
+    keep = set(RECORD_ENV) | {env_name(o) for o in OPTION_TABLE}
+    return {k: v for k, v in jobenv.items() if k in keep}
+
+
 def _digest_cache_path(log: str) -> str:
     return log + ".digests"
 
 
-def file_digest(path: str, log: str) -> Tuple[str, int]:
-    """sha256 of a regular file, cached by (dev, inode, size, mtime) next to the log.
+def _root_only_dir(path: str) -> None:
+    """The accounting files go only where no user can write (or plant a symlink)."""
+    import stat as stat_mod
+    st = os.lstat(path)
+    if not stat_mod.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise SchedulerError(f"{path} must be a directory owned by root and writable by root only")
 
-    Opened non-blocking and checked with fstat: the path comes from the user, and this runs as
-    root (a FIFO or device must not hang or feed the step start).
+
+def file_digest(fd: int, log: str) -> Tuple[str, int]:
+    """sha256 of the regular file open on ``fd``, cached next to the log.
+
+    The key is (dev, inode, size, mtime, ctime): rewriting a file in place and restoring its
+    mtime still changes its ctime, which no user can set.  The cache is root's (0600).
     """
     import hashlib
     import json
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    import stat as stat_mod
+    st = os.fstat(fd)
+    if not stat_mod.S_ISREG(st.st_mode):
+        return "", 0
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    cache_file = _digest_cache_path(log)
     try:
-        st = os.fstat(fd)
-        import stat as stat_mod
-        if not stat_mod.S_ISREG(st.st_mode):
-            return "", 0
-        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-        cache_file = _digest_cache_path(log)
+        with open(cache_file) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key], st.st_size
+    h = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            break
+        h.update(chunk)
+        offset += len(chunk)
+    cache[key] = h.hexdigest()
+    tmp = f"{cache_file}.{os.getpid()}"
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        with os.fdopen(out, "w") as f:
+            json.dump(dict(list(cache.items())[-1000:]), f)
+        os.replace(tmp, cache_file)
+    except OSError:
         try:
-            with open(cache_file) as f:
-                cache = json.load(f)
-        except (OSError, ValueError):
-            cache = {}
-        if key in cache:
-            return cache[key], st.st_size
-        h = hashlib.sha256()
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            h.update(chunk)
-        cache[key] = h.hexdigest()
-        try:
-            tmp = f"{cache_file}.{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump(dict(list(cache.items())[-1000:]), f)
-            os.replace(tmp, cache_file)
+            os.unlink(tmp)
         except OSError:
             pass
-        return cache[key], st.st_size
-    finally:
-        os.close(fd)
+    return cache[key], st.st_size
+
+
+def locate_image(image: str, environ: Mapping[str, str], cwd: str,
+                 image_dirs: List[str]) -> Tuple[str, str, int]:
+    """Find and open the image as the calling process: (path, kind, fd)."""
+    from ..privsep import open_checked
+    path = find_image(image, environ, cwd, image_dirs)
+    kind = image_kind(path)
+    fd, real = open_checked(path, "dir" if kind == "sandbox" else "file")
+    return path, kind, fd
+
+
+def locate_image_as_user(ident: JobIdentity, image: str, environ: Mapping[str, str], cwd: str,
+                         image_dirs: List[str]) -> Tuple[str, str, int]:
+    """locate_image in a child that is the job's user: root gets the descriptor, never opens
+    the user's path itself (a root-only file stays unread, a FIFO cannot hang the step)."""
+    from ..privsep import run_as_user
+
+    def as_user():
+        path, kind, fd = locate_image(image, environ, cwd, image_dirs)
+        return f"{kind}\0{path}", [fd]
+    text, fds = run_as_user(as_user, ident.uid, ident.gid, ident.groups)
+    kind, _, path = text.partition("\0")
+    return path, kind, fds[0]
 
 
 def make_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
-                environ: Mapping[str, str]) -> Optional[StepRecord]:
-    """The accounting line for a step on this node, or None when the step has no container."""
+                environ: Mapping[str, str], ident: Optional[JobIdentity] = None
+                ) -> Optional[StepRecord]:
+    """The accounting line for a step on this node, or None when the step has no container.
+    ``ident``: the job's user, as whom the image is opened (None: the caller's own rights)."""
     import socket
     import time
     try:
@@ -551,28 +670,43 @@ def make_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
         return None    # the tasks fail with the message; nothing ran
     if skip_reason(opts, step, args, []):
         return None
+    user = environ.get("SLURM_JOB_USER", "")
+    if ident is not None:
+        import pwd
+        try:
+            user = pwd.getpwuid(ident.uid).pw_name
+        except KeyError:
+            user = str(ident.uid)
     rec = StepRecord(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), job=step.job, step=step.step,
-                     node=socket.gethostname().split(".")[0],
-                     user=environ.get("SLURM_JOB_USER", ""),
-                     uid=int(environ.get("SLURM_JOB_UID", "-1") or -1),
+                     node=socket.gethostname().split(".")[0], user=user,
+                     uid=ident.uid if ident is not None else -1,
                      image=opts.image or "", kind="", sha256="", size=0, options=dict(spank))
     cwd = environ.get("PWD") or environ.get("SLURM_SUBMIT_DIR") or "/"
+    fd = -1
     try:
-        rec.image = find_image(opts.image or "", environ, cwd, args.image_dirs)
-        rec.kind = image_kind(rec.image)
+        if ident is None:
+            rec.image, rec.kind, fd = locate_image(opts.image or "", environ, cwd, args.image_dirs)
+        else:
+            rec.image, rec.kind, fd = locate_image_as_user(ident, opts.image or "", environ, cwd,
+                                                           args.image_dirs)
         if rec.kind != "sandbox":
-            rec.sha256, rec.size = file_digest(rec.image, args.accounting)
+            rec.sha256, rec.size = file_digest(fd, args.accounting)
     except (HpccontError, OSError) as e:
         rec.error = e.one_line() if isinstance(e, HpccontError) else str(e)
+    finally:
+        if fd >= 0:
+            os.close(fd)
     return rec
 
 
 def append_record(rec: StepRecord, log: str) -> None:
     import json
     os.makedirs(os.path.dirname(log) or ".", mode=0o755, exist_ok=True)
+    if os.geteuid() == 0:
+        _root_only_dir(os.path.dirname(os.path.abspath(log)))
     line = json.dumps(rec.to_dict(), sort_keys=True) + "\n"
     # O_APPEND: several steps on a node write concurrently; one write() per line stays whole.
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     try:
         os.write(fd, line.encode())
     finally:
@@ -583,26 +717,36 @@ def admin_comment(rec: StepRecord) -> str:
     return f"hpccont:{rec.image}@sha256:{rec.sha256 or '-'}"
 
 
-def set_admin_comment(rec: StepRecord, environ: Mapping[str, str]) -> None:
-    """Best effort and not waited for: the step must not start later because of it."""
+def set_admin_comment(rec: StepRecord, args: PluginArgs) -> None:
+    """Best effort and not waited for: the step must not start later because of it.  Runs as
+    root: scontrol from the system directories, with root's fixed environment."""
     import subprocess
+    from ..privsep import ROOT_ENV, system_program
+    env = dict(ROOT_ENV)
+    if args.slurm_conf:
+        env["SLURM_CONF"] = args.slurm_conf
     try:
-        subprocess.Popen(["scontrol", "update", f"JobId={rec.job}", f"AdminComment={admin_comment(rec)}"],
+        subprocess.Popen([system_program("scontrol"), "update", f"JobId={rec.job}",
+                          f"AdminComment={admin_comment(rec)}"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env=dict(environ), start_new_session=True)
-    except OSError:
+                         stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+                         close_fds=True)
+    except (OSError, HpccontError):
         pass
 
 
-def run_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]]) -> int:
+def run_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
+               jobenv: Mapping[str, str], ident: Optional[JobIdentity]) -> int:
     if os.geteuid() != 0:
         raise SchedulerError("'hpccont slurm record' is run by slurmstepd as root")
-    rec = make_record(step, args, spank, os.environ)
+    if ident is None:
+        raise SchedulerError("'hpccont slurm record' needs --user from the SPANK plugin")
+    rec = make_record(step, args, spank, record_environ(jobenv), ident)
     if rec is None:
         return 0
     append_record(rec, args.accounting)
     if args.admin_comment and not rec.error and step.kind in ("batch", "step", "interactive"):
-        set_admin_comment(rec, os.environ)
+        set_admin_comment(rec, args)
     return 0
 
 

@@ -1,10 +1,14 @@
 """The Slurm policy in hpccont/schedulers/slurm.py, without a cluster (plain data in, plan out)."""
+import os
+import time
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from hpccont.errors import ImageError, SchedulerError, UsageError
+from hpccont.errors import HpccontError, ImageError, SchedulerError, UsageError
 from hpccont.schedulers import slurm
 
 ARGS = slurm.parse_plugin_args(["hpccont=/opt/bin/hpccont", "image_dir=/site/a:/site/b"])
@@ -49,10 +53,10 @@ def test_options_beat_environment_and_none_disables(make_image, tmp_path):
     step = slurm.parse_step("5.0")
     plan = slurm.plan_task(step, ARGS, {"container": str(img)}, ["prog", "a"], env, str(tmp_path))
     assert plan.image == str(img)
-    assert plan.argv[:2] == ["/opt/bin/hpccont", "exec"]
-    assert plan.argv[-3:] == [str(img), "prog", "a"]
-    assert plan.argv[plan.argv.index("--join") + 1] == "5.0"
+    assert plan.request.image == str(img) and plan.request.argv == ["prog", "a"]
+    assert plan.request.join == "5.0"
     assert plan.env == {"HPCCONT_SLURM_STEP": "5.0"}
+    assert plan.request.env == {"HPCCONT_SLURM_STEP": "5.0"}
     none = slurm.plan_task(step, ARGS, {"container": "none"}, ["prog"], env, str(tmp_path))
     assert none.image is None and none.argv == ["prog"]
 
@@ -62,7 +66,47 @@ def test_environment_form(make_image, tmp_path):
     env = {"HPCCONT_CONTAINER": "img.sqsh", "HPCCONT_CONTAINER_NV": "1",
            "SLURM_SUBMIT_DIR": str(tmp_path)}
     plan = slurm.plan_task(slurm.parse_step("5.1"), ARGS, {}, ["prog"], env, "/")
-    assert plan.image == str(img) and "--nv" in plan.argv
+    assert plan.image == str(img) and plan.request.nv
+
+
+def test_step_files_are_bound_where_slurm_keeps_them(make_image, tmp_path):
+    """The batch script (one file, read-only) and the PMIx directories, at their host paths,
+    wherever SlurmdSpoolDir and TmpFS are."""
+    img = make_image(tmp_path)
+    spool = tmp_path / "spool"
+    (spool / "job00007").mkdir(parents=True)
+    script = spool / "job00007" / "slurm_script"
+    script.write_text("#!/bin/sh\n")
+    pmix = spool / "pmix.7.0"
+    pmix.mkdir()
+    batch = slurm.parse_step("7.4294967291")
+    plan = slurm.plan_task(batch, ARGS, {"container": str(img)}, [str(script)], {}, "/")
+    assert [(b.src, b.dst, b.readonly) for b in plan.request.scheduler_binds] == \
+        [(str(script), str(script), True)]
+    env = {"PMIX_SERVER_TMPDIR": str(pmix), "PMIX_PTL_MODULE": "tcp,usock",
+           "PMIX_MCA_gds": "hash", "PMIX_GDS_MODULE": "ds12"}
+    plan = slurm.plan_task(slurm.parse_step("7.0"), ARGS, {"container": str(img)}, ["a.out"],
+                           env, "/")
+    assert [(b.src, b.readonly) for b in plan.request.scheduler_binds] == [(str(pmix), False)]
+    # enroot's aliases; a value the user set stays.
+    assert plan.request.env["PMIX_MCA_ptl"] == "tcp,usock"
+    assert "PMIX_MCA_gds" not in plan.request.env
+
+
+@pytest.mark.parametrize("spank,env,word", [
+    ({"container": ""}, {}, "--container needs a value"),
+    ({}, {"HPCCONT_CONTAINER": ""}, "--container needs a value"),
+    ({"container": "x", "container-bind": "/tmp:"}, {}, "empty destination"),
+    ({"container": "x", "container-bind": "/a,"}, {}, "--container-bind: empty item"),
+    ({"container": "x", "container-env": "FOO,"}, {}, "--container-env: empty item"),
+    ({"container": "x", "container-env": "A=1"}, {}, "not a variable name"),
+    ({"container": "x", "container-mount-home": None, "no-container-mount-home": None}, {},
+     "contradict"),
+])
+def test_bad_options_are_refused_by_name(spank, env, word):
+    with pytest.raises(HpccontError) as e:
+        slurm.job_options(spank, env)
+    assert word in e.value.one_line()
 
 
 def test_batch_step_follows_wrap_batch(make_image, tmp_path):
@@ -127,15 +171,63 @@ def test_spank_option_names():
         {"container": "a.sif", "container-nv": None}
 
 
+def _digest(path, log):
+    fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return slurm.file_digest(fd, log)
+    finally:
+        os.close(fd)
+
+
 def test_digest_cache(make_image, tmp_path):
     import hashlib
     img = make_image(tmp_path)
     log = str(tmp_path / "log.jsonl")
     want = hashlib.sha256(img.read_bytes()).hexdigest()
-    assert slurm.file_digest(str(img), log) == (want, img.stat().st_size)
-    assert (tmp_path / "log.jsonl.digests").exists()
-    assert slurm.file_digest(str(img), log)[0] == want
-    assert slurm.file_digest("/dev/null", log) == ("", 0)
+    assert _digest(img, log) == (want, img.stat().st_size)
+    cache = tmp_path / "log.jsonl.digests"
+    assert cache.exists() and (cache.stat().st_mode & 0o777) == 0o600
+    assert _digest(img, log)[0] == want
+    assert _digest("/dev/null", log) == ("", 0)
+
+
+def test_digest_cache_sees_a_rewrite_with_the_mtime_restored(make_image, tmp_path):
+    """Same size, same mtime, new content: only the ctime tells, and it is in the key."""
+    import hashlib
+    img = make_image(tmp_path)
+    log = str(tmp_path / "log.jsonl")
+    before = os.stat(img)
+    assert _digest(img, log)[0] == hashlib.sha256(img.read_bytes()).hexdigest()
+    data = bytearray(img.read_bytes())
+    data[-1] ^= 0xFF
+    time.sleep(0.01)
+    with open(img, "r+b") as f:
+        f.write(data)
+    os.utime(img, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(img).st_mtime_ns == before.st_mtime_ns
+    assert _digest(img, log)[0] == hashlib.sha256(bytes(data)).hexdigest()
+
+
+def test_record_keeps_only_the_job_values_it_uses():
+    jobenv = {"LD_PRELOAD": "/home/u/evil.so", "PYTHONPATH": "/home/u", "PATH": "/home/u/bin",
+              "PWD": "/home/u", "HPCCONT_CONTAINER": "a.sif", "HPCCONT_CONTAINER_NV": "1",
+              "SLURM_SUBMIT_DIR": "/home/u", "HPCCONT_SLURM_CWD": "/home/u/run"}
+    assert slurm.record_environ(jobenv) == {
+        "PWD": "/home/u", "HPCCONT_CONTAINER": "a.sif", "HPCCONT_CONTAINER_NV": "1",
+        "SLURM_SUBMIT_DIR": "/home/u", "HPCCONT_SLURM_CWD": "/home/u/run"}
+
+
+def test_job_identity():
+    assert slurm.parse_identity("1001:1002:1002,27") == slurm.JobIdentity(1001, 1002, [1002, 27])
+    assert slurm.parse_identity("5:6:") == slurm.JobIdentity(5, 6, [])
+    with pytest.raises(SchedulerError):
+        slurm.parse_identity("root")
+
+
+def test_plugstack_seconds():
+    assert slurm.parse_plugin_args(["prepare_timeout=20"]).prepare_timeout == 20
+    with pytest.raises(SchedulerError):
+        slurm.parse_plugin_args(["prepare_timeout=soon"])
 
 
 @pytest.mark.parametrize("per_node,node,want", [("64", "0", 64), ("2(x3),1", "2", 2),
@@ -149,15 +241,14 @@ def test_lone_task_does_not_join(make_image, tmp_path):
     img = make_image(tmp_path)
     env = {"SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_NODEID": "0"}
     plan = slurm.plan_task(slurm.parse_step("3.0"), ARGS, {"container": str(img)}, ["p"], env, "/")
-    assert "--join" not in plan.argv
+    assert plan.request.join is None
 
 
 def test_install_plugin(make_image, tmp_path, hpccont):
     src = Path(__file__).resolve().parents[2] / "spank_plugin"
     r = hpccont("slurm", "install-plugin", "--source", src, "--prefix", tmp_path / "usr",
                 "--plugstack", tmp_path / "plugstack.d/hpccont.conf",
-                "--cli-filter", tmp_path / "cli_filter.lua", "--hpccont", "/opt/x/hpccont",
-                "--image-dir", "/site/img", "--wrap-batch", "no")
+                "--cli-filter", tmp_path / "cli_filter.lua", "--image-dir", "/site/img", "--wrap-batch", "no")
     if not (shutil.which("make") and Path("/usr/include/slurm/spank.h").exists()):
         assert r.returncode == 9 and len(r.stderr.splitlines()) == 1
         return
@@ -166,9 +257,42 @@ def test_install_plugin(make_image, tmp_path, hpccont):
     assert so.exists()
     line = (tmp_path / "plugstack.d/hpccont.conf").read_text().split()
     assert line[:2] == ["required", str(so)]
-    assert "hpccont=/opt/x/hpccont" in line and "image_dir=/site/img" in line
+    launcher = tmp_path / "usr/lib/hpccont/bin/hpccont"
+    assert f"hpccont={launcher}" in line and "image_dir=/site/img" in line
+    # An isolated interpreter, owned by root, that nobody else can change.
+    first = launcher.read_text().splitlines()[0]
+    assert first.startswith("#!/") and first.endswith(" -IS")
+    st = launcher.stat()
+    assert st.st_uid == 0 and not st.st_mode & 0o022
+    r = subprocess.run([str(launcher), "--version"], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and r.stdout.startswith("hpccont ")
     assert "wrap_batch=no" in line
     assert "slurm_cli_pre_submit" in (tmp_path / "cli_filter.lua").read_text()
     bad = hpccont("slurm", "install-plugin", "--source", src, "--prefix", tmp_path / "u2", "--wrap-batch", "maybe",
                   "--plugstack", tmp_path / "p2", "--no-cli-filter")
     assert bad.returncode == 9 and "wrap_batch" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_install_plugin_from_the_installed_package(tmp_path):
+    """After a plain ``pip install`` (no source tree), install-plugin finds the plugin sources
+    and cli_filter.lua in the package itself."""
+    if not (shutil.which("make") and Path("/usr/include/slurm/spank.h").exists()):
+        pytest.skip("needs make and libslurm-dev")
+    repo = Path(__file__).resolve().parents[2]
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                        "--target", str(target), str(repo)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (target / "hpccont/data/spank_plugin/cli_filter.lua").is_file()
+    r = subprocess.run([sys.executable, "-c", "import sys; from hpccont.cli.main import main; "
+                        "sys.exit(main())", "slurm", "install-plugin", "--prefix",
+                        str(tmp_path / "usr"), "--plugstack", str(tmp_path / "p.conf"),
+                        "--cli-filter", str(tmp_path / "cli_filter.lua")],
+                       capture_output=True, text=True, cwd=tmp_path,
+                       env={"PYTHONPATH": str(target), "PATH": os.environ["PATH"]})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "usr/lib/hpccont/hpccont_spank.so").is_file()
+    assert "slurm_cli_pre_submit" in (tmp_path / "cli_filter.lua").read_text()

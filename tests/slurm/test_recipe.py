@@ -158,7 +158,8 @@ def test_prepare_without_container_or_with_a_bad_image():
 
 def test_image_scripts_folded_into_the_delta():
     """What the image's env scripts change, evaluated once, becomes part of the tasks' delta
-    (no shell per task); a script touching a per-task variable keeps the shell."""
+    (no shell per task); a variable each task copies (--container-env) keeps the task's own
+    value even where a script sets it: the host's value wins, as in Pyxis."""
     from hpccont.runtime.environment import EnvDelta, apply_delta
     host = {"HOME": "/h", "BAR": "1", "SLURM_PROCID": "0", "KEEP": "k"}
     delta = EnvDelta(set={"PATH": "/bin"}, overrides={}, copy=["SLURM_PROCID"])
@@ -175,4 +176,6 @@ def test_image_scripts_folded_into_the_delta():
     merged = slurm._with_scripts_applied(clean, host, evaluated)
     assert merged is not None and apply_delta(merged, host) == evaluated
     conflict = dict(apply_delta(delta, host), SLURM_PROCID="changed-by-script")
-    assert slurm._with_scripts_applied(delta, host, conflict) is None
+    merged = slurm._with_scripts_applied(delta, host, conflict)
+    assert merged is not None
+    assert apply_delta(merged, other_task)["SLURM_PROCID"] == "5"

@@ -1,0 +1,58 @@
+"""The one way a container is started: a ContainerRequest in, the command exec'd in place.
+
+The CLI (``hpccont exec|run|shell|test``), the Slurm task path, PBS and the module wrappers
+all build a request and call ``launch``; none of them goes back through a command line.
+Hot path: stdlib only, json only for --dry-run/--debug.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from .request import ContainerRequest
+
+
+def current_dir() -> str:
+    """The logical working directory ($PWD when it names the same place, as shells keep it)."""
+    try:
+        real = os.getcwd()
+    except FileNotFoundError:
+        from ..errors import LaunchError
+        raise LaunchError("the current working directory no longer exists")
+    pwd = os.environ.get("PWD")
+    if pwd and pwd != real:
+        try:
+            if os.path.samefile(pwd, real):
+                return pwd
+        except OSError:
+            pass
+    return real
+
+
+def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None) -> int:
+    """Plan ``req`` and exec it; returns only for --dry-run (0), otherwise raises on failure."""
+    from .. import config
+    from .plan import make_plan
+    cfg = cfg if cfg is not None else config.load()
+    environ = os.environ if environ is None else environ
+    if req.image.startswith("instance://"):
+        from .instances import attach
+        req = attach(req, cfg)
+    plan = make_plan(req, cfg, environ, cwd if cwd is not None else current_dir())
+    if req.debug:
+        from .apply import Step
+        Step(debug=True)("plan made (interpreter, imports, parsing, config, image, planning)")
+    for w in plan.warnings:
+        sys.stderr.write(f"hpccont: warning: {w}\n")
+    if req.dry_run or req.debug:
+        import json
+        text = json.dumps(plan.to_dict(), indent=2) + "\n"
+        (sys.stdout if req.dry_run else sys.stderr).write(text)
+        if req.dry_run:
+            return 0
+    if plan.join:
+        from .join import apply_joined
+        apply_joined(plan, cfg)
+    from .apply import apply
+    apply(plan, cfg, debug=req.debug)
+    return 255  # not reached: apply execs or raises

@@ -711,7 +711,7 @@ def check_slurm_conf(ctx: Context) -> Result:
     if installed:
         return Result(FAIL, name, conf.error,
                       "point SLURM_CONF or --slurm-conf at the cluster's slurm.conf "
-                      "(configless: the copy slurmd caches, e.g. /run/slurm/conf/slurm.conf)")
+                      "(configless Slurm: the copy slurmd keeps in SlurmdSpoolDir/conf-cache)")
     return Result(SKIP, name, f"Slurm not installed ({conf.error})")
 
 

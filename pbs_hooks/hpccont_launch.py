@@ -9,6 +9,11 @@ hook does):
                   ``hpccont exec [options] IMAGE <original program>``; never wrap twice
   execjob_end     remove whatever was left behind for the job on this host
 
+Runs as root; every user is taken to be hostile: the paths a job names are opened with the
+job user's rights, the only program started as root (the signature check) gets a fixed
+environment, and job-end cleanup never follows a path the user can change (see
+docs/security.md).
+
 Users ask with ``qsub -l container=img.sif`` (a custom resource, see README.md) or
 ``qsub -v HPCCONT_CONTAINER=img.sif``, plus the HPCCONT_CONTAINER_* variables / container_*
 resources.  Decisions live in ``hpccont.schedulers.pbs``; this file only moves data between
@@ -47,12 +52,20 @@ def _resources(job, names):
     return found
 
 
+def _attr(job, name):
+    value = getattr(job, name, None)
+    return str(value) if value else ""
+
+
 def _context(hp, event, hook_cfg, launch):
     job = event.job
+    # euser/egroup: the paths the job names are opened with that user's rights, never root's
+    # ("" when PBS gives none: refused, never taken as root).
     ctx = hp.JobContext(job_id=str(job.id),
                         variables=dict(job.Variable_List or {}),
                         resources=_resources(job, hook_cfg.resources),
-                        primary=bool(job.in_ms_mom()))
+                        primary=bool(job.in_ms_mom()),
+                        user=_attr(job, "euser"), group=_attr(job, "egroup") or None)
     if launch:
         ctx.progname = event.progname
         ctx.argv = list(event.argv)

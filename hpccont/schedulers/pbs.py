@@ -14,18 +14,24 @@ PBS facts this module relies on (OpenPBS ``pbs_module(7B)``, ``pbs_hook_attribut
 - MoM starts the job shell as a login shell: ``argv[0]`` is ``-bash`` while ``progname`` is
   ``/bin/bash``.  The leading dash means nothing once another program sits in front, so it is
   turned into the shell's login flag.
-- Hooks run as root (``user=pbsadmin``) in MoM's environment, not the job's.
+- Hooks run as root (``user=pbsadmin``) on the execution hosts.  Everything a job names is
+  the user's to choose (the image, bind sources, its environment), and every user is assumed
+  hostile: paths the user names are opened as the user (``privsep``), the only program run as
+  root (the signature check) gets a fixed environment and absolute paths, and job-end cleanup
+  never follows a path the user can change (``runtime.cleanup``).  docs/security.md lists
+  each piece.
 """
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ..errors import (ConfigError, HpccontError, ImageError, PolicyError, SignatureError,
-                      UsageError)
+from ..errors import (ConfigError, HpccontError, ImageError, PolicyError, PrivsepError,
+                      SignatureError, UsageError)
 from ..runtime.policy import under_any
 from .common import JobOptions, env_name, launch_argv, options_from_env, parse_options, resolve_image
 
@@ -125,6 +131,17 @@ class JobContext:
     progname: Optional[str] = None                             # execjob_launch
     argv: Optional[List[str]] = None                           # execjob_launch
     primary: bool = True                                       # job.in_ms_mom()
+    # job.euser / job.egroup: whose rights the paths the job names are opened with.
+    # user None: the calling process's own rights (tests, ``hpccont pbs launch-command``).
+    user: Optional[str] = None
+    group: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    uid: int
+    gid: int
+    groups: Tuple[int, ...] = ()
 
 
 @dataclass
@@ -145,6 +162,9 @@ class CleanupPlan:
     pids: List[int] = field(default_factory=list)
     mounts: List[str] = field(default_factory=list)            # deepest first
     paths: List[str] = field(default_factory=list)
+    uid: Optional[int] = None                                  # the job's user (None: unknown)
+    gid: Optional[int] = None
+    groups: Tuple[int, ...] = ()
 
 
 # ---------------------------------------------------------------- hook configuration
@@ -171,6 +191,10 @@ def parse_hook_config(raw: Any, source: str = "hook config") -> HookConfig:
                           f"not {cfg.on_reject!r}")
     if not os.path.isabs(cfg.hpccont):
         raise ConfigError(f"{source}: hpccont must be an absolute path, not {cfg.hpccont!r}")
+    # Run as root: never looked up in a PATH.
+    if cfg.verify_command and not os.path.isabs(cfg.verify_command[0]):
+        raise ConfigError(f"{source}: verify_command must start with an absolute path, "
+                          f"not {cfg.verify_command[0]!r}")
     return cfg
 
 
@@ -197,12 +221,18 @@ def load_hook_config(path: Optional[str]) -> HookConfig:
     return parse_hook_config(raw, f"hook config {path}")
 
 
-def load_site_config(hook_cfg: HookConfig, environ: Mapping[str, str] = os.environ) -> dict:
+def site_config_path(hook_cfg: HookConfig) -> str:
+    """The hook's site config: ``site_config`` or the default path, never the environment's
+    HPCCONT_CONFIG (the hook's environment is not trusted to choose the site's policy)."""
     from .. import config
-    env = dict(environ)
-    if hook_cfg.site_config:
-        env["HPCCONT_CONFIG"] = hook_cfg.site_config
-    return config.load(env)
+    return hook_cfg.site_config or config.DEFAULT_PATH
+
+
+def load_site_config(hook_cfg: HookConfig) -> dict:
+    from .. import config
+    # No cache: the per-user cache lives under $HOME / $XDG_CACHE_HOME, which root must
+    # neither trust nor write into.
+    return config.load({"HPCCONT_CONFIG": site_config_path(hook_cfg)}, use_cache=False)
 
 
 # ---------------------------------------------------------------- what the job asked for
@@ -255,59 +285,291 @@ def join_key(job_id: str) -> str:
     return "pbs-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in job_id)
 
 
+# ---------------------------------------------------------------- the job's user
+
+def job_credentials(ctx: JobContext) -> Optional[Credentials]:
+    """The uid, gid and groups of the job's user (None: ``ctx.user`` is None, own rights)."""
+    if ctx.user is None:
+        return None
+    import grp
+    import pwd
+    if not ctx.user:
+        raise ConfigError("the job has no execution user (euser); its paths cannot be "
+                          "opened with the user's rights")
+    try:
+        pw = pwd.getpwnam(ctx.user)
+    except KeyError:
+        raise ConfigError(f"job user {ctx.user!r} is unknown on this host") from None
+    gid = pw.pw_gid
+    if ctx.group:
+        try:
+            gid = grp.getgrnam(ctx.group).gr_gid
+        except KeyError:
+            raise ConfigError(f"job group {ctx.group!r} is unknown on this host") from None
+    return Credentials(pw.pw_uid, gid, tuple(os.getgrouplist(pw.pw_name, gid)))
+
+
+def credentials_for_uid(uid: Optional[int]) -> Optional[Credentials]:
+    if uid is None:
+        return None
+    import pwd
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return Credentials(uid, uid, ())
+    return Credentials(uid, pw.pw_gid, tuple(os.getgrouplist(pw.pw_name, pw.pw_gid)))
+
+
+def with_user_rights(creds: Optional[Credentials], work: Callable[[], Tuple[str, List[int]]],
+                     error: type = ImageError) -> Tuple[str, List[int]]:
+    """Run ``work`` (returning text and descriptors) with the job user's rights: in a child
+    that has become the user when this process is root and the user is not, else here (the
+    process already has no more rights than the user, or the job is root's).  The child's
+    one-line error is raised here as ``error``."""
+    if creds is None or os.geteuid() != 0 or creds.uid == 0:
+        return work()
+    from ..privsep import run_as_user
+    try:
+        return run_as_user(work, creds.uid, creds.gid, creds.groups)
+    except PrivsepError as e:
+        raise error(e.one_line()) from None
+
+
+@dataclass
+class OpenedImage:
+    """The job's image, opened with the user's rights; root reads only through ``fd``."""
+    path: str                   # resolved from the request: what the launch command names
+    real: str                   # where the open file is, as the kernel says (/proc/self/fd)
+    fd: int
+    bind_sources: List[str] = field(default_factory=list)     # resolved by the user
+
+    @property
+    def fd_path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _open_image_here(path: str) -> int:
+    """Open an image path with this process's rights (in the user's child)."""
+    from ..privsep import open_checked
+    try:
+        fd, _ = open_checked(path, "any")
+    except PrivsepError as e:
+        raise ImageError(f"container image {e.one_line()}") from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode) and not os.access(f"/proc/self/fd/{fd}",
+                                                            os.R_OK | os.X_OK):
+        os.close(fd)
+        raise ImageError(f"container image {path}: Permission denied")
+    return fd
+
+
+def open_job_image(request: str, submit: str, image_dirs: List[str], binds: List[str] = (),
+                   creds: Optional[Credentials] = None) -> OpenedImage:
+    """Resolve the image request and open it, and resolve the bind sources, all as the job's
+    user: a file the user cannot read is never read for them, a FIFO or device is refused
+    without blocking, a symlink is followed with the user's rights only."""
+    sources = [b.split(":", 1)[0] for b in binds]
+
+    def work():
+        try:
+            path = resolve_image(request, submit, image_dirs)
+        except ImageError:
+            # "not found" for the user may be "not allowed to look": say which (for a path;
+            # a bare name may be meant for the image directories)
+            if "/" not in request:
+                raise
+            direct = os.path.join(submit, request)
+            try:
+                os.stat(direct)
+            except PermissionError:
+                raise ImageError(f"container image {direct}: Permission denied") from None
+            except (OSError, ValueError):
+                pass
+            raise
+        reals = [os.path.realpath(s) if os.path.isabs(s) else s for s in sources]
+        return "\0".join([path, *reals]), [_open_image_here(path)]
+    text, fds = with_user_rights(creds, work)
+    path, *reals = text.split("\0")
+    img = OpenedImage(path=path, real="", fd=fds[0], bind_sources=reals)
+    for extra in fds[1:]:
+        os.close(extra)
+    try:
+        st = os.fstat(img.fd)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise ImageError(f"container image {path}: not a regular file or a directory")
+        img.real = os.readlink(img.fd_path)
+        if not img.real.startswith("/") or img.real.endswith(" (deleted)"):
+            raise ImageError(f"container image {path} was removed while it was checked")
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+
 # ---------------------------------------------------------------- site policy
 
-def check_binds(opts: JobOptions, site: dict) -> None:
+def _under(real: str, dirs: List[str]) -> bool:
+    """``real`` (already free of symlinks) inside one of the site's ``dirs``?  Unlike
+    policy.under_any, the user's path is not resolved again here: it came from the kernel."""
+    for d in dirs:
+        top = os.path.realpath(d)
+        if real == top or real.startswith(top.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def check_binds(opts: JobOptions, site: dict, real_sources: Optional[List[str]] = None) -> None:
+    """``real_sources``: the bind sources as the job's user resolved them (open_job_image);
+    None: resolved here, with this process's rights."""
     mounts = site.get("mounts", {})
     if opts.binds and not mounts.get("user_binds", True):
         raise PolicyError("this site does not allow user bind mounts (container-bind)")
     deny = mounts.get("user_bind_denylist", [])
-    for spec in opts.binds:
+    for i, spec in enumerate(opts.binds):
         src = spec.split(":", 1)[0]
         if not os.path.isabs(src):
             raise UsageError(f"container-bind source must be an absolute path: {spec!r}")
-        if deny and under_any(src, deny):
+        if not deny:
+            continue
+        if real_sources is not None and i < len(real_sources):
+            denied = _under(real_sources[i], deny)
+        else:
+            denied = under_any(src, deny)
+        if denied:
             raise PolicyError(f"container-bind {src!r} is on the site's deny list")
 
 
-def _default_verify(image: str, hook_cfg: HookConfig, site: dict) -> None:
+def _is_python(program: str) -> bool:
+    import re
+    return re.fullmatch(r"python[0-9.]*", os.path.basename(program)) is not None
+
+
+def _isolated(interpreter: str, args: List[str]) -> List[str]:
+    """A Python interpreter with its arguments, ``-I`` added unless already there."""
+    for a in args:                   # the interpreter's own options come first
+        if not a.startswith("-") or a.startswith("--") or a == "-":
+            break
+        if "I" in a[1:] and a[1:].isalpha():
+            return [interpreter, *args]
+    return [interpreter, "-I", *args]
+
+
+def root_command(argv: List[str]) -> List[str]:
+    """``argv`` as root runs it: absolute program; a Python interpreter, or a script whose
+    ``#!`` names one, run in isolated mode (-I: no PYTHON* variables, no user site, no script
+    directory on sys.path), so that no environment, PYTHONPATH or sitecustomize chooses what
+    root's Python imports."""
+    from ..privsep import system_program
+    program = argv[0]
+    if not os.path.isabs(program):
+        raise ConfigError(f"{program!r}: programs run as root need an absolute path")
+    if _is_python(program):
+        return _isolated(program, list(argv[1:]))
+    try:
+        with open(program, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return list(argv)            # the run itself reports it
+    if not first.startswith(b"#!"):
+        return list(argv)
+    words = first[2:].decode("utf-8", "replace").strip().split(None, 1)
+    if not words:
+        return list(argv)
+    interpreter, rest = words[0], (words[1:] or [""])[0]
+    if os.path.basename(interpreter) == "env" and rest and not rest.startswith("-"):
+        name, _, rest = rest.partition(" ")
+        if not _is_python(name):
+            return list(argv)
+        interpreter = system_program(name)
+    if not _is_python(interpreter):
+        return list(argv)
+    # the kernel passes what follows the interpreter as one argument
+    return _isolated(interpreter, ([rest.strip()] if rest.strip() else []) + list(argv))
+
+
+def root_environment(hook_cfg: HookConfig) -> Dict[str, str]:
+    """The whole environment of a program the hook runs as root: fixed here, nothing of the
+    job's or of the hook's own environment."""
+    from ..privsep import ROOT_ENV
+    env = dict(ROOT_ENV)
+    env["HPCCONT_CONFIG"] = site_config_path(hook_cfg)
+    return env
+
+
+def _default_verify(image: str, hook_cfg: HookConfig, site: dict, fd: int) -> None:
     """Signature verification through ``hpccont verify`` (the signing sub-command).
 
     Called only when the site requires signatures.  Going through the command keeps this
     module independent of how signatures are implemented, and the keyring is the site's.
+    The image is the descriptor opened as the user, passed as ``/proc/self/fd/N``: the
+    verifier reads exactly the file that was checked, never the user's path.
     """
     argv = list(hook_cfg.verify_command) or [hook_cfg.hpccont, "verify"]
-    env = dict(os.environ)
-    if hook_cfg.site_config:
-        env["HPCCONT_CONFIG"] = hook_cfg.site_config
+    fd_path = f"/proc/self/fd/{fd}"
     try:
-        r = subprocess.run(argv + [image], capture_output=True, text=True, timeout=60, env=env)
+        r = subprocess.run(root_command(argv) + [fd_path], capture_output=True, text=True,
+                           timeout=60, env=root_environment(hook_cfg), cwd="/",
+                           stdin=subprocess.DEVNULL, pass_fds=(fd,), close_fds=True)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SignatureError(f"cannot verify the signature of {image}: {e}")
     if r.returncode != 0:
         detail = (r.stderr.strip().splitlines() or ["verification failed"])[-1]
-        raise SignatureError(f"signature check failed for {image}: {detail}")
+        raise SignatureError(f"signature check failed for {image}: "
+                             f"{detail.replace(fd_path, image)}")
 
 
-# Pluggable: the signature check used when ``signatures.require`` is set.
-VERIFY: List[Callable[[str, HookConfig, dict], None]] = [_default_verify]
+# Pluggable: the signature checks used when ``signatures.require`` is set, each called as
+# check(image path, hook config, site config, descriptor of the opened image).
+VERIFY: List[Callable[[str, HookConfig, dict, int], None]] = [_default_verify]
 
-# image kind -> site config key in ``images`` that allows it
+
+def image_kind(img: OpenedImage) -> str:
+    """sif / squashfs / sandbox, read through the descriptor only."""
+    from ..image import source
+    try:
+        return source.open_image(img.fd_path).kind
+    except ImageError as e:
+        raise type(e)(e.one_line().replace(img.fd_path, img.path)) from None
 
 
-def check_image(image: str, hook_cfg: HookConfig, site: dict, *, verify: bool = True) -> str:
-    """Site policy for an already resolved image path.  Returns the image kind."""
-    from ..image.source import open_image
-    from ..runtime.policy import check_image as site_policy
-    kind = open_image(image).kind
-    site_policy(image, kind, site.get("images", {}))
+def _image_policy(img: OpenedImage, kind: str, images: dict) -> None:
+    from ..runtime.policy import KIND_SWITCH
+    allowed = images.get("allowed_dirs") or []
+    if allowed and not _under(img.real, allowed):
+        raise PolicyError(f"container image {img.path} is outside the allowed image directories "
+                          f"({', '.join(allowed)})")
+    switch = KIND_SWITCH.get(kind)
+    if switch and not images.get(switch, True):
+        raise PolicyError(f"container image {img.path}: {kind} images are not allowed at this site")
+
+
+def check_opened_image(img: OpenedImage, hook_cfg: HookConfig, site: dict, *,
+                       verify: bool = True) -> str:
+    """Site policy for an image opened as the user.  Returns the image kind."""
+    kind = image_kind(img)
+    _image_policy(img, kind, site.get("images", {}))
     if verify and site.get("signatures", {}).get("require", False):
         if kind != "sif":
-            raise SignatureError(f"container image {image}: this site requires signed SIF images, "
-                                 f"and a {kind} image cannot be signed")
+            raise SignatureError(f"container image {img.path}: this site requires signed SIF "
+                                 f"images, and a {kind} image cannot be signed")
         for check in VERIFY:
-            check(image, hook_cfg, site)
+            check(img.path, hook_cfg, site, img.fd)
     return kind
+
+
+def check_image(image: str, hook_cfg: HookConfig, site: dict, *, verify: bool = True,
+                creds: Optional[Credentials] = None) -> str:
+    """Site policy for an already resolved image path, opened with ``creds``' rights (None:
+    this process's).  Returns the image kind."""
+    img = open_job_image(image, "/", [], creds=creds)
+    try:
+        return check_opened_image(img, hook_cfg, site, verify=verify)
+    finally:
+        img.close()
 
 
 def begin_check(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> Optional[str]:
@@ -318,10 +580,15 @@ def begin_check(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> Optional[s
     opts = job_options(ctx, hook_cfg)
     if not opts.wanted:
         return None
-    image = resolve_image(opts.image or "", submit_dir(ctx), site.get("images", {}).get("image_dirs", []))
-    check_binds(opts, site)
-    check_image(image, hook_cfg, site)
-    return image
+    img = open_job_image(opts.image or "", submit_dir(ctx),
+                         site.get("images", {}).get("image_dirs", []), opts.binds,
+                         job_credentials(ctx))
+    try:
+        check_binds(opts, site, img.bind_sources)
+        check_opened_image(img, hook_cfg, site)
+    finally:
+        img.close()
+    return img.path
 
 
 # ---------------------------------------------------------------- execjob_launch
@@ -375,14 +642,18 @@ def plan_launch(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> LaunchDeci
     if not script and not hook_cfg.wrap_tm_tasks:
         return LaunchDecision(False, "TM tasks are not wrapped (wrap_tm_tasks)")
     image_dirs = site.get("images", {}).get("image_dirs", [])
-    image = resolve_image(opts.image or "", submit_dir(ctx), image_dirs)
-    check_binds(opts, site)
-    # execjob_begin verified the job-level image; a task that picked another image through
-    # its environment gets the full check here.
-    job_level = job_options(ctx, hook_cfg)
-    checked = job_level.wanted and _same_image(job_level, image, ctx, image_dirs)
-    check_image(image, hook_cfg, site, verify=not checked)
-    opts.image = image
+    img = open_job_image(opts.image or "", submit_dir(ctx), image_dirs, opts.binds,
+                         job_credentials(ctx))
+    try:
+        check_binds(opts, site, img.bind_sources)
+        # execjob_begin verified the job-level image; a task that asked for another image
+        # through its environment gets the full check here.
+        job_level = job_options(ctx, hook_cfg)
+        checked = job_level.wanted and (job_level.image or "") == (opts.image or "")
+        check_opened_image(img, hook_cfg, site, verify=not checked)
+    finally:
+        img.close()
+    image = opts.image = img.path
     env = ctx.env if ctx.env is not None else ctx.variables
     join = join_key(ctx.job_id) if hook_cfg.join else None
     new_argv = launch_argv(opts, task_program(progname, argv), hpccont=hook_cfg.hpccont,
@@ -390,13 +661,6 @@ def plan_launch(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> LaunchDeci
     kind = "job script" if script else "TM task"
     return LaunchDecision(True, f"{kind} wrapped in {image}", progname=hook_cfg.hpccont,
                           argv=new_argv, env_set={JOB_MARKER: ctx.job_id}, image=image)
-
-
-def _same_image(job_level: JobOptions, image: str, ctx: JobContext, image_dirs: List[str]) -> bool:
-    try:
-        return resolve_image(job_level.image or "", submit_dir(ctx), image_dirs) == image
-    except HpccontError:
-        return False
 
 
 # ---------------------------------------------------------------- execjob_end
@@ -409,11 +673,30 @@ def _environ_has(pid: str, marker: bytes) -> bool:
         return False
 
 
-def leftover_pids(job_id: str, proc: str = "/proc") -> List[int]:
+def _real_uid(pid: str) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _is_leftover(pid: str, marker: bytes, uid: Optional[int]) -> bool:
+    """Carries the job's marker and, for a user's job, runs as that user: a user who puts
+    another job's marker in a process of theirs only exposes their own processes."""
+    if not _environ_has(pid, marker):
+        return False
+    return uid is None or uid == 0 or _real_uid(pid) == uid
+
+
+def leftover_pids(job_id: str, proc: str = "/proc", uid: Optional[int] = None) -> List[int]:
     marker = f"{JOB_MARKER}={job_id}".encode()
     me = os.getpid()
     return sorted(int(p) for p in os.listdir(proc)
-                  if p.isdigit() and int(p) != me and _environ_has(p, marker))
+                  if p.isdigit() and int(p) != me and _is_leftover(p, marker, uid))
 
 
 def _unescape_mountinfo(field_text: str) -> str:
@@ -466,20 +749,27 @@ def join_state_files(key: str, images: List[str], site: dict, uid: Optional[int]
 
 def plan_cleanup(job_id: str, site: dict, extra_dirs: List[str] = (), images: List[str] = (),
                  uid: Optional[int] = None) -> CleanupPlan:
+    """``uid``: the job's user; only that user's marked processes are stopped, and removals
+    outside root-only directories are done with that user's rights."""
     key = join_key(job_id)
     paths = leftover_paths(key, site, extra_dirs) + join_state_files(key, list(images), site, uid)
-    return CleanupPlan(job_id=job_id, key=key, pids=leftover_pids(job_id),
-                       mounts=leftover_mounts(key), paths=paths)
+    creds = credentials_for_uid(uid)
+    return CleanupPlan(job_id=job_id, key=key, pids=leftover_pids(job_id, uid=uid),
+                       mounts=leftover_mounts(key), paths=paths, uid=uid,
+                       gid=creds.gid if creds else None, groups=creds.groups if creds else ())
 
 
 def job_images(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> List[str]:
-    """The job-level image, resolved, or [] (execjob_end must not fail on a bad request)."""
+    """The job-level image, resolved with the user's rights, or [] (execjob_end must not fail
+    on a bad request)."""
     try:
         opts = job_options(ctx, hook_cfg)
         if not opts.wanted:
             return []
-        return [resolve_image(opts.image or "", submit_dir(ctx),
-                              site.get("images", {}).get("image_dirs", []))]
+        dirs = site.get("images", {}).get("image_dirs", [])
+        text, _ = with_user_rights(job_credentials(ctx),
+                                   lambda: (resolve_image(opts.image or "", submit_dir(ctx), dirs), []))
+        return [text]
     except HpccontError:
         return []
 
@@ -504,36 +794,63 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def apply_cleanup(plan: CleanupPlan, grace: float = 5) -> List[str]:
-    """Kill, unmount and remove what the plan lists.  Returns what could not be done."""
-    import shutil
+def _signal_leftovers(plan: CleanupPlan, grace: float) -> List[str]:
+    """SIGTERM, ``grace`` seconds, SIGKILL.  Each process is held by a pidfd once its marker
+    and owner are checked, so a PID reused meanwhile is never signalled."""
     problems: List[str] = []
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2)):
-        for pid in plan.pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-            except OSError as e:
-                problems.append(f"kill {pid}: {e.strerror}")
-        plan.pids = _wait_gone(plan.pids, wait)
-        if not plan.pids:
-            break
-    problems += [f"process {p} survived SIGKILL" for p in plan.pids]
-    for point in plan.mounts:
-        from ..runtime import kernel
+    marker = f"{JOB_MARKER}={plan.job_id}".encode()
+    held: Dict[int, int] = {}
+    for pid in plan.pids:
         try:
-            # Detach: a leftover mount may still be busy; the kernel frees it when unused.
-            kernel.umount2(point, kernel.MNT_DETACH)
-        except OSError as e:
-            problems.append(f"umount {point}: {e.strerror}")
-    for path in plan.paths:
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-        except OSError as e:
-            problems.append(f"remove {path}: {e.strerror}")
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        except (AttributeError, OSError):
+            fd = -1                      # no pidfd on this kernel: signal by PID
+        if _is_leftover(str(pid), marker, plan.uid):
+            held[pid] = fd
+        elif fd >= 0:
+            os.close(fd)
+    try:
+        alive = list(held)
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2)):
+            for pid in alive:
+                try:
+                    if held[pid] >= 0:
+                        signal.pidfd_send_signal(held[pid], sig)
+                    else:
+                        os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+                except OSError as e:
+                    problems.append(f"kill {pid}: {e.strerror}")
+            alive = _wait_gone(alive, wait)
+            if not alive:
+                break
+        problems += [f"process {p} survived SIGKILL" for p in alive]
+        plan.pids = alive
+    finally:
+        for fd in held.values():
+            if fd >= 0:
+                os.close(fd)
     return problems
 
+
+def apply_cleanup(plan: CleanupPlan, grace: float = 5) -> List[str]:
+    """Kill, unmount and remove what the plan lists.  Returns what could not be done.
+
+    The user may rearrange their own directories while their processes stop, so the mounts
+    are listed again afterwards, and no path is used as a string: runtime.cleanup walks each
+    one by descriptor, refusing symlinks and directories of other owners."""
+    from ..runtime import cleanup
+    problems = _signal_leftovers(plan, grace)
+    owners = (0,) if plan.uid in (None, 0) else (0, plan.uid)
+    for point in leftover_mounts(plan.key):
+        try:
+            cleanup.detach(point, owners)
+        except HpccontError as e:
+            problems.append(f"umount {point}: {e.one_line()}")
+        except OSError as e:
+            problems.append(f"umount {point}: {os.strerror(e.errno) if e.errno else e}")
+    problems += cleanup.remove_paths(plan.paths, plan.uid, plan.gid, plan.groups)
+    return problems

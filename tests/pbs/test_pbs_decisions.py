@@ -1,4 +1,6 @@
 """The PBS decision functions on their own: plain data in, plain data out."""
+import os
+
 import pytest
 
 from hpccont.errors import ConfigError, ImageError, PolicyError, SignatureError, UsageError
@@ -166,8 +168,13 @@ def test_image_policy(tmp_path, busybox_squashfs, busybox_rootfs):
 
 
 def test_signature_check_is_pluggable(monkeypatch, busybox_squashfs):
+    """Each check gets the image path and the descriptor it was opened with."""
     seen = []
-    monkeypatch.setattr(hp, "VERIFY", [lambda image, cfg, site: seen.append(image)])
+
+    def check(image, cfg, site, fd):
+        seen.append(image)
+        assert os.path.samestat(os.fstat(fd), os.stat(image))
+    monkeypatch.setattr(hp, "VERIFY", [check])
     from hpccont.image import source
     monkeypatch.setattr(source, "open_image", lambda p: type("S", (), {"kind": "sif"})())
     hp.check_image(str(busybox_squashfs), hp.HookConfig(), {"signatures": {"require": True}})
@@ -178,9 +185,19 @@ def test_signature_check_is_pluggable(monkeypatch, busybox_squashfs):
 
 
 def test_default_verify_runs_the_verify_command(tmp_path):
-    cfg = hp.HookConfig(verify_command=["/bin/sh", "-c", 'echo "bad key for $0" >&2; exit 1'])
-    with pytest.raises(SignatureError, match="signature check failed for /x.sif: bad key for /x.sif"):
-        hp._default_verify("/x.sif", cfg, {})
-    hp._default_verify("/x.sif", hp.HookConfig(verify_command=["/bin/true"]), {})
-    with pytest.raises(SignatureError, match="cannot verify"):
-        hp._default_verify("/x.sif", hp.HookConfig(verify_command=[str(tmp_path / "none")]), {})
+    """The command gets the open descriptor (/proc/self/fd/N), never the user's path; its
+    messages name the image again."""
+    image = tmp_path / "x.sif"
+    image.write_bytes(b"SIF")
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        cfg = hp.HookConfig(verify_command=["/bin/sh", "-c", 'echo "bad key for $0 ($(cat "$0"))" >&2; exit 1'])
+        with pytest.raises(SignatureError, match=f"signature check failed for {image}: "
+                                                 f"bad key for {image} \\(SIF\\)"):
+            hp._default_verify(str(image), cfg, {}, fd)
+        hp._default_verify(str(image), hp.HookConfig(verify_command=["/bin/true"]), {}, fd)
+        with pytest.raises(SignatureError, match="cannot verify"):
+            hp._default_verify(str(image), hp.HookConfig(verify_command=[str(tmp_path / "none")]),
+                               {}, fd)
+    finally:
+        os.close(fd)

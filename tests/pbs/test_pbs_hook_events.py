@@ -1,6 +1,7 @@
 """The hook file run as MoM runs it (harness pbs_python), for every event, option and refusal."""
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from pbslib import DEFAULT_JOB_ID, option_args
+from pbslib import DEFAULT_JOB_ID, job_user, option_args
 
 JOB = DEFAULT_JOB_ID
 
@@ -72,10 +73,10 @@ def test_begin_rejects_unsigned_images_when_signatures_are_required(run_hook, bu
 
 
 def test_begin_verifies_signatures_with_the_site_keyring(run_hook, hpccont, busybox_sif,
-                                                        tmp_path):
+                                                        tmp_path, shared_tmp):
     """The real ``hpccont verify`` behind the hook: a SIF signed by the site key is accepted,
     an unsigned one and one signed by another key are rejected."""
-    signed, unsigned, foreign = (tmp_path / n for n in ("signed.sif", "unsigned.sif", "foreign.sif"))
+    signed, unsigned, foreign = (shared_tmp / n for n in ("signed.sif", "unsigned.sif", "foreign.sif"))
     for p in (signed, unsigned, foreign):
         p.write_bytes(busybox_sif.read_bytes())
     for name, image in (("site", signed), ("other", foreign)):
@@ -90,8 +91,8 @@ def test_begin_verifies_signatures_with_the_site_keyring(run_hook, hpccont, busy
              "signature check failed")
 
 
-def test_begin_rejects_a_corrupt_image(run_hook, tmp_path):
-    bad = tmp_path / "broken.sif"
+def test_begin_rejects_a_corrupt_image(run_hook, shared_tmp):
+    bad = shared_tmp / "broken.sif"
     bad.write_bytes(b"\0" * 4096)
     _refused(run_hook("execjob_begin", resources={"container": str(bad)}),
              "not a SIF, squashfs or sandbox image")
@@ -197,11 +198,11 @@ def test_launch_resource_beats_variable(run_hook, busybox_squashfs, busybox_root
     assert str(busybox_squashfs) in out["argv"] and str(busybox_rootfs) not in out["argv"]
 
 
-def test_launch_relative_image_from_submit_dir(run_hook, busybox_squashfs, tmp_path):
-    shutil.copy(busybox_squashfs, tmp_path / "mine.sqsh")
+def test_launch_relative_image_from_submit_dir(run_hook, busybox_squashfs, shared_tmp):
+    shutil.copy(busybox_squashfs, shared_tmp / "mine.sqsh")
     out = launch(run_hook, None, resources={"container": "mine.sqsh"}, progname="/bin/true",
-                 argv=["true"])
-    assert out["argv"][2] == str(tmp_path / "mine.sqsh")
+                 argv=["true"], variables={"PBS_O_WORKDIR": str(shared_tmp)})
+    assert out["argv"][2] == str(shared_tmp / "mine.sqsh")
 
 
 def test_launch_wraps_tm_tasks_on_sister_moms(run_hook, install, busybox_squashfs):
@@ -258,8 +259,8 @@ def test_launch_join_key(run_hook, busybox_squashfs):
     assert option_args(out["argv"], busybox_squashfs) == ["--join", "pbs-4242.pbsserver"]
 
 
-def test_launch_rejects_a_task_image_outside_policy(run_hook, busybox_squashfs, tmp_path):
-    other = tmp_path / "elsewhere.sqsh"
+def test_launch_rejects_a_task_image_outside_policy(run_hook, busybox_squashfs, shared_tmp):
+    other = shared_tmp / "elsewhere.sqsh"
     shutil.copy(busybox_squashfs, other)
     out = run_hook("execjob_launch", variables={"HPCCONT_CONTAINER": str(busybox_squashfs)},
                    env={"HPCCONT_CONTAINER": str(other), "PBS_TASKNUM": "2"},
@@ -282,10 +283,14 @@ def test_launch_rejects_bad_option(run_hook, busybox_squashfs):
 
 # ------------------------------------------------------------------ execjob_end
 
-def _leftover(job_id):
-    """A detached process carrying the job's marker, as a stray FUSE server would."""
+def _leftover(job_id, user=None):
+    """A detached process of the job's user carrying the job's marker, as a stray FUSE server
+    would."""
     env = dict(os.environ, HPCCONT_PBS_JOBID=job_id)
-    p = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
+    user = user or job_user()
+    as_user = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []} \
+        if os.geteuid() == 0 else {}
+    p = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True, **as_user)
     return p
 
 

@@ -97,7 +97,7 @@ def test_missing_program_in_image_is_127(job, busybox_squashfs, user):
 def test_end_after_a_real_job_leaves_nothing(job, run_hook, busybox_squashfs, user):
     out = job(user, busybox_squashfs, progname="/bin/true", argv=["true"])
     assert execute(out, user).returncode == 0
-    end = run_hook("execjob_end")
+    end = run_hook("execjob_end", euser=user)
     assert end["accepted"] and not [m for _, m in end["log"] if "cleanup" in m]
     assert not helpers.mounts_mentioning(str(busybox_squashfs))
     assert not helpers.fuse_processes(str(busybox_squashfs))
@@ -115,7 +115,7 @@ def test_joined_tasks_share_a_container_and_end_cleans_up(job, run_hook, busybox
         results = list(pool.map(lambda o: execute(o, user), outs))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     assert results[0].stdout == results[1].stdout      # same mount namespace
-    end = run_hook("execjob_end", resources={"container": str(busybox_squashfs)})
+    end = run_hook("execjob_end", resources={"container": str(busybox_squashfs)}, euser=user)
     assert end["accepted"], end
     assert leftover_pids("4242.pbsserver") == []
     assert not helpers.fuse_processes(str(busybox_squashfs))

@@ -11,7 +11,8 @@ Hooks Guide, and the behaviour of OpenPBS's ``src/modules/python/pbs/v1/_svr_typ
   ``event.requestor``, ``event.job``.
 - ``event.job`` has ``id``, ``Variable_List`` (a dict of the job's environment variables),
   ``Resource_List`` (indexing an unset resource gives None, booleans are Python bools),
-  ``euser``, ``in_ms_mom()``, ``rerun()`` and ``delete()`` (MoM events only).
+  ``euser`` and ``egroup`` (the user and group the job runs as on the execution host),
+  ``in_ms_mom()``, ``rerun()`` and ``delete()`` (MoM events only).
 - ``event.progname``, ``event.argv`` (list of str) and ``event.env`` (dict-like
   ``pbs.pbs_env``) exist only in ``execjob_launch`` and are the only event attributes a hook
   may assign; reading them in another event raises ``pbs.EventIncompatibleError``; assigning
@@ -122,6 +123,7 @@ class _job:
     def __init__(self, spec):
         self.id = spec["id"]
         self.euser = spec.get("euser", "")
+        self.egroup = spec.get("egroup", "")
         self.Job_Owner = spec.get("Job_Owner", "")
         self.Variable_List = pbs_env(spec.get("Variable_List", {}))
         self.Resource_List = pbs_resource(spec.get("Resource_List", {}))

@@ -7,6 +7,11 @@ The hook script is compiled and executed as ``__main__`` with ``pbs`` importable
 ``SystemExit`` (raised by accept/reject) ends the hook; a hook that returns without either is
 accepted; an unhandled exception rejects the event and the traceback goes to the log.
 OUTCOME.json: accepted, reject_msg, progname, argv, env, rerun, delete, log, exception.
+
+Not from PBS: EVENT.json may carry "hook_environ", variables put into this process's
+``os.environ`` just before the hook runs (after the interpreter started).  The security tests
+use it to hand the hook an environment an attacker chose, and check that nothing the hook
+starts as root inherits any of it.
 """
 import json
 import os
@@ -24,6 +29,7 @@ def main(hook_path: str, event_path: str, outcome_path: str) -> int:
     with open(event_path) as f:
         spec = json.load(f)
     event = pbs._load(spec)
+    os.environ.update(spec.get("hook_environ", {}))
     with open(hook_path) as f:
         code = compile(f.read(), hook_path, "exec")
     exception = None

@@ -130,8 +130,14 @@ def remove_at(dir_fd: int, name: str, depth: int = 0, top_mount: Optional[int] =
             raise UnsafePath(f"{name} was replaced while it was being removed")
         if _mount_id(fd) != top_mount:
             raise UnsafePath(f"{name} is a mount point; its content is left alone")
+        failed = []
         for entry in os.listdir(fd):
-            remove_at(fd, entry, depth + 1, top_mount)
+            try:
+                remove_at(fd, entry, depth + 1, top_mount)
+            except (OSError, UnsafePath) as e:
+                failed.append(e)         # the rest still goes; the first problem is reported
+        if failed:
+            raise failed[0]
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dir_fd)

@@ -21,7 +21,7 @@ import os
 import stat
 TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
-    from typing import Callable, List, Optional, Sequence, Tuple
+    from typing import Callable, List, Sequence, Tuple
 
 from .errors import HpccontError, PrivsepError
 

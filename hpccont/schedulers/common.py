@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
-    from typing import Dict, List, Mapping, Optional
+    from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import ImageError, UsageError
 from ..record import factory, record
@@ -58,8 +58,39 @@ class JobOptions:
         return self.image is not None and self.image.lower() not in NO_CONTAINER
 
 
-def _truthy(value: str) -> bool:
-    return value.strip().lower() not in ("0", "no", "false", "off")
+# The one spelling of yes and no, for options, job variables and plugstack/hook arguments.
+YES = ("1", "yes", "true", "on")
+NO = ("0", "no", "false", "off")
+
+
+def yes_no(value: str) -> Optional[bool]:
+    """True, False, or None when ``value`` is neither (the caller says which setting it was)."""
+    v = value.strip().lower()
+    return True if v in YES else False if v in NO else None
+
+
+# A program that already is a container launch is never wrapped again: basename -> the
+# sub-commands that start a container (None: the program itself does).
+LAUNCHERS: Dict[str, Optional[Tuple[str, ...]]] = {
+    "hpccont": ("exec", "run", "shell", "test", "instance"),
+    "container-exec": None,
+    "run-singularity": None,
+    "apptainer": ("exec", "run", "shell", "test", "instance"),
+    "singularity": ("exec", "run", "shell", "test", "instance"),
+}
+
+
+def starts_own_container(program: List[str]) -> bool:
+    """True when ``program`` is itself a container launch (``hpccont exec ...``, an image run
+    as ``run-singularity``...): wrapping it would nest two containers."""
+    if not program:
+        return False
+    name = os.path.basename(program[0].lstrip("-"))
+    if name not in LAUNCHERS:
+        return False
+    subcommands = LAUNCHERS[name]
+    return subcommands is None or any(a in subcommands for a in program[1:]
+                                      if not a.startswith("-"))
 
 
 # Flags that say opposite things: given together, neither wins silently.
@@ -105,7 +136,9 @@ def parse_options(values: Mapping[str, Optional[str]]) -> JobOptions:
             else:
                 setattr(opts, attr, value)
         else:
-            on = True if value is None else _truthy(value)
+            on = True if value is None else yes_no(value)
+            if on is None:
+                raise UsageError(f"--{name}: {value!r} is not yes or no")
             if attr == "no_mount_home":
                 opts.mount_home = not on
             else:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from hpccont.errors import HpccontError
+from hpccont.errors import HpccontError, SchedulerError
 from hypothesis import given, settings, strategies as st
 
 from hpccont.runtime import environment as E
 from hpccont.schedulers import slurm
+from hpccont.schedulers.slurm import recipe as slurm_recipe
 
 PLUGIN_SRC = Path(__file__).resolve().parents[2] / "spank_plugin"
 
@@ -112,7 +113,7 @@ def test_recipe_round_trip():
 
 def test_recipe_refuses_nul():
     delta = _delta({}, False, {"A": "a\0b"})
-    with pytest.raises(slurm.SchedulerError):
+    with pytest.raises(SchedulerError):
         slurm.recipe_bytes(_recipe(delta))
 
 
@@ -166,16 +167,16 @@ def test_image_scripts_folded_into_the_delta():
     before = apply_delta(delta, host)
     evaluated = dict(before, PATH="/opt/app/bin:/bin", FOO="from-image")
     del evaluated["BAR"]
-    merged = slurm._with_scripts_applied(delta, host, evaluated)
+    merged = slurm_recipe._with_scripts_applied(delta, host, evaluated)
     assert merged is not None and apply_delta(merged, host) == evaluated
     other_task = dict(host, SLURM_PROCID="5")
     assert apply_delta(merged, other_task)["SLURM_PROCID"] == "5"
     assert "BAR" not in apply_delta(merged, other_task)
     clean = EnvDelta(set={"PATH": "/bin"}, overrides={}, keep_only=("HOME", "BAR"))
     evaluated = {"HOME": "/h", "PATH": "/bin:/x"}
-    merged = slurm._with_scripts_applied(clean, host, evaluated)
+    merged = slurm_recipe._with_scripts_applied(clean, host, evaluated)
     assert merged is not None and apply_delta(merged, host) == evaluated
     conflict = dict(apply_delta(delta, host), SLURM_PROCID="changed-by-script")
-    merged = slurm._with_scripts_applied(delta, host, conflict)
+    merged = slurm_recipe._with_scripts_applied(delta, host, conflict)
     assert merged is not None
     assert apply_delta(merged, other_task)["SLURM_PROCID"] == "5"

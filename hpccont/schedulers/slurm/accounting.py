@@ -1,0 +1,236 @@
+"""Step accounting: one line per node and step naming the image and its digest, written as root.
+
+``hpccont slurm record`` is the only program the plugin runs as root (docs/security.md): it gets
+root's fixed environment, the job's identity from Slurm and the job's values as arguments, and it
+opens the image as the user (privsep.py), hashing the descriptor it is handed.
+"""
+from __future__ import annotations
+
+import os
+TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Dict, List, Mapping, Optional, Tuple
+
+from ...errors import HpccontError, SchedulerError
+from ...record import record
+from ..common import OPTION_TABLE, env_name
+from .plugin import JobIdentity, PluginArgs, Step
+from .task import CWD_VAR, find_image, image_kind, job_options, skip_reason
+
+@record
+class StepRecord:
+    time: str
+    job: str
+    step: str
+    node: str
+    user: str
+    uid: int
+    image: str
+    kind: str
+    sha256: str
+    size: int
+    options: Dict[str, Optional[str]]
+    error: str = ""
+
+
+# The job variables ``record`` reads (it gets them as arguments; see spank_plugin/stepd_side.c).
+RECORD_ENV = ("PWD", "SLURM_SUBMIT_DIR", "SLURM_JOB_USER", CWD_VAR)
+
+
+def record_environ(jobenv: Mapping[str, str]) -> Dict[str, str]:
+    """The part of the job's environment accounting uses; the rest never reaches root's code."""
+    keep = set(RECORD_ENV) | {env_name(o) for o in OPTION_TABLE}
+    return {k: v for k, v in jobenv.items() if k in keep}
+
+
+def _digest_cache_path(log: str) -> str:
+    return log + ".digests"
+
+
+def _root_only_dir(path: str) -> None:
+    """The accounting files go only where no user can write (or plant a symlink)."""
+    import stat as stat_mod
+    st = os.lstat(path)
+    if not stat_mod.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise SchedulerError(f"{path} must be a directory owned by root and writable by root only")
+
+
+def file_digest(fd: int, log: str) -> Tuple[str, int]:
+    """sha256 of the regular file open on ``fd``, cached next to the log.
+
+    The key is (dev, inode, size, mtime, ctime): rewriting a file in place and restoring its
+    mtime still changes its ctime, which no user can set.  The cache is root's (0600).
+    """
+    import hashlib
+    import json
+    import stat as stat_mod
+    st = os.fstat(fd)
+    if not stat_mod.S_ISREG(st.st_mode):
+        return "", 0
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    cache_file = _digest_cache_path(log)
+    try:
+        with open(cache_file) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key], st.st_size
+    h = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            break
+        h.update(chunk)
+        offset += len(chunk)
+    cache[key] = h.hexdigest()
+    tmp = f"{cache_file}.{os.getpid()}"
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        with os.fdopen(out, "w") as f:
+            json.dump(dict(list(cache.items())[-1000:]), f)
+        os.replace(tmp, cache_file)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    return cache[key], st.st_size
+
+
+def locate_image(image: str, environ: Mapping[str, str], cwd: str,
+                 image_dirs: List[str]) -> Tuple[str, str, int]:
+    """Find and open the image as the calling process: (path, kind, fd)."""
+    from ...privsep import open_checked
+    path = find_image(image, environ, cwd, image_dirs)
+    kind = image_kind(path)
+    fd, real = open_checked(path, "dir" if kind == "sandbox" else "file")
+    return path, kind, fd
+
+
+def locate_image_as_user(ident: JobIdentity, image: str, environ: Mapping[str, str], cwd: str,
+                         image_dirs: List[str]) -> Tuple[str, str, int]:
+    """locate_image in a child that is the job's user: root gets the descriptor, never opens
+    the user's path itself (a root-only file stays unread, a FIFO cannot hang the step)."""
+    from ...privsep import run_as_user
+
+    def as_user():
+        path, kind, fd = locate_image(image, environ, cwd, image_dirs)
+        return f"{kind}\0{path}", [fd]
+    text, fds = run_as_user(as_user, ident.uid, ident.gid, ident.groups)
+    kind, _, path = text.partition("\0")
+    return path, kind, fds[0]
+
+
+def make_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
+                environ: Mapping[str, str], ident: Optional[JobIdentity] = None
+                ) -> Optional[StepRecord]:
+    """The accounting line for a step on this node, or None when the step has no container.
+    ``ident``: the job's user, as whom the image is opened (None: the caller's own rights)."""
+    import socket
+    import time
+    try:
+        opts = job_options(spank, environ)
+    except HpccontError:
+        return None    # the tasks fail with the message; nothing ran
+    if skip_reason(opts, step, args, []):
+        return None
+    user = environ.get("SLURM_JOB_USER", "")
+    if ident is not None:
+        import pwd
+        try:
+            user = pwd.getpwuid(ident.uid).pw_name
+        except KeyError:
+            user = str(ident.uid)
+    rec = StepRecord(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), job=step.job, step=step.step,
+                     node=socket.gethostname().split(".")[0], user=user,
+                     uid=ident.uid if ident is not None else -1,
+                     image=opts.image or "", kind="", sha256="", size=0, options=dict(spank))
+    cwd = environ.get("PWD") or environ.get("SLURM_SUBMIT_DIR") or "/"
+    fd = -1
+    try:
+        if ident is None:
+            rec.image, rec.kind, fd = locate_image(opts.image or "", environ, cwd, args.image_dirs)
+        else:
+            rec.image, rec.kind, fd = locate_image_as_user(ident, opts.image or "", environ, cwd,
+                                                           args.image_dirs)
+        if rec.kind != "sandbox":
+            rec.sha256, rec.size = file_digest(fd, args.accounting)
+    except (HpccontError, OSError) as e:
+        rec.error = e.one_line() if isinstance(e, HpccontError) else str(e)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return rec
+
+
+def append_record(rec: StepRecord, log: str) -> None:
+    import json
+    os.makedirs(os.path.dirname(log) or ".", mode=0o755, exist_ok=True)
+    if os.geteuid() == 0:
+        _root_only_dir(os.path.dirname(os.path.abspath(log)))
+    line = json.dumps(rec.to_dict(), sort_keys=True) + "\n"
+    # O_APPEND: several steps on a node write concurrently; one write() per line stays whole.
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def admin_comment(rec: StepRecord) -> str:
+    return f"hpccont:{rec.image}@sha256:{rec.sha256 or '-'}"
+
+
+def set_admin_comment(rec: StepRecord, args: PluginArgs) -> None:
+    """Best effort and not waited for: the step must not start later because of it.  Runs as
+    root: scontrol from the system directories, with root's fixed environment."""
+    import subprocess
+    from ...privsep import ROOT_ENV, system_program
+    env = dict(ROOT_ENV)
+    if args.slurm_conf:
+        env["SLURM_CONF"] = args.slurm_conf
+    try:
+        subprocess.Popen([system_program("scontrol"), "update", f"JobId={rec.job}",
+                          f"AdminComment={admin_comment(rec)}"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+                         close_fds=True)
+    except (OSError, HpccontError):
+        pass
+
+
+def run_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
+               jobenv: Mapping[str, str], ident: Optional[JobIdentity]) -> int:
+    if os.geteuid() != 0:
+        raise SchedulerError("'hpccont slurm record' is run by slurmstepd as root")
+    if ident is None:
+        raise SchedulerError("'hpccont slurm record' needs --user from the SPANK plugin")
+    rec = make_record(step, args, spank, record_environ(jobenv), ident)
+    if rec is None:
+        return 0
+    append_record(rec, args.accounting)
+    if args.admin_comment and not rec.error and step.kind in ("batch", "step", "interactive"):
+        set_admin_comment(rec, args)
+    return 0
+
+
+def read_records(log: str) -> List[dict]:
+    """Every record in a node's accounting log (admins read it; lines that do not parse are skipped)."""
+    import json
+    try:
+        with open(log) as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return []
+    except PermissionError:
+        raise SchedulerError(f"cannot read {log}: the step accounting log is for admins")
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

@@ -93,6 +93,17 @@ def _check(argv: List[str]) -> int:
     problems = []
     if not os.access(cfg.hpccont, os.X_OK):
         problems.append(f"hpccont {cfg.hpccont} is not an executable file on this host")
+    # the hook runs these as root: nobody but root may be able to change them
+    for what, program in (("hpccont", cfg.hpccont),
+                          ("verify_command", (cfg.verify_command or [""])[0])):
+        for path in filter(None, (program, os.path.dirname(program))):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                problems.append(f"{what}: {path} is run by the hook as root, but is not owned "
+                                "by root and writable by root only")
     for entry in cfg.pythonpath:
         if not os.path.isdir(os.path.join(entry, "hpccont")):
             problems.append(f"pythonpath entry {entry} has no hpccont package")
@@ -123,6 +134,9 @@ def _launch(argv: List[str]) -> int:
                    help="a job variable, as with qsub -v")
     p.add_argument("--job-id", default="0.pbs")
     p.add_argument("--tm-task", action="store_true", help="a task spawned through TM")
+    p.add_argument("--user", default=None, metavar="NAME",
+                   help="the job's user: open its image with that user's rights, as the hook "
+                        "does (default: your own)")
     p.add_argument("--json", action="store_true")
     p.add_argument("program", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
@@ -137,7 +151,8 @@ def _launch(argv: List[str]) -> int:
     env = dict(os.environ, **variables, PBS_TASKNUM="2" if a.tm_task else "1")
     ctx = hp.JobContext(job_id=a.job_id, variables=variables, env=env,
                         resources=_split_assignments(a.resources, "-l"),
-                        progname=program[0], argv=program, primary=not a.tm_task)
+                        progname=program[0], argv=program, primary=not a.tm_task,
+                        user=a.user)
     decision = hp.plan_launch(ctx, cfg, site)
     result = decision.argv if decision.wrap else program
     if a.json:

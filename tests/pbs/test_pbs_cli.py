@@ -76,3 +76,36 @@ def test_launch_command_preview(hpccont, busybox_squashfs, tmp_path):
     assert r.stdout == "/bin/hostname\n"
     r = hpccont("pbs", "launch-command", "--config", cfg, "-l", "container=nope.sif", "--", "true")
     assert r.returncode == 4 and "'nope.sif' not found" in r.stderr
+
+
+def test_launch_command_as_the_jobs_user(hpccont, busybox_squashfs, shared_tmp, tmp_path):
+    """--user previews with the job user's rights, as the hook opens the image."""
+    import os
+    import shutil
+    from pbslib import job_user
+    if os.geteuid() != 0:
+        pytest.skip("opening as another user needs root")
+    cfg = tmp_path / "h.json"
+    cfg.write_text(json.dumps({"hpccont": "/usr/bin/hpccont"}))
+    secret = shared_tmp / "root-only.sqsh"
+    shutil.copy(busybox_squashfs, secret)
+    secret.chmod(0o600)
+    args = ["pbs", "launch-command", "--config", cfg, "-l", f"container={secret}", "--", "true"]
+    assert hpccont(*args).returncode == 0                       # root may read it
+    r = hpccont(*args[:2], "--user", job_user(), *args[2:])
+    assert r.returncode == 4 and "Permission denied" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_check_hook_flags_root_programs_others_can_change(hpccont, install, tmp_path):
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("ownership checks are about root's files")
+    prog = tmp_path / "bin" / "verify"
+    prog.parent.mkdir()
+    prog.write_text("#!/bin/sh\nexit 0\n")
+    prog.chmod(0o775)
+    cfg = tmp_path / "h.json"
+    cfg.write_text(json.dumps({"hpccont": install["hpccont"], "pythonpath": [install["lib"]],
+                               "verify_command": [str(prog)]}))
+    r = hpccont("pbs", "check-hook", cfg)
+    assert r.returncode == 1 and f"verify_command: {prog} is run by the hook as root" in r.stderr

@@ -14,7 +14,6 @@ the hook was handed, a program it starts as root must not inherit any of it.
 import os
 import pwd
 import shutil
-import stat
 import subprocess
 import sys
 import time

@@ -51,6 +51,11 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "compression": (str, "zstd"),     # squashfs compressor of built images
         "compression_level": (int, 9),    # 0: the compressor's own default
     },
+    "registry": {
+        "allowed": (list, []),            # registries (host[:port] or HOST/REPO globs); empty: any
+        "compute_node_pulls": (bool, True),   # in a Slurm/PBS job: false = cached images only
+        "site_cache": (str, ""),          # read-only cache an admin fills (HPCCONT_CACHEDIR layout)
+    },
     "signatures": {
         "require": (bool, False),         # refuse unsigned or unverifiable SIF images
         "keyring": (list, []),            # trusted public keys (PEM or armored PGP files)

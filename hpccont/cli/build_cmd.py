@@ -1,7 +1,8 @@
 """``hpccont build [options] OUT SRC``: build a SIF (or a --sandbox directory).
 
-SRC: a definition file, a sandbox directory, a SIF or squashfs image, or an offline reference
-(docker-archive:FILE, oci-archive:FILE[:TAG], oci:DIR[:TAG], localimage:PATH).
+SRC: a definition file, a sandbox directory, a SIF or squashfs image, an offline reference
+(docker-archive:FILE, oci-archive:FILE[:TAG], oci:DIR[:TAG], localimage:PATH), or a registry
+image (docker://[HOST/]NAME[:TAG], oras://HOST/NAME[:TAG]).
 """
 import argparse
 import os
@@ -44,6 +45,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="file of KEY=VALUE lines for template variables")
     p.add_argument("--no-reproducible", dest="reproducible", action="store_false",
                    help="keep real file times (default: SOURCE_DATE_EPOCH or 0 everywhere)")
+    p.add_argument("--nohttps", action="store_true",
+                   help="docker:// and oras:// sources over plain HTTP")
+    p.add_argument("--arch", default="", metavar="ARCH[/VARIANT]",
+                   help="platform of a multi-architecture docker:// image (default: the host's)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
     return p
@@ -120,7 +125,8 @@ def options_from_args(ns: argparse.Namespace, environ=os.environ):
         tmpdir=tmpdir, fakeroot=ns.fakeroot or os.geteuid() != 0,
         build_args=parse_build_args(ns.build_arg, ns.build_arg_file),
         reproducible=ns.reproducible, source_date_epoch=int(epoch_text),
-        source_date_epoch_given=bool(environ.get("SOURCE_DATE_EPOCH")), quiet=ns.quiet)
+        source_date_epoch_given=bool(environ.get("SOURCE_DATE_EPOCH")), quiet=ns.quiet,
+        nohttps=getattr(ns, "nohttps", False), arch=getattr(ns, "arch", "") or "")
 
 
 def main(name: str, argv: List[str]) -> int:

@@ -27,6 +27,10 @@ COMMANDS = {
     "verify": "hpccont.cli.sign_cmd",
     "key": "hpccont.cli.sign_cmd",
     "doctor": "hpccont.doctor",
+    "pull": "hpccont.cli.pull_cmd",
+    "push": "hpccont.cli.push_cmd",
+    "registry": "hpccont.cli.registry_cmd",
+    "cache": "hpccont.cli.cache_cmd",
 }
 
 USAGE = """usage: hpccont COMMAND [options] ...
@@ -42,6 +46,10 @@ Images:
   inspect IMAGE           labels, definition file, runscript, environment
   sif list|info|dump      SIF objects, like 'apptainer sif'
   sign|verify|key         SIF signatures (key newpair, sign --key, verify --key)
+  pull [OUT] URI          docker://, oras:// or https:// image to a SIF (cached)
+  push IMAGE oras://...   a SIF into an OCI registry (Apptainer's media types)
+  registry login|logout|list   registry credentials
+  cache list|clean        the image cache
 Site and schedulers:
   config show             effective site configuration
   slurm ...               SPANK plugin install, job accounting

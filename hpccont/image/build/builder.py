@@ -50,6 +50,8 @@ class BuildOptions:
     source_date_epoch: int = 0
     source_date_epoch_given: bool = False   # clamp every file newer than it, not only the build's
     quiet: bool = False
+    nohttps: bool = False                   # Bootstrap: docker/oras over plain HTTP
+    arch: str = ""                          # Bootstrap: docker platform ("" = the host's)
 
     def wants(self, section: str) -> bool:
         return not self.sections or section in self.sections
@@ -75,8 +77,16 @@ def build(opts: BuildOptions) -> None:
             raise BuildError("--update needs a definition file as SRC")
         return convert(opts, out, source, progress)
     definition = load_definition(source, opts)
+    run_definition(opts, definition, out, progress)
+
+
+def run_definition(opts: BuildOptions, definition: Definition, out: Path,
+                   progress: Progress) -> None:
+    """Build ``definition`` into ``out`` (checked by the caller).  Registry images the stages
+    start from are fetched first, outside any user namespace (agents.prefetch)."""
     for name in definition.unused_build_args:
         progress.note(f"warning: build argument {name} is not used by the definition file")
+    agents.prefetch(definition, opts)
     job = BuildJob(opts, definition, out, progress)
     if os.geteuid() != 0:
         if not opts.fakeroot:
@@ -96,6 +106,8 @@ def _check_tmpdir(tmpdir: str) -> None:
 
 
 def load_definition(source: BuildSource, opts: BuildOptions) -> Definition:
+    if source.kind == "agent" and source.agent in agents.REMOTE_AGENTS:
+        return deffile.from_reference(source.agent, source.path)
     if source.kind == "agent":
         return deffile.from_reference(source.agent, os.path.abspath(source.path))
     return deffile.load(source.path, opts.build_args)

@@ -31,10 +31,9 @@ ACCEPTED_KEYS = ("fingerprints", "registry", "namespace", "updateurl", "includec
 
 # Agents that exist here, and registry agents that are recognised but need the network.
 BOOTSTRAP_AGENTS = ("busybox", "scratch", "localimage", "docker-archive", "oci-archive", "oci",
-                    "debootstrap")
-NETWORK_AGENTS = ("docker", "library", "oras", "shub", "yum", "zypper", "dnf", "arch",
-                  "docker-daemon")
-NEEDS_FROM = ("localimage", "docker-archive", "oci-archive", "oci")
+                    "debootstrap", "docker", "oras")
+NETWORK_AGENTS = ("library", "shub", "yum", "zypper", "dnf", "arch", "docker-daemon")
+NEEDS_FROM = ("localimage", "docker-archive", "oci-archive", "oci", "docker", "oras")
 
 SECTION_RE = re.compile(r"^\s*%([A-Za-z]+)(?:[ \t]+(.*?))?\s*$")
 BOOTSTRAP_RE = re.compile(r"^\s*bootstrap\s*:", re.IGNORECASE)

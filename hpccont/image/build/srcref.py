@@ -2,7 +2,9 @@
 
 SRC is a definition file, an image to convert (sandbox directory, SIF, squashfs), an offline
 image reference (``docker-archive:FILE``, ``oci-archive:FILE[:TAG]``, ``oci:DIR[:TAG]``,
-``localimage:PATH``), or a registry URI, which this machine cannot reach and says so.
+``localimage:PATH``), a registry image (``docker://``, ``oras://``: the docker and oras
+agents), or another network URI (``library://``, ``shub://``, ``http(s)://``), which hpccont
+build does not fetch and says so.
 """
 import os
 from dataclasses import dataclass
@@ -20,17 +22,14 @@ AGENT_PREFIXES = {
     "oci-archive:": "oci-archive",
     "oci:": "oci",
     "localimage:": "localimage",
+    "docker://": "docker",
+    "oras://": "oras",
 }
 
 # Registries need the network; name what works offline instead.
 REGISTRY_PREFIXES = {
-    "docker://": "save the image elsewhere ('docker save IMG -o img.tar' or "
-                 "'skopeo copy docker://IMG docker-archive:img.tar') and build from "
-                 "docker-archive:img.tar or oci-archive:img.tar",
     "library://": "pull the SIF on a machine with network access, copy it here and build from "
                   "it (localimage)",
-    "oras://": "pull the SIF on a machine with network access, copy it here and build from "
-               "it (localimage)",
     "shub://": "copy the image here and build from it (localimage)",
     "http://": "download the file elsewhere, copy it here and build from the local file",
     "https://": "download the file elsewhere, copy it here and build from the local file",

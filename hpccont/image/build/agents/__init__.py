@@ -18,11 +18,24 @@ AGENTS = {
     "oci-archive": "ocitar",
     "oci": "ocitar",
     "debootstrap": "debootstrap",
+    "docker": "docker",
+    "oras": "oras",
 }
+# Agents whose image comes from a registry: fetched before the build starts (prefetch).
+REMOTE_AGENTS = ("docker", "oras")
 
 # Registry agents -> the URI scheme the error message names.
 NETWORK_SCHEMES = {"docker": "docker://", "docker-daemon": "docker://", "library": "library://",
                    "oras": "oras://", "shub": "shub://"}
+
+
+def prefetch(definition, opts) -> None:
+    """Fetch the registry images of every stage into the cache, in the calling process (before
+    any user namespace): downloads, credentials and progress stay the user's own."""
+    for stage in definition.stages:
+        if stage.bootstrap in REMOTE_AGENTS and getattr(stage, "fetched", None) is None:
+            module = importlib.import_module(f"{__name__}.{AGENTS[stage.bootstrap]}")
+            module.prefetch(stage, opts)
 
 
 def bootstrap(stage: Stage, rootfs: str, ctx):

@@ -1,0 +1,154 @@
+"""Writing what ``hpccont pull`` fetched to OUT: whole or not at all.
+
+The cached SIF is copied (never linked: ``hpccont sign`` changes a SIF in place and must not
+change the cache) to a hidden sibling of OUT, which is renamed over OUT once complete.  A
+failed or interrupted pull leaves no OUT and no partial file.
+"""
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from .errors import RegistryError
+
+
+def check_out(out: str, force: bool) -> None:
+    if os.path.lexists(out) and not force:
+        raise RegistryError(f"{out}: already exists (use --force to overwrite)")
+    if os.path.isdir(out):
+        raise RegistryError(f"{out}: is a directory")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise RegistryError(f"{out}: parent directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RegistryError(f"{out}: cannot write in {parent} (permission denied)")
+
+
+def partial_path(out: str) -> str:
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.partial-{os.getpid()}")
+
+
+def place(src: str, out: str) -> None:
+    """Copy ``src`` to ``out`` atomically (mode 0755 less the umask, like Apptainer's pulls)."""
+    partial = partial_path(out)
+    try:
+        shutil.copyfile(src, partial)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o755 & ~umask)
+        os.replace(partial, out)
+    except BaseException as e:
+        _unlink(partial)
+        if isinstance(e, OSError):
+            raise RegistryError(f"{out}: cannot write: {e.strerror}") from None
+        raise
+
+
+def pull(uri: str, out: str, *, arch: Optional[str] = None, nohttps: bool = False,
+         quiet: bool = False, disable_cache: bool = False, tmpdir: Optional[str] = None,
+         environ=os.environ) -> None:
+    if uri.startswith(("https://", "http://")):
+        return download_url(uri, out, quiet=quiet, environ=environ)
+    from . import pull as pullmod
+    from .cache import Cache
+    if not disable_cache:
+        src = pullmod.pull_to_cache(uri, arch=arch, nohttps=nohttps, quiet=quiet,
+                                    tmpdir=tmpdir, environ=environ)
+        return place(src, out)
+    work = tempfile.mkdtemp(prefix=".hpccont-pull-", dir=tmpdir or os.path.dirname(out))
+    try:
+        cache = Cache(os.path.join(work, "cache"))
+        cache.private = True
+        from . import reference
+        ref = reference.parse(uri)
+        if ref.scheme == "oras":
+            from . import oras
+            pullmod.check_allowed(ref, pullmod.registry_config(environ))
+            src = oras.pull_to_cache(ref, nohttps=nohttps, quiet=quiet, cache=cache,
+                                     environ=environ)
+        else:
+            fetched = pullmod.fetch_image(ref, arch=arch, nohttps=nohttps, quiet=quiet,
+                                          cache=cache, environ=environ)
+            src = pullmod.convert(fetched, cache, quiet=quiet, tmpdir=tmpdir, environ=environ)
+        place(src, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def download_url(url: str, out: str, *, quiet: bool = False, environ=os.environ) -> None:
+    """A SIF (or squashfs) file by URL: streamed, resumed with Range, retried."""
+    import http.client
+    import time
+    import urllib.parse
+    from .client import Client, Reply, backoff, describe_os_error
+    from .download import Progress
+    parts = urllib.parse.urlsplit(url)
+    if not parts.netloc:
+        raise RegistryError(f"{url}: no host in the URL")
+    client = Client(parts.netloc, nohttps=parts.scheme == "http", creds=None, environ=environ)
+    partial = partial_path(out)
+    failures = 0
+    total = None
+    progress = None
+    try:
+        while True:
+            have = os.path.getsize(partial) if os.path.exists(partial) else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            resp = client.request("GET", url, headers=headers, stream=True, what=url)
+            if isinstance(resp, Reply):
+                if resp.status == 416 and have and have == total:
+                    break
+                raise RegistryError(f"{url}: HTTP {resp.status}"
+                                    + (" (not found)" if resp.status == 404 else ""))
+            if resp.status == 200:
+                have = 0
+                length = resp.getheader("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+            elif total is None:
+                rng = resp.getheader("Content-Range", "")
+                if "/" in rng and rng.rsplit("/", 1)[1].isdigit():
+                    total = int(rng.rsplit("/", 1)[1])
+            if progress is None:
+                progress = Progress(total or 0, f"downloading {os.path.basename(out)}",
+                                    quiet=quiet)
+            err = None
+            with open(partial, "ab" if have else "wb") as f:
+                try:
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        f.write(chunk)
+                        have += len(chunk)
+                        progress.add(len(chunk))
+                except (http.client.HTTPException, ConnectionError, TimeoutError) as e:
+                    err = e
+            if err is None and (total is None or have >= total):
+                break
+            client.drop()
+            failures += 1
+            if failures > client.retries:
+                why = describe_os_error(err) if err else "connection closed early"
+                raise RegistryError(f"{url}: download interrupted ({why})")
+            time.sleep(backoff(failures - 1))
+        if progress:
+            progress.finish()
+        with open(partial, "rb") as f:
+            head = f.read(64)
+        if head[32:41] != b"SIF_MAGIC" and head[:4] != b"hsqs":
+            raise RegistryError(f"{url}: the download is not a SIF or squashfs image")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o755 & ~umask)
+        os.replace(partial, out)
+    except BaseException as e:
+        _unlink(partial)
+        if isinstance(e, OSError):
+            raise RegistryError(f"{out}: cannot write: {e.strerror}") from None
+        raise
+    finally:
+        client.close()
+
+
+def _unlink(p: str) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass

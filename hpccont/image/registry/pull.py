@@ -1,0 +1,340 @@
+"""``docker://`` images into the cache and into SIF files.
+
+1. resolve: the reference's manifest (by tag or digest); an index / manifest list is narrowed
+   to one platform (the host's architecture unless ``arch`` says otherwise);
+2. fetch: the image config and the layers into the blob cache (download.py), in parallel;
+3. convert: the layers, bottom first, through the builder's ``docker`` agent (whiteouts,
+   gzip/zstd, the config's Env/Entrypoint/Cmd/Labels) into a SIF, reproducibly: the same
+   manifest digest always gives the same SIF bytes, which are cached under a key of that
+   digest; a second pull downloads and converts nothing.
+
+``pull_to_cache(ref)`` is the entry point for anything that needs a SIF for a reference (the
+``pull`` command, scheduler integrations); it returns the cached SIF's path.
+"""
+import fnmatch
+import hashlib
+import json
+import os
+import platform as _platform
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from ...errors import PolicyError
+from . import reference
+from .cache import Cache
+from .errors import RegistryError
+from .reference import Reference
+
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json")
+LAYER_TYPES = (
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+)
+SIF_CONFIG = "application/vnd.sylabs.sif.config.v1+json"
+SIF_LAYER = "application/vnd.sylabs.sif.layer.v1.sif"
+GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
+          "s390x": "s390x", "riscv64": "riscv64", "i686": "386", "i386": "386"}
+# bump when the conversion changes what it writes: cached SIFs of older versions are redone
+CONVERT_FORMAT = 1
+
+
+@dataclass
+class Platform:
+    os: str = "linux"
+    arch: str = ""
+    variant: str = ""
+
+    def __str__(self) -> str:
+        return "/".join(x for x in (self.os, self.arch, self.variant) if x)
+
+
+def parse_platform(text: Optional[str]) -> Platform:
+    """``amd64``, ``arm64/v8``, ``linux/arm64``, ``aarch64`` ...; default: the host's."""
+    if not text:
+        arch = GOARCH.get(_platform.machine(), _platform.machine())
+        return Platform("linux", arch, "")
+    parts = [p for p in text.strip().lower().split("/") if p]
+    os_name = "linux"
+    if parts and parts[0] in ("linux", "windows", "darwin", "freebsd"):
+        os_name = parts.pop(0)
+    if not parts or len(parts) > 2:
+        raise RegistryError(f"--arch {text!r}: expected ARCH[/VARIANT] (amd64, arm64, ppc64le...)")
+    arch = GOARCH.get(parts[0], parts[0])
+    if arch == "aarch64":
+        arch = "arm64"
+    return Platform(os_name, arch, parts[1] if len(parts) > 1 else "")
+
+
+@dataclass
+class Fetched:
+    """An image in the blob cache, ready to be unpacked."""
+    ref: Reference                    # as asked for
+    pinned: Reference                 # name@manifest-digest
+    manifest_digest: str
+    config: bytes
+    layers: List[str] = field(default_factory=list)   # blob paths, bottom first
+    platform: str = ""
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+def registry_config(environ=os.environ) -> dict:
+    from ... import config
+    return config.load(environ).get("registry") or {}
+
+
+def in_job(environ=os.environ) -> bool:
+    return bool(environ.get("SLURM_JOB_ID") or environ.get("PBS_JOBID"))
+
+
+def check_allowed(ref: Reference, cfg: dict) -> None:
+    allowed = cfg.get("allowed") or []
+    if not allowed:
+        return
+    for pattern in allowed:
+        p = str(pattern)
+        if fnmatch.fnmatch(ref.registry, p) or fnmatch.fnmatch(ref.name, p) or \
+                fnmatch.fnmatch(ref.name, p.rstrip("/") + "/*"):
+            return
+    raise PolicyError(f"{ref.uri()}: registry {ref.registry} is not allowed by the site "
+                      f"(registry.allowed: {', '.join(map(str, allowed))})")
+
+
+def open_cache(cache_dir: Optional[str] = None, cfg: Optional[dict] = None,
+               environ=os.environ) -> Cache:
+    cfg = cfg if cfg is not None else registry_config(environ)
+    site = cfg.get("site_cache") or None
+    return Cache(cache_dir, site=site if site and os.path.isdir(site) else None, environ=environ)
+
+
+def make_client(ref: Reference, nohttps: bool = False, environ=os.environ):
+    from .client import Client
+    nohttps = nohttps or environ.get("HPCCONT_NOHTTPS", "") not in ("", "0", "false")
+    return Client(ref.registry, api_host=ref.api_host, nohttps=nohttps, environ=environ)
+
+
+class _LazyClient:
+    """A client made on first use: fully cached pinned pulls never touch the network."""
+
+    def __init__(self, ref: Reference, nohttps: bool, offline: bool, environ):
+        self.ref, self.nohttps, self.offline, self.environ = ref, nohttps, offline, environ
+        self._client = None
+
+    def get(self):
+        if self.offline:
+            raise RegistryError(f"{self.ref.uri()}: not in the cache, and pulls from registries "
+                                "are not allowed here (site config registry.compute_node_pulls; "
+                                "pull it on a login node first)")
+        if self._client is None:
+            self._client = make_client(self.ref, self.nohttps, self.environ)
+        return self._client
+
+
+# --- resolve -----------------------------------------------------------------------------------
+
+def _manifest(lazy: _LazyClient, cache: Cache, ref: Reference, target: str,
+              label: str) -> Tuple[dict, str, str]:
+    """(document, media type, digest) from the cache when pinned and present, else the
+    registry (and then stored in the cache)."""
+    raw = cache.read_blob(target) if target.startswith("sha256:") else None
+    if raw is not None:
+        doc = json.loads(raw)
+        return doc, doc.get("mediaType", ""), target
+    raw, media, digest = lazy.get().get_manifest(ref.repository, target, label=label)
+    doc = json.loads(raw)
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{label}: manifest is not a JSON object")
+    if not doc.get("mediaType") and media:
+        doc["mediaType"] = media
+    try:
+        cache.put_blob(digest, raw)
+    except RegistryError:
+        pass           # a read-only cache only costs the next pull a request
+    return doc, doc.get("mediaType") or media, digest
+
+
+def _is_index(doc: dict, media: str) -> bool:
+    return media in INDEX_TYPES or ("manifests" in doc and "layers" not in doc)
+
+
+def select_platform(index: dict, want: Platform, label: str) -> dict:
+    entries = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
+    usable = []
+    for m in entries:
+        p = m.get("platform") or {}
+        if p.get("os") == "unknown" or p.get("architecture") == "unknown":
+            continue      # attestation manifests (buildx)
+        usable.append(m)
+        if p.get("architecture") != want.arch or p.get("os", "linux") != want.os:
+            continue
+        if want.variant:
+            have = p.get("variant") or ("v8" if want.arch == "arm64" else "")
+            if have != want.variant:
+                continue
+        return m
+    names = sorted({"/".join(x for x in ((m.get("platform") or {}).get("os"),
+                                         (m.get("platform") or {}).get("architecture"),
+                                         (m.get("platform") or {}).get("variant")) if x)
+                    for m in usable})
+    raise RegistryError(f"{label}: no image for platform {want} (the index has: "
+                        f"{', '.join(names) or 'none'}; choose one with --arch)")
+
+
+def resolve(ref: Reference, lazy: _LazyClient, cache: Cache, want: Platform,
+            arch_given: bool, offline: bool) -> Tuple[dict, str]:
+    """The image manifest (document, digest) for ``ref`` on platform ``want``."""
+    label = ref.uri()
+    target = ref.target
+    if not target.startswith("sha256:") and offline:
+        target = cache.lookup_ref(str(ref)) or target
+    doc, media, digest = _manifest(lazy, cache, ref, target, label)
+    if not ref.digest and not lazy.offline:
+        cache.record_ref(str(ref), digest)
+    for _ in range(3):
+        if not _is_index(doc, media):
+            break
+        entry = select_platform(doc, want, label)
+        doc, media, digest = _manifest(lazy, cache, ref, str(entry.get("digest", "")), label)
+    else:
+        raise RegistryError(f"{label}: index nesting too deep")
+    if media == SIF_CONFIG or (doc.get("config") or {}).get("mediaType") == SIF_CONFIG:
+        raise RegistryError(f"{label}: this is a SIF image stored as an OCI artifact: pull it "
+                            f"with oras://{ref}")
+    if media not in MANIFEST_TYPES and not (media == "" and "layers" in doc):
+        raise RegistryError(f"{label}: unsupported manifest type {media or '(none)'}")
+    return doc, digest
+
+
+# --- fetch ---------------------------------------------------------------------------------
+
+def fetch_image(ref: Reference, *, arch: Optional[str] = None, nohttps: bool = False,
+                quiet: bool = True, cache: Optional[Cache] = None, offline: bool = False,
+                threads: int = 4, environ=os.environ) -> Fetched:
+    """Resolve ``ref`` and make sure its config and layers are in the cache."""
+    from . import download
+    cfg = registry_config(environ)
+    check_allowed(ref, cfg)
+    cache = cache or open_cache(cfg=cfg, environ=environ)
+    want = parse_platform(arch)
+    lazy = _LazyClient(ref, nohttps, offline, environ)
+    manifest, mdigest = resolve(ref, lazy, cache, want, bool(arch), offline)
+    label = ref.uri()
+    config_desc = manifest.get("config") or {}
+    layers = manifest.get("layers") or []
+    if not isinstance(config_desc, dict) or not str(config_desc.get("digest", "")):
+        raise RegistryError(f"{label}: manifest has no config")
+    for layer in layers:
+        mt = layer.get("mediaType", "")
+        if mt and mt not in LAYER_TYPES:
+            raise RegistryError(f"{label}: unsupported layer type {mt}")
+    jobs = [(str(config_desc["digest"]), config_desc.get("size"))]
+    jobs += [(str(layer.get("digest", "")), layer.get("size")) for layer in layers]
+    total = sum(int(s or 0) for _, s in jobs)
+    progress = download.Progress(total, f"pulling {ref}", quiet=quiet)
+
+    def one(digest: str, size, abort) -> str:
+        found = cache.find_blob(digest, size)
+        if found:
+            progress.add(size or 0)
+            return found
+        return download.fetch_blob(lazy.get(), cache, ref.repository, digest, size, label,
+                                   progress, abort)
+    try:
+        paths = download.fetch_all(jobs, one, threads=threads)
+    finally:
+        progress.finish()
+        if lazy._client is not None:
+            lazy._client.close()
+    with open(paths[0], "rb") as f:
+        config = f.read()
+    if arch:
+        try:
+            have = json.loads(config).get("architecture")
+        except (ValueError, AttributeError):
+            have = None
+        if have and have != want.arch:
+            raise RegistryError(f"{label}: image is for {have}, not {want.arch}")
+    return Fetched(ref, ref.pinned(mdigest), mdigest, config, paths[1:], str(want))
+
+
+# --- convert -----------------------------------------------------------------------------------
+
+def sif_key(fetched: Fetched, mksquashfs_args: List[str]) -> str:
+    from ... import __version__
+    text = json.dumps([CONVERT_FORMAT, fetched.manifest_digest, fetched.pinned.name,
+                       __version__, mksquashfs_args])
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def convert(fetched: Fetched, cache: Cache, *, quiet: bool = True,
+            tmpdir: Optional[str] = None, environ=os.environ) -> str:
+    """The cached SIF of ``fetched`` (converting it once, under the SIF's lock)."""
+    import time
+    from pathlib import Path
+    import sys
+    from ...cli.build_cmd import compression_args
+    args = compression_args()
+    tty = sys.stderr.isatty()
+    key = sif_key(fetched, args)
+    found = cache.find_sif(key)
+    if found:
+        return found
+    cache.ensure()
+    with cache.lock("sif-" + key):
+        found = cache.find_sif(key)
+        if found:
+            return found
+        from ..build import builder, deffile
+        from ..build.progress import Progress
+        out = cache.sif_path(key)
+        definition = deffile.from_reference("docker", str(fetched.pinned))
+        definition.final.fetched = fetched
+        tmp = tmpdir or environ.get("HPCCONT_TMPDIR") or environ.get("TMPDIR") or "/tmp"
+        opts = builder.BuildOptions(out=out, source=fetched.pinned.uri(), force=True,
+                                    quiet=quiet or not tty, tmpdir=tmp, fakeroot=os.geteuid() != 0,
+                                    mksquashfs_args=args, reproducible=True,
+                                    source_date_epoch=0, source_date_epoch_given=False)
+        builder.run_definition(opts, definition, Path(out), Progress(quiet=quiet or not tty))
+        os.chmod(out, 0o755 if not cache.private else 0o700)
+        cache.write_meta(key, {"ref": str(fetched.ref), "digest": fetched.manifest_digest,
+                               "pinned": str(fetched.pinned), "platform": fetched.platform,
+                               "created": int(time.time())})
+        return out
+
+
+def pull_to_cache(ref, *, arch: Optional[str] = None, nohttps: bool = False,
+                  quiet: bool = True, cache_dir: Optional[str] = None,
+                  tmpdir: Optional[str] = None, job: Optional[bool] = None,
+                  environ=os.environ) -> str:
+    """Path of the cached SIF for ``ref`` (``docker://...``, ``oras://...`` or a Reference).
+
+    Downloads and converts only what no cache (the site's, then the user's) has.  ``job``
+    (default: inside a Slurm/PBS job) applies the site's ``registry.compute_node_pulls``:
+    when false, only cached images are used (a tag resolves to the digest it last had).
+    Concurrent callers (tasks, nodes sharing the cache directory) wait for one another: each
+    blob is downloaded once and each image converted once.  Raises RegistryError/PolicyError.
+    """
+    if isinstance(ref, str):
+        ref = reference.parse(ref)
+    cfg = registry_config(environ)
+    check_allowed(ref, cfg)
+    offline = (job if job is not None else in_job(environ)) and \
+        not cfg.get("compute_node_pulls", True)
+    cache = open_cache(cache_dir, cfg, environ)
+    if ref.scheme == "oras":
+        from . import oras
+        return oras.pull_to_cache(ref, nohttps=nohttps, quiet=quiet, cache=cache,
+                                  offline=offline, environ=environ)
+    fetched = fetch_image(ref, arch=arch, nohttps=nohttps, quiet=quiet, cache=cache,
+                          offline=offline, environ=environ)
+    return convert(fetched, cache, quiet=quiet, tmpdir=tmpdir, environ=environ)

@@ -22,7 +22,7 @@ from ..errors import UsageError
 from .metadata import (DESCRIPTION_LABELS, Command, ImageMetadata, discover_commands,
                        sha256_file)
 
-FORMAT = 1                       # bumped when templates change in a way `check` must report
+FORMAT = 2                       # bumped when templates change in a way `check` must report
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 WRAPPER_DIR = ".hpccont"
 STAMP_PREFIX = "hpccont-module: "
@@ -133,41 +133,88 @@ def make_spec(name: str, meta: ImageMetadata, *, commands: Optional[List[Command
 
 
 # ---------------------------------------------------------------- quoting for each language
+#
+# Every value that reaches a modulefile or a wrapper comes from the image (labels, %help, SCIF
+# app names), from the admin's command line or from file names: each is escaped for the exact
+# place it lands in, and templates are filled in one pass (``fill``), so a value is never
+# scanned again for placeholders or re-quoted inside another value.
 
 def lua_string(s: str) -> str:
-    """A Lua long string whose level cannot clash with the text."""
+    """A Lua long string of a level that no closing bracket in the text can end early."""
     level = 0
     while f"]{'=' * level}]" in s + "]":   # "]" closes too early when the text ends in "]"
         level += 1
     eq = "=" * level
+    # Lua drops a newline right after the opening bracket: one is added when the text has
+    # newlines (readability) or starts with one (which would otherwise be lost).
     return f"[{eq}[\n{s}]{eq}]" if "\n" in s else f"[{eq}[{s}]{eq}]"
 
 
-def tcl_string(s: str) -> str:
-    """A double-quoted Tcl word: no substitution of $, [ ] or backslashes in the text."""
-    out = s
-    for ch in ("\\", "\"", "$", "[", "]"):
-        out = out.replace(ch, "\\" + ch)
-    return f"\"{out}\""
+# Lmod runs Tcl modulefiles through tcl2lua.tcl, which wraps what ``module-whatis`` and the
+# help procedure print in Lua long strings of level 3 (``[===[...]===]``): that closing bracket
+# must not survive in text shown there, or the Tcl flavour would inject Lua (nor end the text,
+# where the closing bracket tcl2lua appends would complete it).
+_TCL2LUA_CLOSE = re.compile(r"\]===(?=\]|\s*\Z)")   # tcl2lua trims trailing blanks
+_TCL_SPECIAL = {"\\": "\\\\", "\"": "\\\"", "$": "\\$", "[": "\\[", "]": "\\]",
+                "{": "\\{", "}": "\\}"}
+
+
+def tcl_string(s: str, shown: bool = False) -> str:
+    """A double-quoted Tcl word standing for exactly ``s``: no substitution, and nothing that
+    ends an enclosing braced body (a help procedure) early.  Newlines and tabs stay (every
+    backslash is escaped, so none can join lines); other control characters become
+    ``\\uXXXX``.  ``shown``: text that Lmod passes through Lua long strings (whatis, help) has
+    ``]===]`` broken up as ``] ===]``."""
+    if shown:
+        s = _TCL2LUA_CLOSE.sub("] ===", s)
+    out = []
+    for ch in s:
+        if ch in _TCL_SPECIAL:
+            out.append(_TCL_SPECIAL[ch])
+        elif (ord(ch) < 0x20 and ch not in "\n\t") or ord(ch) == 0x7f:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def sh_word(s: str) -> str:
+    """One shell word: single quotes (or none when every character is safe), so nothing in the
+    value is expanded or ends the word."""
     return shlex.quote(s)
 
 
+def comment_text(s: str) -> str:
+    """Text for a ``#``/``--`` comment line: one line, no control characters."""
+    return "".join(ch if ch.isprintable() else "?" for ch in s)
+
+
 # ---------------------------------------------------------------- content
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(s: str) -> str:
+    """Image text as a module shows it: line ends made ``\\n``, other control characters
+    (terminal escape sequences among them) replaced by ``?``."""
+    return _CONTROL.sub("?", s.replace("\r\n", "\n"))
+
+
+def one_line(s: str) -> str:
+    return " ".join(shown(s).split("\n"))
+
 
 def help_text(spec: ModuleSpec) -> str:
     meta = spec.meta
     parts = []
     if meta.help:
-        parts.append(meta.help)
+        parts.append(shown(meta.help))
     else:
         desc = meta.label(DESCRIPTION_LABELS)
-        parts.append(desc or f"Container image {os.path.basename(spec.image)}.")
+        parts.append(shown(desc or f"Container image {os.path.basename(spec.image)}."))
     tools = ", ".join(c.name for c in spec.commands)
     parts.append(f"Loading this module puts these commands on PATH; each runs inside the image\n"
-                 f"{spec.image}:\n  {tools}\n\n"
+                 f"{shown(spec.image)}:\n  {tools}\n\n"
                  "Commands for the loaded container:\n"
                  "  image-shell           interactive shell in the image\n"
                  "  image-run [ARGS]      the image's runscript\n"
@@ -177,17 +224,19 @@ def help_text(spec: ModuleSpec) -> str:
                  "  image-update          refresh your own copy from the site's image\n"
                  "  image-info            image path, digest and labels")
     if meta.labels:
-        parts.append("Labels:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(meta.labels.items())))
+        parts.append("Labels:\n" + "\n".join(f"  {shown(k)}: {shown(v)}"
+                                               for k, v in sorted(meta.labels.items())))
     return "\n\n".join(parts) + "\n"
 
 
 def whatis_lines(spec: ModuleSpec) -> List[str]:
     name, version = spec.name.rsplit("/", 1)
     desc = spec.meta.label(DESCRIPTION_LABELS) or (spec.meta.help.splitlines() or [""])[0]
+    desc = one_line(desc)
     lines = [f"Name: {name}", f"Version: {version}"]
     if desc.strip():
         lines.append(f"Description: {desc.strip()}")
-    lines += [f"Image: {spec.image}", f"Digest: {spec.digest}",
+    lines += [f"Image: {one_line(spec.image)}", f"Digest: {spec.digest}",
               "Commands: " + " ".join(c.name for c in spec.commands)]
     return lines
 
@@ -205,22 +254,29 @@ def _template(name: str) -> str:
         return f.read()
 
 
+_PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
+
+
 def fill(text: str, values: dict) -> str:
-    for key, value in values.items():
-        text = text.replace(f"@@{key}@@", value)
-    leftover = re.search(r"@@[A-Z_]+@@", text)
-    if leftover:
-        raise AssertionError(f"template placeholder {leftover.group(0)} not filled")
-    return text
+    """Replace every ``@@KEY@@`` of the template in one pass: inserted values are never scanned
+    for placeholders again (an image's help text saying ``@@WHATIS@@`` stays text)."""
+    def one(m: "re.Match") -> str:
+        try:
+            return values[m.group(1)]
+        except KeyError:
+            raise AssertionError(f"template placeholder {m.group(0)} not filled") from None
+    return _PLACEHOLDER.sub(one, text)
 
 
 def render_modulefile(spec: ModuleSpec, bindir: str) -> str:
     q = tcl_string if spec.tcl else lua_string
     if spec.tcl:
-        whatis = "\n".join(f"module-whatis {tcl_string(w)}" for w in whatis_lines(spec))
+        whatis = "\n".join(f"module-whatis {tcl_string(w, shown=True)}" for w in whatis_lines(spec))
+        helptext = tcl_string(help_text(spec), shown=True)
     else:
         whatis = "\n".join(f"whatis({lua_string(w)})" for w in whatis_lines(spec))
-    values = {"GENERATED": GENERATED, "STAMP": stamp(spec, bindir), "HELP": q(help_text(spec)),
+        helptext = lua_string(help_text(spec))
+    values = {"GENERATED": GENERATED, "STAMP": comment_text(stamp(spec, bindir)), "HELP": helptext,
               "WHATIS": whatis, "IMAGE": q(spec.image), "COPY_NAME": q(spec.copy_name),
               "MODULE": q(spec.name), "BINDIR": q(bindir)}
     return fill(_template("module.tcl" if spec.tcl else "module.lua"), values)
@@ -237,10 +293,12 @@ def render_script(spec: ModuleSpec, body_template: str, extra: Optional[dict] = 
 
 def tool_script(spec: ModuleSpec, cmd: Command) -> str:
     if cmd.app:
-        return render_script(spec, "app.sh", {"APP": sh_word(cmd.app)})
+        return render_script(spec, "app.sh", {"APP": sh_word(cmd.app),
+                                              "APP_COMMENT": comment_text(cmd.app)})
     if not cmd.target:
         return render_script(spec, "image-run")
-    return render_script(spec, "tool.sh", {"TARGET": sh_word(cmd.target)})
+    return render_script(spec, "tool.sh", {"TARGET": sh_word(cmd.target),
+                                           "TARGET_COMMENT": comment_text(cmd.target)})
 
 
 def plan_module(spec: ModuleSpec, modulepath: str) -> ModulePlan:

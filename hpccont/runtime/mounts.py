@@ -52,11 +52,11 @@ def parse_bind(spec: str) -> Bind:
         raise BindError(f"bad bind spec {spec!r}: empty source")
     if not dst.startswith("/"):
         raise BindError(f"bad bind spec {spec!r}: destination must be an absolute path")
-    _refuse_climbing(dst)
+    refuse_climbing(dst)
     return Bind(src=os.path.abspath(src), dst=os.path.normpath(dst), readonly=readonly)
 
 
-def _refuse_climbing(dst: str) -> None:
+def refuse_climbing(dst: str) -> None:
     """``/../x`` would be clamped to ``/x`` by a path lookup; a bind spec saying so is a mistake
     or an attempt, and is refused rather than silently reinterpreted."""
     depth = 0

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ImageError, PolicyError, UsageError
+from ..errors import BindError, ImageError, PolicyError, UsageError
 from . import mounts as M
 from .environment import container_environment
 from .identity import current_identity
 from .plan_types import HostAdditions, ImageSource, LaunchPlan, Mount
-from .request import ACTIONS, ContainerRequest
+from .request import ACTIONS, Bind, ContainerRequest
 
 RUNSCRIPT = "/.singularity.d/runscript"
 TESTSCRIPT = "/.singularity.d/test"
@@ -83,7 +83,35 @@ def _home(req: ContainerRequest):
     if not req.home:
         return None, None
     src, _, dst = req.home.partition(":")
-    return os.path.abspath(src), (dst or src)
+    if not src:
+        raise UsageError(f"--home {req.home!r}: empty source")
+    dst = dst or src
+    if not dst.startswith("/"):
+        raise UsageError(f"--home {req.home!r}: the home directory inside must be an absolute path")
+    M.refuse_climbing(dst)
+    return os.path.abspath(src), os.path.normpath(dst)
+
+
+def _check_home_source(mcfg: dict, src: str, dst: str) -> None:
+    """``--home SRC`` binds SRC: unless SRC is the caller's own home, it is a user bind, under
+    the same policy as ``-B`` (``user_binds`` and the denylist)."""
+    own = _account_home()
+    if own and os.path.realpath(src) == os.path.realpath(own):
+        return
+    if not mcfg["user_binds"]:
+        raise PolicyError(f"--home {src}: user bind mounts are disabled by the site "
+                          "configuration (only your own home directory may be used)")
+    M.check_bind_source(Bind(src=src, dst=dst), mcfg["user_bind_denylist"])
+    if not os.path.isdir(src):
+        raise BindError(f"--home {src}: not a directory")
+
+
+def _account_home() -> str | None:
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return None
 
 
 def _host_additions(req: ContainerRequest, cfg, environ, image: ImageSource) -> HostAdditions:
@@ -116,6 +144,8 @@ def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) 
     out = M.default_mounts(mcfg, contain=contain)
     if req.mount_home and not req.containall and mcfg["home"]:
         src = home_src or ident.home
+        if home_src:
+            _check_home_source(mcfg, home_src, home_dst)
         if os.path.isdir(src):
             out.append(Mount(kind="bind", target=home_dst or ident.home, source=src,
                              why="--home" if home_src else "default: home directory"))

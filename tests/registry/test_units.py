@@ -1,0 +1,114 @@
+"""References with Docker Hub rules, challenges, credential sources, platform selection,
+and the exec path staying free of registry code."""
+import base64
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hpccont.image.registry import auth, pull, reference
+from hpccont.image.registry.errors import RegistryError
+
+pytestmark = pytest.mark.registry
+
+
+@pytest.mark.parametrize("text,registry,repo,tag,digest", [
+    ("alpine", "docker.io", "library/alpine", "latest", None),
+    ("docker://alpine:3.19", "docker.io", "library/alpine", "3.19", None),
+    ("docker://user/img", "docker.io", "user/img", "latest", None),
+    ("index.docker.io/library/ubuntu:22.04", "docker.io", "library/ubuntu", "22.04", None),
+    ("localhost/x", "localhost", "x", "latest", None),
+    ("localhost:5000/a/b/c:t-1.2", "localhost:5000", "a/b/c", "t-1.2", None),
+    ("127.0.0.1:5443/test/busybox:gzip", "127.0.0.1:5443", "test/busybox", "gzip", None),
+    ("ghcr.io/owner/img@sha256:" + "a" * 64, "ghcr.io", "owner/img", None, "sha256:" + "a" * 64),
+    ("nvcr.io/nvidia/pytorch:24.01-py3", "nvcr.io", "nvidia/pytorch", "24.01-py3", None),
+    ("oras://reg.example:443/sifs/img:1", "reg.example:443", "sifs/img", "1", None),
+])
+def test_reference_normalisation(text, registry, repo, tag, digest):
+    r = reference.parse(text)
+    assert (r.registry, r.repository, r.tag, r.digest) == (registry, repo, tag, digest)
+
+
+def test_hub_api_host_and_default_names():
+    r = reference.parse("docker://alpine:3.19")
+    assert r.api_host == "registry-1.docker.io"
+    assert r.default_filename() == "alpine_3.19.sif"
+    assert reference.parse("oras://h.io/a/b").scheme == "oras"
+
+
+def test_registry_and_namespace_headers():
+    r = reference.parse("ubuntu:22.04", registry="quay.io", namespace="myorg")
+    assert (r.registry, r.repository) == ("quay.io", "myorg/ubuntu")
+    r = reference.parse("busybox", namespace="mirror")
+    assert (r.registry, r.repository) == ("docker.io", "mirror/busybox")
+    r = reference.parse("other.io/x/y", registry="quay.io")
+    assert r.registry == "other.io"
+
+
+@pytest.mark.parametrize("bad", ["", "docker://", "Alpine:UPPER:x", "a//b", "x:bad tag",
+                                 "x@sha256:1234", "/abs", "foo/Bar", "x:" + "t" * 200])
+def test_bad_references(bad):
+    with pytest.raises(RegistryError):
+        reference.parse(bad)
+
+
+def test_challenges():
+    kind, p = auth.parse_challenge(
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:library/alpine:pull"')
+    assert kind == "bearer"
+    assert p == {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
+                 "scope": "repository:library/alpine:pull"}
+    assert auth.parse_challenge('Basic realm="Registry Realm"') == ("basic", {"realm": "Registry Realm"})
+    kind, p = auth.parse_challenge('Bearer realm=https://x/t, service=s, error="insufficient_scope"')
+    assert p["realm"] == "https://x/t" and p["service"] == "s"
+
+
+def test_credential_sources_in_order(tmp_path):
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text(json.dumps({"auths": {
+        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hubuser:hubpw").decode()},
+        "reg.example:5000": {"username": "u2", "password": "p2"}}}))
+    env = {"DOCKER_CONFIG": str(docker), "HOME": str(tmp_path),
+           "HPCCONT_AUTH_FILE": str(tmp_path / "hpccont.json")}
+    assert auth.credentials_for("docker.io", env) == ("hubuser", "hubpw")
+    assert auth.credentials_for("reg.example:5000", env) == ("u2", "p2")
+    assert auth.credentials_for("other.example", env) is None
+    auth.store_login("reg.example:5000", ("mine", "pw"), env)
+    assert auth.credentials_for("reg.example:5000", env) == ("mine", "pw")
+    assert (tmp_path / "hpccont.json").stat().st_mode & 0o777 == 0o600
+    env2 = dict(env, APPTAINER_DOCKER_USERNAME="a", APPTAINER_DOCKER_PASSWORD="b")
+    assert auth.credentials_for("reg.example:5000", env2) == ("a", "b")
+    env3 = dict(env2, HPCCONT_DOCKER_USERNAME="h", HPCCONT_DOCKER_PASSWORD="i")
+    assert auth.credentials_for("docker.io", env3) == ("h", "i")
+    assert auth.list_logins(env) == [("reg.example:5000", "mine")]
+    assert auth.remove_login("reg.example:5000", env)
+    assert auth.credentials_for("reg.example:5000", env) == ("u2", "p2")
+
+
+def test_platform_selection():
+    index = {"manifests": [
+        {"digest": "sha256:" + "1" * 64, "platform": {"os": "linux", "architecture": "amd64"}},
+        {"digest": "sha256:" + "2" * 64,
+         "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        {"digest": "sha256:" + "3" * 64, "platform": {"os": "unknown", "architecture": "unknown"}},
+    ]}
+    assert pull.select_platform(index, pull.parse_platform("amd64"), "x")["digest"][-1] == "1"
+    assert pull.select_platform(index, pull.parse_platform("aarch64"), "x")["digest"][-1] == "2"
+    assert pull.select_platform(index, pull.parse_platform("linux/arm64/v8"), "x")["digest"][-1] == "2"
+    with pytest.raises(RegistryError, match="linux/amd64, linux/arm64/v8"):
+        pull.select_platform(index, pull.parse_platform("s390x"), "x")
+
+
+def test_exec_path_imports_no_registry_code(busybox_sif, install):
+    code = ("import sys; sys.argv=['hpccont','exec','--dry-run',%r,'true'];"
+            "from hpccont.cli import main;"
+            "rc=main.main(sys.argv[1:]);"
+            "bad=[m for m in sys.modules if m.startswith('hpccont.image.registry') or m in "
+            "('http.client','ssl','hpccont.image.build.builder')];"
+            "print('BAD', bad); sys.exit(1 if bad else 0)") % str(busybox_sif)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd="/", env={"PYTHONPATH": install["lib"], "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stdout + r.stderr

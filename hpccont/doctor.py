@@ -15,8 +15,9 @@ import glob
 import os
 import re
 import stat
-import struct
 import subprocess
+
+from . import elf
 TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -275,66 +276,6 @@ def hpccont_lines(plugins: Sequence[PlugstackLine]) -> List[PlugstackLine]:
 # -------------------------------------------------------------------------------------------
 # ELF: the value of an exported data symbol (plugin_version, plugin_name, plugin_type)
 
-SHT_NOBITS, SHT_DYNSYM, SHT_SYMTAB = 8, 11, 2
-
-
-def elf_symbols(path: str, names: Sequence[str]) -> Dict[str, bytes]:
-    """``{name: bytes}`` of the named data symbols of an ELF file (as dlsym would find them).
-
-    Reads the dynamic symbol table (then the full one, if any), and each symbol's bytes from
-    the section that holds it.  Raises ValueError when the file is not ELF.
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:4] != b"\x7fELF" or len(data) < 52:
-        raise ValueError("not an ELF file")
-    is64 = data[4] == 2
-    end = "<" if data[5] == 1 else ">"
-    try:
-        if is64:
-            shoff, = struct.unpack_from(end + "Q", data, 40)
-            shentsize, shnum = struct.unpack_from(end + "HH", data, 58)
-            shfmt = end + "IIQQQQIIQQ"
-        else:
-            shoff, = struct.unpack_from(end + "I", data, 32)
-            shentsize, shnum = struct.unpack_from(end + "HH", data, 46)
-            shfmt = end + "IIIIIIIIII"
-        sections = [struct.unpack_from(shfmt, data, shoff + i * shentsize) for i in range(shnum)]
-    except struct.error:
-        raise ValueError("truncated ELF file")
-    # (name, type, flags, addr, offset, size, link, info, align, entsize)
-    wanted = set(names)
-    found: Dict[str, bytes] = {}
-    for table_type in (SHT_DYNSYM, SHT_SYMTAB):
-        for sec in sections:
-            if sec[1] != table_type or sec[6] >= len(sections):
-                continue
-            strtab = sections[sec[6]]
-            entsize = sec[9] or (24 if is64 else 16)
-            for off in range(sec[4], sec[4] + sec[5], entsize):
-                try:
-                    if is64:
-                        st_name, _info, _other, shndx, value, size = struct.unpack_from(
-                            end + "IBBHQQ", data, off)
-                    else:
-                        st_name, value, size, _info, _other, shndx = struct.unpack_from(
-                            end + "IIIBBH", data, off)
-                except struct.error:
-                    break
-                start = strtab[4] + st_name
-                stop = data.find(b"\0", start)
-                name = data[start:stop].decode("utf-8", "replace") if stop >= 0 else ""
-                if name not in wanted or name in found or not (0 < shndx < len(sections)):
-                    continue
-                holder = sections[shndx]
-                if holder[1] == SHT_NOBITS:
-                    found[name] = b"\0" * size
-                    continue
-                pos = holder[4] + (value - holder[3])
-                found[name] = data[pos:pos + size]
-        if wanted <= set(found):
-            break
-    return found
 
 
 def _cstring(b: Optional[bytes]) -> str:
@@ -344,8 +285,9 @@ def _cstring(b: Optional[bytes]) -> str:
 def spank_plugin_info(path: str) -> Dict[str, object]:
     """plugin_name, plugin_type and plugin_version (as an int) of a Slurm plugin file."""
     with open(path, "rb") as f:
-        little = f.read(6)[5:6] != b"\x02"
-    syms = elf_symbols(path, ("plugin_name", "plugin_type", "plugin_version"))
+        data = f.read()
+    little = data[5:6] != b"\x02"
+    syms = elf.symbols(data, ("plugin_name", "plugin_type", "plugin_version"))
     ver = syms.get("plugin_version")
     number = None
     if ver and len(ver) >= 4:
@@ -884,8 +826,8 @@ def check_cli_filter(ctx: Context) -> Result:
         return Result(FAIL, name, f"cli_filter_lua.so not in {':'.join(ctx.plugin_dirs())}",
                       "install Slurm's Lua plugins (Debian: slurm-client; RPM: slurm built "
                       "with lua) or set PluginDir")
-    from .host.mpi import read_elf_dynamic
-    dyn = read_elf_dynamic(lua_so)
+    from .elf import file_dynamic
+    dyn = file_dynamic(lua_so)
     lua = next((m.group(1) for n in (dyn.needed if dyn else [])
                 for m in [re.match(r"liblua-?(5\.\d)", n)] if m), None)
     if lua:

@@ -55,8 +55,9 @@ def _image_magic(path: str) -> bool:
             head = f.read(128)
     except OSError:
         return False
-    from ..image import sif
-    return head[:4] == b"hsqs" or sif.looks_like_sif(head)
+    from ..image.sif import looks_like_sif
+    from ..image.source import SQUASHFS_MAGIC
+    return head[:4] == SQUASHFS_MAGIC or looks_like_sif(head)
 
 
 def split_argv(argv: List[str], environ: Mapping[str, str]) -> Tuple[List[str], str, List[str]]:

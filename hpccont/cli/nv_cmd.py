@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
+
 
 from ..errors import UsageError
 
@@ -42,7 +42,7 @@ def main(name: str, argv: list) -> int:
     private_dev = args.private_dev or not config["mounts"]["dev"]
     report = discover(config, os.environ, private_dev=private_dev)
     if args.json:
-        json.dump(asdict(report), sys.stdout, indent=2)
+        json.dump(report.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_report(report))

@@ -6,38 +6,31 @@ every architecture installed (x86-64 and i386 multiarch, for example); only libr
 ELF class, byte order and machine match the host's can be loaded by the container's programs,
 so each candidate's ELF header is checked against the host interpreter's.
 """
+from __future__ import annotations
+
 import os
 import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
-from typing import List, Optional
+TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import List, Optional
 
+from ..elf import ElfId, file_id
 from ..errors import HostError
+from ..record import record
 
 # "\tlibcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1"
 # glibc may append ", OS ABI: Linux 3.2.0" or ", hwcap: ..." inside the parentheses.
 _LINE = re.compile(r"^\s*(?P<name>\S+)\s+\((?P<flags>[^)]*)\)\s+=>\s+(?P<path>/.*\S)\s*$")
 
 
-@dataclass(frozen=True)
+@record
 class LdCacheEntry:
     name: str        # the name programs ask for, e.g. libcuda.so.1
     flags: str       # ldconfig's description, e.g. "libc6,x86-64"
     path: str        # where the dynamic linker would find it
-
-
-@dataclass(frozen=True)
-class ElfId:
-    """What decides whether the dynamic linker can load a library into a process."""
-    elf_class: int   # 1: 32-bit, 2: 64-bit
-    data: int        # 1: little endian, 2: big endian
-    machine: int     # e_machine (62: x86-64, 183: aarch64, 21: ppc64)
-
-    def describe(self) -> str:
-        bits = {1: "32-bit", 2: "64-bit"}.get(self.elf_class, "?")
-        return f"{bits} machine {self.machine}"
 
 
 def parse_ldconfig_output(text: str) -> List[LdCacheEntry]:
@@ -74,29 +67,10 @@ def read_ldcache(ldconfig: str) -> List[LdCacheEntry]:
     return parse_ldconfig_output(r.stdout)
 
 
-def parse_elf_header(head: bytes) -> Optional[ElfId]:
-    """ElfId from the first 20 bytes of a file, or None when it is not ELF."""
-    if len(head) < 20 or head[:4] != b"\x7fELF":
-        return None
-    elf_class, data = head[4], head[5]
-    if elf_class not in (1, 2) or data not in (1, 2):
-        return None
-    machine = int.from_bytes(head[18:20], "little" if data == 1 else "big")
-    return ElfId(elf_class, data, machine)
-
-
-def elf_id(path: str) -> Optional[ElfId]:
-    try:
-        with open(path, "rb") as f:
-            return parse_elf_header(f.read(20))
-    except OSError:
-        return None
-
-
 def host_elf_id() -> Optional[ElfId]:
     """The identity of this process's own executable: the ABI the host's programs use."""
     for exe in ("/proc/self/exe", os.path.realpath(sys.executable)):
-        found = elf_id(exe)
+        found = file_id(exe)
         if found:
             return found
     return None

@@ -17,11 +17,9 @@ so that discovery can be tested on a synthetic tree of library files.
 """
 from __future__ import annotations
 
-import fnmatch
 import glob
 import os
 import re
-import struct
 import subprocess
 TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
 
@@ -30,6 +28,7 @@ from ..record import factory, record
 if TYPE_CHECKING:  # annotations only: typing and dataclasses stay off the launch path
     from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
+from ..elf import file_dynamic
 from ..errors import HostError, ImageError
 from ..runtime.plan_types import HostAdditions, ImageSource, Mount
 
@@ -153,84 +152,6 @@ class Verdict:
     """A decision with the reason the user sees."""
     level: str          # "ok" | "warn" | "refuse" | "unknown"
     reason: str
-
-
-# ---------------------------------------------------------------------------------------------
-# ELF: the few dynamic-section fields needed to follow dependencies, without running ldd
-# (ldd executes the library's interpreter, and cannot read a synthetic or foreign tree).
-
-DT_NEEDED, DT_STRTAB, DT_SONAME, DT_RPATH, DT_RUNPATH = 1, 5, 14, 15, 29
-PT_LOAD, PT_DYNAMIC = 1, 2
-
-
-@record
-class ElfDynamic:
-    needed: List[str] = factory(list)
-    soname: str = ""
-    runpath: List[str] = factory(list)
-
-
-def read_elf_dynamic(path: str) -> Optional[ElfDynamic]:
-    """DT_NEEDED, DT_SONAME and DT_RUNPATH/RPATH of an ELF file; None if not ELF."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    if data[:4] != b"\x7fELF" or len(data) < 64:
-        return None
-    is64 = data[4] == 2
-    end = "<" if data[5] == 1 else ">"
-    try:
-        if is64:
-            phoff, phentsize, phnum = (struct.unpack_from(end + "Q", data, 32)[0],
-                                       *struct.unpack_from(end + "HH", data, 54))
-            phfmt, dynfmt = end + "IIQQQQQQ", end + "qQ"
-        else:
-            phoff, phentsize, phnum = (struct.unpack_from(end + "I", data, 28)[0],
-                                       *struct.unpack_from(end + "HH", data, 42))
-            phfmt, dynfmt = end + "IIIIIIII", end + "iI"
-        loads, dyn = [], None
-        for i in range(phnum):
-            ph = struct.unpack_from(phfmt, data, phoff + i * phentsize)
-            if is64:
-                p_type, p_offset, p_vaddr, p_filesz = ph[0], ph[2], ph[3], ph[5]
-            else:
-                p_type, p_offset, p_vaddr, p_filesz = ph[0], ph[1], ph[2], ph[4]
-            if p_type == PT_LOAD:
-                loads.append((p_vaddr, p_offset, p_filesz))
-            elif p_type == PT_DYNAMIC:
-                dyn = (p_offset, p_filesz)
-        if dyn is None:
-            return ElfDynamic()
-        entries = []
-        size = struct.calcsize(dynfmt)
-        for off in range(dyn[0], dyn[0] + dyn[1], size):
-            tag, val = struct.unpack_from(dynfmt, data, off)
-            if tag == 0:
-                break
-            entries.append((tag, val))
-        strtab_vaddr = next((v for t, v in entries if t == DT_STRTAB), None)
-        if strtab_vaddr is None:
-            return ElfDynamic()
-        strtab = next((o + strtab_vaddr - va for va, o, sz in loads if va <= strtab_vaddr < va + sz),
-                      strtab_vaddr)
-
-        def string(off: int) -> str:
-            start = strtab + off
-            return data[start:data.index(b"\0", start)].decode("utf-8", "replace")
-
-        out = ElfDynamic()
-        for tag, val in entries:
-            if tag == DT_NEEDED:
-                out.needed.append(string(val))
-            elif tag == DT_SONAME:
-                out.soname = string(val)
-            elif tag in (DT_RPATH, DT_RUNPATH):
-                out.runpath += [p for p in string(val).split(":") if p]
-        return out
-    except (struct.error, ValueError, IndexError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,12 +368,12 @@ class ImageFiles:
                     return f.read(limit)
             except OSError:
                 return b""
+        from ..image.squashfs import cat_file
         try:
-            r = subprocess.run(["unsquashfs", "-o", str(self.source.offset), "-cat", self.source.path,
-                                path.lstrip("/")], capture_output=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
+            data = cat_file(self.source.path, path, self.source.offset, timeout=60)
+        except ImageError:
             return b""
-        return r.stdout[:limit] if r.returncode == 0 else b""
+        return (data or b"")[:limit]
 
 
 _LISTED_DIRS = ("lib", "lib64", "usr", "opt")
@@ -474,16 +395,8 @@ def list_image(source: ImageSource) -> ImageFiles:
         return ImageFiles(source, entries)
     if source.fs_type != "squashfs":
         raise ImageError(f"cannot inspect the MPI of a {source.fs_type} image ({source.path})")
-    try:
-        r = subprocess.run(["unsquashfs", "-o", str(source.offset), "-lls", "-d", "", source.path],
-                           capture_output=True, text=True, timeout=120, errors="replace")
-    except FileNotFoundError:
-        raise HostError("inspecting the image's MPI needs unsquashfs (squashfs-tools)")
-    except subprocess.SubprocessError:
-        raise ImageError(f"listing {source.path} timed out")
-    if r.returncode != 0:
-        raise ImageError(f"cannot list {source.path}: {r.stderr.strip().splitlines()[-1:] or 'unsquashfs failed'}")
-    for line in r.stdout.splitlines():
+    from ..image.squashfs import long_listing
+    for line in long_listing(source.path, source.offset):
         parts = line.split(None, 5)
         if len(parts) < 6 or ".so" not in parts[5]:
             continue
@@ -645,7 +558,7 @@ def dependency_closure(view: HostView, host: MpiInfo, extra_libs: Iterable[str] 
         if real in seen_files:
             continue
         seen_files.add(real)
-        dyn = read_elf_dynamic(view.path(real))
+        dyn = file_dynamic(view.path(real))
         name = os.path.basename(path)
         soname = (dyn.soname if dyn and dyn.soname else split_libname(name)[0])
         is_plugin = any(real.startswith(d + "/") for d, _s, _e in out.plugin_dirs) or \

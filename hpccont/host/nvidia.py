@@ -13,16 +13,21 @@ exactly, so they are found on the host at launch time.  The flow is data first:
 Only ``Nvml.probe()``, the ldconfig run and file-system lookups touch the host; everything else is
 plain functions over data, the same on a GPU node and in tests.
 """
+from __future__ import annotations
+
 import os
 import re
 import shutil
 import stat
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import HostError
 from ..runtime.plan_types import HostAdditions, Mount
-from .ldcache import ElfId, LdCacheEntry, elf_id, host_elf_id, read_ldcache
+from ..elf import ElfId, file_id
+from ..record import factory, record
+from .ldcache import LdCacheEntry, host_elf_id, read_ldcache
 from .nvml import DriverInfo, Gpu, Nvml, NvmlUnavailable
 
 # A private directory, not a system one: the image's own libraries stay untouched and only
@@ -47,7 +52,7 @@ _NO_GPU_WORDS = ("", "none", "void", "nodevfiles")
 
 # --------------------------------------------------------------------------- nvliblist.conf
 
-@dataclass(frozen=True)
+@record
 class LibList:
     binaries: Tuple[str, ...] = ()
     libraries: Tuple[str, ...] = ()
@@ -98,7 +103,7 @@ def load_liblist(config: dict, environ) -> Tuple[str, LibList]:
 
 # --------------------------------------------------------------------------- libraries
 
-@dataclass(frozen=True)
+@record
 class LibChoice:
     name: str         # the name programs ask for (ldconfig key), e.g. libcuda.so.1
     source: str       # the real file on the host
@@ -106,7 +111,7 @@ class LibChoice:
     why: str          # the nvliblist entry it matched
 
 
-@dataclass(frozen=True)
+@record
 class Skipped:
     name: str
     path: str
@@ -127,7 +132,7 @@ def driver_version_of(path: str) -> Optional[str]:
 
 
 def select_libraries(entries: Sequence[LdCacheEntry], wanted: Sequence[str], driver_version: str,
-                     host: Optional[ElfId], elf_of: Callable[[str], Optional[ElfId]] = elf_id,
+                     host: Optional[ElfId], elf_of: Callable[[str], Optional[ElfId]] = file_id,
                      realpath: Callable[[str], str] = os.path.realpath,
                      ) -> Tuple[List[LibChoice], List[Skipped]]:
     """The driver libraries to bind, in cache order, first usable entry per name.
@@ -195,13 +200,13 @@ def existing_files(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 # --------------------------------------------------------------------------- GPUs and devices
 
-@dataclass
+@record
 class GpuSelection:
     gpus: List[Gpu]                   # the GPUs the job may use, in the order the job named them
     source: str                       # what decided: "all GPUs", "SLURM_JOB_GPUS=1,2", ...
     constrained: bool = False         # a variable narrowed the set (so the container gets one too)
     passthrough: Optional[str] = None  # MIG device names: handed over unchanged
-    notes: List[str] = field(default_factory=list)
+    notes: List[str] = factory(list)
 
 
 def _split(value: str) -> List[str]:
@@ -336,24 +341,24 @@ def inside_environment(selection: GpuSelection, environ, private_dev: bool) -> D
 
 # --------------------------------------------------------------------------- the report
 
-@dataclass
+@record
 class NvReport:
     """Everything --nv decided on this node and why (``hpccont nv list`` prints it)."""
     driver: Optional[DriverInfo] = None
     unavailable: str = ""             # why there is no GPU support ("" when there is)
     liblist: str = ""
-    libraries: List[LibChoice] = field(default_factory=list)
-    skipped: List[Skipped] = field(default_factory=list)
-    missing_libraries: List[str] = field(default_factory=list)
-    binaries: Dict[str, str] = field(default_factory=dict)
-    missing_binaries: List[str] = field(default_factory=list)
-    configs: List[str] = field(default_factory=list)
-    missing_configs: List[str] = field(default_factory=list)
+    libraries: List[LibChoice] = factory(list)
+    skipped: List[Skipped] = factory(list)
+    missing_libraries: List[str] = factory(list)
+    binaries: Dict[str, str] = factory(dict)
+    missing_binaries: List[str] = factory(list)
+    configs: List[str] = factory(list)
+    missing_configs: List[str] = factory(list)
     selection: Optional[GpuSelection] = None
-    devices: List[str] = field(default_factory=list)
-    missing_devices: List[str] = field(default_factory=list)
+    devices: List[str] = factory(list)
+    missing_devices: List[str] = factory(list)
     dev_root: str = "/dev"
-    env: Dict[str, str] = field(default_factory=dict)
+    env: Dict[str, str] = factory(dict)
 
     def problems(self) -> List[str]:
         """What --nv-strict refuses: no driver, no libcuda, a chosen GPU without its node."""

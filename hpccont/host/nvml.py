@@ -7,15 +7,19 @@ tests instead keep this class and give pynvml a synthetic ``libnvidia-ml.so.1``.
 
 pynvml is imported here, lazily: ``hpccont exec`` without ``--nv`` never pays for it.
 """
-from dataclasses import dataclass, field
-from typing import List
+from __future__ import annotations
+
+from ..record import factory, record
+TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import List
 
 
 class NvmlUnavailable(Exception):
     """No usable driver: pynvml missing, libnvidia-ml not found, kernel module not loaded."""
 
 
-@dataclass(frozen=True)
+@record
 class Gpu:
     index: int        # NVML index (PCI bus order)
     minor: int        # /dev/nvidia<minor>
@@ -23,11 +27,11 @@ class Gpu:
     name: str = ""
 
 
-@dataclass
+@record
 class DriverInfo:
     version: str                          # e.g. "535.104.05"
-    gpus: List[Gpu] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)   # GPUs NVML listed but would not open
+    gpus: List[Gpu] = factory(list)
+    notes: List[str] = factory(list)   # GPUs NVML listed but would not open
 
 
 class Nvml:

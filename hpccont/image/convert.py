@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .. import __version__
 from ..errors import BuildError
-from ..runtime.plan_types import ImageSource
+from .source import ImageSource
 from . import layout, sif, squashfs, times
 from .source import open_image
 

@@ -8,7 +8,7 @@ import os
 import stat
 
 from ..errors import ImageError, SifError
-from ..runtime.plan_types import ImageSource
+from ..record import record
 from . import sif
 from .sandbox import check_sandbox
 
@@ -17,6 +17,18 @@ SQUASHFS_SUPERBLOCK = 96
 SQUASHFS_BYTES_USED_AT = 40     # u64 in the superblock: bytes the filesystem occupies
 # First read: header + a default descriptor table (4096 + 48 * 585 = 32176), page rounded.
 FIRST_READ = 32768
+
+
+@record
+class ImageSource:
+    """Where a container's root filesystem comes from (part of every LaunchPlan)."""
+    kind: str            # "sif" | "squashfs" | "sandbox"
+    path: str            # absolute host path
+    offset: int = 0      # byte offset of the filesystem inside the file
+    size: int = 0        # bytes of the filesystem (0: to end of file)
+    fs_type: str = "squashfs"   # "squashfs" | "ext3" | "dir"
+    handle: str = ""     # "/proc/self/fd/N": the file as verified, kept open (signature policy)
+
 
 # SIF partition fs type -> ImageSource.fs_type (None: the runtime cannot mount it)
 PARTITION_FS = {sif.FS_SQUASH: "squashfs", sif.FS_EXT3: "ext3"}

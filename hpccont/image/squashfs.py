@@ -75,14 +75,22 @@ def mksquashfs(src: str, out: str, *, comp: Optional[str] = None,
         raise BuildError(f"mksquashfs failed: {_last_line(r.stderr or r.stdout)}")
 
 
-def _unsquashfs(image: str, offset: int, args: Sequence[str], binary: bool = False):
+def _unsquashfs(image: str, offset: int, args: Sequence[str], binary: bool = False,
+                timeout: Optional[float] = None):
+    """The one place unsquashfs runs (inspect, modules, MPI discovery, builds all come here)."""
     argv = [_tool("unsquashfs"), "-o", str(offset), *args]
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=not binary)
+    try:
+        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=not binary, errors=None if binary else "replace",
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ImageError(f"unsquashfs on {image} took longer than {timeout:.0f} s") from None
 
 
-def cat_file(image: str, path: str, offset: int = 0) -> Optional[bytes]:
+def cat_file(image: str, path: str, offset: int = 0, timeout: float = 120) -> Optional[bytes]:
     """Contents of regular file ``path`` (relative to the filesystem root), None if absent."""
-    r = _unsquashfs(image, offset, ["-cat", image, path.lstrip("/")], binary=True)
+    r = _unsquashfs(image, offset, ["-cat", image, path.lstrip("/")], binary=True,
+                    timeout=timeout)
     if r.returncode != 0:
         return None
     return r.stdout
@@ -101,6 +109,15 @@ def list_paths(image: str, offset: int = 0, under: str = "") -> List[str]:
         if line.startswith("/"):
             out.append(line.lstrip("/"))
     return [p for p in out if p]
+
+
+def long_listing(image: str, offset: int = 0, timeout: float = 120) -> List[str]:
+    """``ls -l``-style lines of every entry, paths from the root without "squashfs-root"
+    (type and mode first; a symlink's line ends ``NAME -> TARGET``)."""
+    r = _unsquashfs(image, offset, ["-lls", "-d", "", image], timeout=timeout)
+    if r.returncode != 0:
+        raise ImageError(f"unsquashfs cannot list {image}: {_last_line(r.stderr or r.stdout)}")
+    return r.stdout.splitlines()
 
 
 def extract(image: str, dest: str, offset: int = 0, paths: Sequence[str] = (),

@@ -58,8 +58,8 @@ def interpreter(lmod_cmd: str) -> Optional[str]:
 
 
 def elf_needed(path: str) -> List[str]:
-    from ..host.mpi import read_elf_dynamic   # the project's one ELF reader
-    dyn = read_elf_dynamic(path)
+    from ..elf import file_dynamic
+    dyn = file_dynamic(path)
     return dyn.needed if dyn else []
 
 

@@ -10,12 +10,11 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import ImageError
+from ..image import squashfs
 
 LABELS_FILE = "/.singularity.d/labels.json"
 HELP_FILE = "/.singularity.d/runscript.help"
@@ -110,17 +109,6 @@ class ImageReader:
         self.kind = image_kind(self.path)
         self.offset, self.signed = (_sif_partition(self.path) if self.kind == "sif" else (0, False))
 
-    def _unsquashfs(self, *args: str) -> Optional[str]:
-        tool = shutil.which("unsquashfs") or "/usr/bin/unsquashfs"
-        argv = [tool, "-o", str(self.offset), *args]
-        try:
-            r = subprocess.run(argv, capture_output=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise ImageError(f"cannot read {self.path} with unsquashfs: {e}") from None
-        if r.returncode != 0:
-            return None
-        return r.stdout.decode("utf-8", "replace")
-
     def read_text(self, inner: str) -> Optional[str]:
         if self.kind == "sandbox":
             try:
@@ -129,7 +117,8 @@ class ImageReader:
                     return f.read()
             except OSError:
                 return None
-        return self._unsquashfs("-cat", self.path, inner)
+        data = squashfs.cat_file(self.path, inner, self.offset)
+        return None if data is None else data.decode("utf-8", "replace")
 
     def list_dir(self, inner: str) -> List[str]:
         if self.kind == "sandbox":
@@ -137,10 +126,12 @@ class ImageReader:
                 return sorted(os.listdir(os.path.join(self.path, inner.lstrip("/"))))
             except OSError:
                 return []
-        out = self._unsquashfs("-d", "", "-ls", self.path, inner) or ""
-        prefix = inner.rstrip("/") + "/"
-        names = {line.strip()[len(prefix):].split("/")[0] for line in out.splitlines()
-                 if line.strip().startswith(prefix)}
+        try:
+            paths = squashfs.list_paths(self.path, self.offset, under=inner)
+        except ImageError:
+            return []
+        prefix = inner.strip("/") + "/"
+        names = {p[len(prefix):].split("/")[0] for p in paths if p.startswith(prefix)}
         return sorted(n for n in names if n)
 
 

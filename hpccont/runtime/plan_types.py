@@ -1,10 +1,12 @@
 """The data a launch is made of.  Computed first, applied second.
 
 A LaunchPlan is plain data: tests compare plans without privileges, and ``--dry-run`` prints
-one.  Only ``runtime/apply.py`` turns a plan into system calls.
+one.  ``runtime/apply.py`` turns a plan into system calls (``runtime/join.py`` enters a plan's
+container that a keeper already holds; both go through ``runtime/kernel.py``).
 """
 from __future__ import annotations
 
+from ..image.source import ImageSource  # noqa: F401 (part of a plan; defined by the image layer)
 from ..record import factory, record
 
 
@@ -17,6 +19,8 @@ class Mount:
       "tmpfs"  a fresh tmpfs at ``target``
       "file"   ``content`` written to a private file and bound over ``target``
       "dev"    a device node from the host bound at ``target`` (same as bind, but kept nodev-free)
+      "passwd" the container's /etc/passwd: the image's entries plus the caller's (identity.py)
+      "group"  the same for /etc/group
     target is always an absolute path inside the container.
     """
     kind: str
@@ -43,17 +47,6 @@ class HostAdditions:
         self.ld_library_path += other.ld_library_path
         self.path += other.path
         self.warnings += other.warnings
-
-
-@record
-class ImageSource:
-    """Where the root filesystem comes from."""
-    kind: str            # "sif" | "squashfs" | "sandbox"
-    path: str            # absolute host path
-    offset: int = 0      # byte offset of the filesystem inside the file
-    size: int = 0        # bytes of the filesystem (0: to end of file)
-    fs_type: str = "squashfs"   # "squashfs" | "ext3" | "dir"
-    handle: str = ""     # "/proc/self/fd/N": the file as verified, kept open (signature policy)
 
 
 @record

@@ -22,7 +22,8 @@ root of every process of the namespace, the child's included.
 from __future__ import annotations
 
 import os
-import struct
+
+from .. import elf
 
 CHUNK = 128 * 1024               # squashfs's default block size: one decompression per read
 FILE_BUDGET = 8 * 1024 * 1024    # bytes read of one file at most
@@ -156,7 +157,7 @@ class Reader:
             return [[words[0].decode(errors="replace")]] if words else []
         try:
             interp, needed = parse_elf(fd, head)
-        except (struct.error, ValueError, IndexError, UnicodeDecodeError, OSError):
+        except (ValueError, IndexError, UnicodeDecodeError, OSError):
             return []
         out = [[interp]] if interp else []
         for name in needed:
@@ -166,58 +167,8 @@ class Reader:
 
 def parse_elf(fd: int, head: bytes) -> tuple[str, list[str]]:
     """(PT_INTERP path, DT_NEEDED names) of a 64- or 32-bit ELF file; ("", []) otherwise."""
-    if head[:4] != b"\x7fELF":
-        return "", []
-    is64, little = head[4] == 2, head[5] == 1
-    e = "<" if little else ">"
-    if is64:
-        phoff, = struct.unpack_from(e + "Q", head, 0x20)
-        phentsize, phnum = struct.unpack_from(e + "HH", head, 0x36)
-        ph_fmt, dyn_fmt = e + "IIQQQQQQ", e + "qQ"
-    else:
-        phoff, = struct.unpack_from(e + "I", head, 0x1C)
-        phentsize, phnum = struct.unpack_from(e + "HH", head, 0x2A)
-        ph_fmt, dyn_fmt = e + "IIIIIIII", e + "iI"
-    table = os.pread(fd, phentsize * phnum, phoff)
-    interp = ""
-    loads: list[tuple[int, int, int]] = []   # (vaddr, offset, filesz)
-    dynamic = None
-    for i in range(phnum):
-        f = struct.unpack_from(ph_fmt, table, i * phentsize)
-        if is64:
-            p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = f[:6]
-        else:
-            p_type, p_offset, p_vaddr, _paddr, p_filesz = f[:5]
-        if p_type == 3:                                   # PT_INTERP
-            interp = os.pread(fd, min(p_filesz, 4096), p_offset).split(b"\0")[0].decode()
-        elif p_type == 1:                                 # PT_LOAD
-            loads.append((p_vaddr, p_offset, p_filesz))
-        elif p_type == 2:                                 # PT_DYNAMIC
-            dynamic = (p_offset, p_filesz)
-    if not dynamic:
-        return interp, []
-    return interp, _needed(fd, dynamic, loads, dyn_fmt)
-
-
-def _needed(fd: int, dynamic: tuple[int, int], loads, dyn_fmt: str) -> list[str]:
-    data = os.pread(fd, min(dynamic[1], 64 * 1024), dynamic[0])
-    size = struct.calcsize(dyn_fmt)
-    strtab, strsz, offsets = 0, 0, []
-    for i in range(0, len(data) - size + 1, size):
-        tag, val = struct.unpack_from(dyn_fmt, data, i)
-        if tag == 0:            # DT_NULL
-            break
-        if tag == 1:            # DT_NEEDED
-            offsets.append(val)
-        elif tag == 5:          # DT_STRTAB (an address: mapped to a file offset below)
-            strtab = val
-        elif tag == 10:         # DT_STRSZ
-            strsz = val
-    for vaddr, offset, filesz in loads:
-        if vaddr <= strtab < vaddr + filesz:
-            table = os.pread(fd, min(strsz, 256 * 1024), strtab - vaddr + offset)
-            return [table[o:table.index(b"\0", o)].decode() for o in offsets if o < len(table)]
-    return []
+    dyn = elf.read_dynamic(elf.fd_reader(fd), head)
+    return (dyn.interp, dyn.needed) if dyn else ("", [])
 
 
 def _walk(rootfd: int, path: str) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hpccont import elf
 from hpccont.config import defaults
 from hpccont.host import mpi
 from hpccont.runtime.plan_types import ImageSource
@@ -148,7 +149,7 @@ def test_elf_parser_matches_readelf(lib):
     out = subprocess.run(["readelf", "-d", lib], capture_output=True, text=True, check=True).stdout
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.*?)\]", out)
     soname = re.findall(r"\(SONAME\)\s+Library soname: \[(.*?)\]", out)
-    dyn = mpi.read_elf_dynamic(os.path.realpath(lib))
+    dyn = elf.file_dynamic(os.path.realpath(lib))
     assert dyn.needed == needed and [dyn.soname] == soname
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from hpccont.errors import HostError
+from hpccont import elf
 from hpccont.host import ldcache, nvidia
 from synthetic_driver import STALE_VERSION, VERSION
 
@@ -75,16 +76,16 @@ def test_ldconfig_errors_are_host_errors(tmp_path):
 def test_elf_ids_of_compiled_libraries(driver):
     host = ldcache.host_elf_id()
     assert host is not None and host.elf_class == (2 if os.uname().machine.endswith("64") else 1)
-    assert ldcache.elf_id(str(driver.lib / f"libcuda.so.{VERSION}")) == host
-    ia32 = ldcache.elf_id(str(driver.root / "lib32" / f"libnvidia-ml.so.{VERSION}"))
+    assert elf.file_id(str(driver.lib / f"libcuda.so.{VERSION}")) == host
+    ia32 = elf.file_id(str(driver.root / "lib32" / f"libnvidia-ml.so.{VERSION}"))
     assert ia32 is not None and ia32.elf_class == 1 and ia32.machine == 3
-    assert ldcache.elf_id(str(driver.liblist)) is None
+    assert elf.file_id(str(driver.liblist)) is None
 
 
 def test_parse_elf_header_big_endian():
     head = b"\x7fELF" + bytes([2, 2, 1]) + bytes(11) + (21).to_bytes(2, "big")
-    assert ldcache.parse_elf_header(head) == ldcache.ElfId(2, 2, 21)
-    assert ldcache.parse_elf_header(b"#!/bin/sh\n" + bytes(10)) is None
+    assert elf.parse_id(head) == elf.ElfId(2, 2, 21)
+    assert elf.parse_id(b"#!/bin/sh\n" + bytes(10)) is None
 
 
 def test_select_libraries_keeps_driver_version_and_host_abi(driver):

@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, sys
-from dataclasses import asdict
+
 from hpccont.host.nvml import Nvml, NvmlUnavailable
 try:
-    print(json.dumps(asdict(Nvml().probe())))
+    print(json.dumps(Nvml().probe().to_dict()))
 except NvmlUnavailable as e:
     print(json.dumps({"unavailable": str(e)}))
 """

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ...errors import BuildError, ImageError
-
-SIF_MAGIC = b"SIF_MAGIC"
-SIF_MAGIC_OFFSET = 32
-SQUASHFS_MAGIC = b"hsqs"
+from ..sif import is_sif
+from ..source import SQUASHFS_MAGIC
 
 # prefix -> bootstrap agent that builds from it without a definition file
 AGENT_PREFIXES = {
@@ -63,7 +61,7 @@ def sniff_file(path: str) -> str:
             head = f.read(64)
     except OSError as e:
         raise ImageError(f"{path}: cannot read: {e.strerror}") from None
-    if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] == SIF_MAGIC:
+    if is_sif(head):
         return "sif"
     if head[:4] == SQUASHFS_MAGIC:
         return "squashfs"

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 
+from .... import elf
 from ....errors import BuildError
 
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "home", "tmp", "var/tmp", "proc",
@@ -24,23 +25,9 @@ def host_busybox() -> str:
     return path
 
 
-def is_static(path: str) -> bool:
-    """An ELF file without a PT_INTERP program header (no dynamic loader needed)."""
-    import struct
-    with open(path, "rb") as f:
-        head = f.read(64)
-        if head[:4] != b"\x7fELF" or head[4] != 2:
-            return False
-        phoff, = struct.unpack_from("<Q", head, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
-        f.seek(phoff)
-        table = f.read(phentsize * phnum)
-    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
-
-
 def bootstrap(stage, rootfs, ctx):
     src = host_busybox()
-    if not is_static(src):
+    if not elf.is_static(src):
         raise BuildError(f"Bootstrap: busybox: {src} is not a static binary "
                          "(install busybox-static)")
     for d in DIRS:

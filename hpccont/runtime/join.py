@@ -34,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import stat
 import time
 
 from ..errors import LaunchError
@@ -44,18 +45,124 @@ LINGER_S = 1.0             # an empty container waits this long for late tasks o
 
 
 def state_dir(cfg: dict[str, dict]) -> str:
+    """The caller's private directory for keeper state and locks, which no other user can
+    pre-empt.
+
+    Root: ``runtime.state_dir`` (refused unless a real root-owned directory others cannot
+    write).  Others: ``$XDG_RUNTIME_DIR/hpccont-UID`` when that runtime directory is really
+    theirs, else ``/tmp/hpccont-UID``.  Anyone can create that name in /tmp first; a directory
+    there that is not ours, private and real (not a symbolic link) is never used: the state
+    then goes to ``/tmp/hpccont-UID-TOKEN``, whose TOKEN is a random name kept in the user's
+    cache directory, so that every task of the user on the node finds the same place and no
+    other user can guess it in advance."""
     if os.geteuid() == 0:
         d = cfg["runtime"]["state_dir"]
-    else:
-        base = os.environ.get("XDG_RUNTIME_DIR")
-        if not base or not os.path.isdir(base):
-            base = "/tmp"
-        d = os.path.join(base, f"hpccont-{os.getuid()}")
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    st = os.stat(d)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise LaunchError(f"state directory {d} must belong to you and be private (mode 0700)")
-    return d
+        os.makedirs(os.path.dirname(d.rstrip("/")) or "/", mode=0o755, exist_ok=True)
+        if _private_dir(d) is None:
+            raise LaunchError(f"state directory {d} must be a directory of root's that no one "
+                              "else can write (runtime.state_dir)")
+        return d
+    uid = os.getuid()
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and base.startswith("/") and _owned_private(base):
+        d = _private_dir(os.path.join(base, f"hpccont-{uid}"))
+        if d:
+            return d
+    d = _private_dir(f"/tmp/hpccont-{uid}")
+    return d or _fallback_state_dir(uid)
+
+
+def _owned_private(path: str) -> bool:
+    """Is ``path`` a real directory (no symbolic link) of ours that no one else can write?"""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _private_dir(path: str) -> str | None:
+    """``path``, created mode 0700 if missing; None when it is someone else's, a symbolic link
+    or not a directory.  A directory of ours that is too open is made 0700 through a
+    descriptor (opened without following links, checked with fstat)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            return None
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+        return path
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _fallback_state_dir(uid: int) -> str:
+    from .. import cache
+    token_file = os.path.join(cache.cache_dir(), "state-token")
+    for _ in range(3):
+        token = _read_token(token_file)
+        if token:
+            d = _private_dir(f"/tmp/hpccont-{uid}-{token}")
+            if d:
+                return d
+        _new_token(token_file, replace=bool(token))   # none yet, or its directory pre-empted
+    raise LaunchError(f"/tmp/hpccont-{uid} belongs to another user and no private state "
+                      f"directory could be made (is {cache.cache_dir()} writable?); set "
+                      "XDG_RUNTIME_DIR to a private directory of yours")
+
+
+def _read_token(path: str) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+            return None
+        token = os.read(fd, 64).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return token if len(token) == 32 and all(c in "0123456789abcdef" for c in token) else None
+
+
+def _new_token(path: str, replace: bool) -> None:
+    """Write a fresh random token; concurrent tasks agree on the first one written (link
+    fails on an existing file) unless ``replace``."""
+    tmp = f"{path}.{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(16).hex() + "\n")
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            os.unlink(tmp)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def state_name(plan: LaunchPlan) -> str:

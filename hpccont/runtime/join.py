@@ -72,6 +72,18 @@ def state_dir(cfg: dict[str, dict]) -> str:
     return d or _fallback_state_dir(uid)
 
 
+def user_state_dirs(uid: int, home: str | None) -> list[str]:
+    """Where ``state_dir`` may have put user ``uid``'s state (for cleanup from the root side,
+    which does not have the user's environment): the runtime directory, /tmp and the fallback
+    named by the token in the user's default cache directory."""
+    dirs = [f"/run/user/{uid}/hpccont-{uid}", f"/tmp/hpccont-{uid}"]
+    if home:
+        token = _read_token(os.path.join(home, ".cache", "hpccont", "state-token"), uid)
+        if token:
+            dirs.append(f"/tmp/hpccont-{uid}-{token}")
+    return dirs
+
+
 def _owned_private(path: str) -> bool:
     """Is ``path`` a real directory (no symbolic link) of ours that no one else can write?"""
     try:
@@ -123,14 +135,15 @@ def _fallback_state_dir(uid: int) -> str:
                       "XDG_RUNTIME_DIR to a private directory of yours")
 
 
-def _read_token(path: str) -> str | None:
+def _read_token(path: str, owner: int | None = None) -> str | None:
+    owner = os.geteuid() if owner is None else owner
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+        if st.st_uid != owner or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
             return None
         token = os.read(fd, 64).decode("ascii", "replace").strip()
     except OSError:

@@ -130,3 +130,11 @@ def test_slurm_step_tasks_share_a_container_despite_preemption(slurm_cluster, in
     lines = r.stdout.split()
     assert len(lines) == 3 and len(set(lines)) == 1, r.stdout
     assert os.listdir(f"/tmp/hpccont-{victim.pw_uid}") == []
+
+
+def test_user_state_dirs_for_root_side_cleanup(install, victim):
+    attacker(f"mkdir -m 777 /tmp/hpccont-{victim.pw_uid}")
+    d = state_dir_of(install)
+    from hpccont.runtime.join import user_state_dirs
+    assert d in user_state_dirs(victim.pw_uid, victim.pw_dir)
+    assert f"/tmp/hpccont-{victim.pw_uid}" in user_state_dirs(victim.pw_uid, None)

@@ -344,15 +344,16 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
 
 def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
             persistent: bool, watch_pid: int = 0) -> None:
-    from .apply import Step, enter, env_scripts, setup
+    from .apply import Step, _handle_fd, enter, env_scripts, setup
     from .prefetch import finish
     # Keep no terminal, output pipe or launcher socket of the job open: srun and mpirun wait
     # for EOF on their pipes, and a PMI socket held by the keeper outlives the rank.
     devnull = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    os.closerange(3, wfd)
-    os.closerange(wfd + 1, os.sysconf("SC_OPEN_MAX"))
+    # ... but keep the image file that was verified (signatures.require): the mount reads
+    # that open file, /proc/self/fd/N, not the path.
+    _close_all_but({wfd, *_handle_fd(plan.image)})
     dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     step = Step()
     try:
@@ -380,6 +381,16 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
                 _remove_state(dir_fd, name)
                 os._exit(0)
     _linger(dir_fd, name)
+
+
+def _close_all_but(keep: set) -> None:
+    """Close every descriptor from 3 up except those in ``keep``."""
+    start = 3
+    for fd in sorted(keep):
+        if fd >= start:
+            os.closerange(start, fd)
+            start = fd + 1
+    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
 
 
 def _linger(dir_fd: int, name: str) -> None:

@@ -119,3 +119,52 @@ apply(plan, cfg)
     r = helpers.as_user([sys.executable, str(script)], env=env, cwd="/tmp")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "verified-content"
+
+
+def _joined_pair(image, key, runner):
+    """Two tasks with one --join key at once: both run, in one container."""
+    cmd = ["exec", "--join", key, str(image), "sh", "-c", "readlink /proc/self/ns/mnt; sleep 1"]
+    procs = [runner(cmd) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert len({out.strip() for out, _ in outs}) == 1, outs
+
+
+def test_policy_join_works(site, install, test_user):
+    """The keeper of a --join container must keep the verified image file open for the FUSE
+    server (it closed it: 'Transport endpoint is not connected'; as root the loop device was
+    set up from whatever file then had that descriptor number)."""
+    import pwd
+    import subprocess
+    signed, _, env = site
+    home = pwd.getpwnam("hpcuser").pw_dir
+
+    def as_user(cmd):
+        return subprocess.Popen(["runuser", "-u", "hpcuser", "--", "env", "-i", "PATH=/usr/bin:/bin",
+                                 f"HOME={home}", f"HPCCONT_CONFIG={env['HPCCONT_CONFIG']}",
+                                 install["hpccont"], *cmd],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _joined_pair(signed, "sigjoin-user", as_user)
+
+
+@pytest.mark.root
+def test_policy_join_works_as_root(site, install):
+    import subprocess
+    signed, _, env = site
+
+    def as_root(cmd):
+        return subprocess.Popen([install["hpccont"], *cmd], env=dict(os.environ, **env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _joined_pair(signed, "sigjoin-root", as_root)
+
+
+def test_policy_instance_works(site, hpccont_user, test_user):
+    signed, _, env = site
+    r = hpccont_user("instance", "start", signed, "siginst", env=env)
+    try:
+        assert r.returncode == 0, r.stderr
+        r = hpccont_user("exec", "instance://siginst", "cat", "/etc/hostname", env=env)
+        assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    finally:
+        hpccont_user("instance", "stop", "siginst", env=env)

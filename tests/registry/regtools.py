@@ -137,10 +137,11 @@ class Registry:
             self.proc.wait()
         self.proc = None
 
-    def blob_gets(self, digest: Optional[str] = None) -> List[dict]:
-        """The blob GETs the registry answered (from its log): uri, status, bytes written."""
+    def blob_gets(self, since: int = 0, digest: Optional[str] = None) -> List[dict]:
+        """The blob GETs the registry answered (from its log, after offset ``since``): uri,
+        status, bytes written."""
         out = []
-        for line in self.log.read_text(errors="replace").splitlines():
+        for line in self.log_since(since).splitlines():
             if 'msg="response completed"' not in line or "http.request.method=GET" not in line:
                 continue
             m = re.search(r"http\.request\.uri=\"?(/v2/[^\s\"]+/blobs/(sha256:[0-9a-f]+))", line)

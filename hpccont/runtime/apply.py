@@ -47,11 +47,11 @@ import errno
 import os
 
 from ..errors import CommandNotFound, CommandNotExecutable, LaunchError
-from . import kernel as K
+from . import kernel
 from . import prefetch
-from .envscripts import Unsupported, evaluate
-from .environment import env_script
+from .envscripts import env_scripts, image_environment, shell_prefix
 from .identity import group_content, passwd_content
+from ..rootpath import read_in_root
 from .mounts import resolve_in_root
 from .plan_types import LaunchPlan, Mount
 
@@ -114,15 +114,15 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
     ident = plan.identity
     step("creating namespaces")
     if plan.mode == "rootless":
-        K.unshare(K.CLONE_NEWUSER | K.CLONE_NEWNS)
+        kernel.unshare(kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS)
         _write_id_maps(f"0 {ident.uid} 1", f"0 {ident.gid} 1", deny_setgroups=True)
     else:
-        K.unshare(K.CLONE_NEWNS)
+        kernel.unshare(kernel.CLONE_NEWNS)
     step("making / private")
-    K.mount(None, "/", None, K.MS_REC | K.MS_PRIVATE)
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
     step("mounting the staging tmpfs")
     stage = cfg["runtime"].get("session_dir") or SESSION_DIR
-    K.mount("hpccont", stage, "tmpfs", K.MS_NOSUID | K.MS_NODEV,
+    kernel.mount("hpccont", stage, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV,
             f"mode=0755,size={cfg['runtime']['tmp_size']}")
     for d in ("lower", "upper", "work", "root", "files"):
         os.mkdir(f"{stage}/{d}", 0o755)
@@ -141,7 +141,7 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
         _apply_mount(m, root, lower, f"{stage}/files", plan)
     if not plan.writable_tmpfs:
         step("making the root read-only")
-        K.mount(None, root, None, K.MS_REMOUNT | K.MS_BIND | K.MS_RDONLY | K.MS_NOSUID | K.MS_NODEV)
+        kernel.mount(None, root, None, kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV)
     return root, reader
 
 
@@ -161,7 +161,7 @@ def become_user(plan: LaunchPlan) -> None:
     if plan.mode != "rootless":
         return
     uid, gid = plan.identity.uid, plan.identity.gid
-    K.unshare(K.CLONE_NEWUSER)
+    kernel.unshare(kernel.CLONE_NEWUSER)
     _write_id_maps(f"{uid} 0 1", f"{gid} 0 1", deny_setgroups=False)
 
 
@@ -183,11 +183,11 @@ def _mount_image(plan: LaunchPlan, cfg: dict[str, dict], target: str) -> str:
 def _mount_loop(img, target: str) -> str:
     fd = os.open(img.handle or img.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        dev, loop_fd = K.attach_loop(fd, img.offset, img.size)
+        dev, loop_fd = kernel.attach_loop(fd, img.offset, img.size)
     finally:
         os.close(fd)
     try:
-        K.mount(dev, target, "squashfs", K.MS_RDONLY | K.MS_NOSUID | K.MS_NODEV)
+        kernel.mount(dev, target, "squashfs", kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV)
     finally:
         os.close(loop_fd)   # autoclear: the device now lives exactly as long as the mount
     return target
@@ -195,7 +195,7 @@ def _mount_loop(img, target: str) -> str:
 
 def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
     server = _system_program(FUSE_SERVERS[cfg["runtime"]["squashfuse"]])
-    _serve_fuse(target, "squashfuse", K.MS_RDONLY, uid, gid,
+    _serve_fuse(target, "squashfuse", kernel.MS_RDONLY, uid, gid,
                 [server, "-f", "-o", f"offset={img.offset}", img.handle or img.path],
                 keep=_handle_fd(img))
     return target
@@ -217,14 +217,14 @@ def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: li
     """
     fd = os.open("/dev/fuse", os.O_RDWR)   # inheritable on purpose: the server reads it
     os.set_inheritable(fd, True)
-    K.mount(name, target, f"fuse.{name}", flags | K.MS_NOSUID | K.MS_NODEV,
+    kernel.mount(name, target, f"fuse.{name}", flags | kernel.MS_NOSUID | kernel.MS_NODEV,
             f"fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions")
     argv = argv + [f"/dev/fd/{fd}"]
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # child: becomes the FUSE server
         try:
-            K.prctl(K.PR_SET_PDEATHSIG, K.SIGKILL)
+            kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGKILL)
             if os.getppid() != parent:      # parent died before prctl took effect
                 os._exit(1)
             for kept in keep:               # e.g. the verified image, as /proc/self/fd/N
@@ -245,7 +245,7 @@ def _mount_overlay(cfg, root: str, lower: str, stage: str) -> None:
     """Kernel overlayfs (unprivileged since Linux 5.11), or fuse-overlayfs for older kernels."""
     options = f"lowerdir={_overlay_escape(lower)},upperdir={stage}/upper,workdir={stage}/work"
     if cfg["runtime"]["overlay"] == "kernel":
-        K.mount("overlay", root, "overlay", K.MS_NOSUID | K.MS_NODEV, options)
+        kernel.mount("overlay", root, "overlay", kernel.MS_NOSUID | kernel.MS_NODEV, options)
         return
     server = _system_program("fuse-overlayfs")
     # Root inside our namespace serves it: uid 0 is mapped, as for the image mount.
@@ -261,31 +261,33 @@ def _system_program(name: str) -> str:
 
 
 def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) -> None:
-    if m.kind in ("passwd", "group"):
+    identity = m.kind in ("passwd", "group")
+    if identity:
         m = _identity_file(m, lower, files, plan)
     elif m.kind == "file":
         m = _generated_file(m, files)
     if m.kind == "bind" and m.optional and not os.path.exists(m.source):
         return
-    host_target = resolve_in_root(root, m.target)
+    # The image's /etc/passwd may be a link climbing out: covered where the container's own
+    # lookup (clamped at its root) finds it.  Other destinations that climb are refused.
+    host_target = resolve_in_root(root, m.target, clamp=identity)
     if m.kind == "tmpfs":
         os.makedirs(host_target, exist_ok=True)
-        K.mount("tmpfs", host_target, "tmpfs", K.MS_NOSUID | K.MS_NODEV, "mode=0755")
+        kernel.mount("tmpfs", host_target, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=0755")
         return
     _make_mountpoint(host_target, os.path.isdir(m.source), files)
-    K.mount(m.source, host_target, None, K.MS_BIND | K.MS_REC)
-    flags = K.MS_REMOUNT | K.MS_BIND | K.MS_NOSUID | K.locked_flags(host_target)
+    kernel.mount(m.source, host_target, None, kernel.MS_BIND | kernel.MS_REC)
+    flags = kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_NOSUID | kernel.locked_flags(host_target)
     if m.readonly:
-        flags |= K.MS_RDONLY
-    K.mount(None, host_target, None, flags)
+        flags |= kernel.MS_RDONLY
+    kernel.mount(None, host_target, None, flags)
 
 
 def _identity_file(m: Mount, lower: str, files: str, plan: LaunchPlan) -> Mount:
-    try:
-        with open(f"{lower}{m.target}") as f:
-            current = f.read()
-    except OSError:
-        current = ""
+    # The image's own file, looked up inside the image: a symbolic link such as
+    # /etc/passwd -> /etc/shadow must not make us (root, possibly) read a host file.
+    raw = read_in_root(lower, m.target)
+    current = raw.decode("utf-8", "replace") if raw else ""
     make = passwd_content if m.kind == "passwd" else group_content
     path = f"{files}/{m.kind}"
     with open(path, "w") as f:
@@ -330,9 +332,9 @@ def _create(path: str, is_dir: bool) -> None:
 def _underlay(directory: str, stash: str) -> None:
     keep = f"{stash}/underlay-{len(os.listdir(stash))}"
     os.mkdir(keep)
-    K.mount(directory, keep, None, K.MS_BIND | K.MS_REC)
+    kernel.mount(directory, keep, None, kernel.MS_BIND | kernel.MS_REC)
     st = os.stat(directory)
-    K.mount("tmpfs", directory, "tmpfs", K.MS_NOSUID | K.MS_NODEV,
+    kernel.mount("tmpfs", directory, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV,
             f"mode={st.st_mode & 0o7777:o}")
     for name in os.listdir(keep):
         src, dst = f"{keep}/{name}", f"{directory}/{name}"
@@ -340,15 +342,15 @@ def _underlay(directory: str, stash: str) -> None:
             os.symlink(os.readlink(src), dst)
             continue
         _create(dst, os.path.isdir(src))
-        K.mount(src, dst, None, K.MS_BIND | K.MS_REC)
+        kernel.mount(src, dst, None, kernel.MS_BIND | kernel.MS_REC)
 
 
 def enter(root: str, plan: LaunchPlan, step: Step) -> None:
     """Step 7: make ``root`` the root of our mount namespace and drop the host's tree."""
     step("pivoting into the container root")
     os.chdir(root)
-    K.pivot_root(".", ".")
-    K.umount2(".", K.MNT_DETACH)
+    kernel.pivot_root(".", ".")
+    kernel.umount2(".", kernel.MNT_DETACH)
     os.chdir("/")
     step("mapping back to the caller's uid and gid")
     become_user(plan)
@@ -375,16 +377,13 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
     if argv[0] in ("/bin/sh", "/bin/bash"):
         env.setdefault("PS1", "Hpccont> ")
     path = None
-    scripts = env_scripts(plan.env_dirs)
-    if scripts:
+    if env_scripts(plan.env_dirs):
         step("evaluating the image's environment scripts")
-        evaluated = evaluate_env_scripts(scripts, env, plan)
+        evaluated = image_environment(plan, env)
         if evaluated is not None:
             env = evaluated
         elif os.path.exists("/bin/sh"):
-            # $0 is "hpccont"; the command and its arguments are "$@", untouched
-            argv = ["/bin/sh", "-c", env_script(plan.env_overrides, _ld_first(plan),
-                                                 plan.env_dirs), "hpccont"] + argv
+            argv = shell_prefix(plan) + argv
             path = "/bin/sh"
     if path is None:
         path = _which(argv[0], env.get("PATH", ""))
@@ -393,7 +392,7 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
         prefetch.finish(reader)
     step(f"exec {path}")
     try:
-        K.prctl(K.PR_SET_NO_NEW_PRIVS, 1)
+        kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
         try:
             os.execve(path, argv, env)
         except OSError as e:
@@ -407,44 +406,6 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
         raise CommandNotExecutable(f"{plan.argv[0]}: cannot execute: {e.strerror}") from None
 
 
-def env_scripts(dirs: list[str]) -> list[str]:
-    """The ``*.sh`` files of ``dirs``, in the order ``for f in DIR/*.sh`` gives them."""
-    out = []
-    for d in dirs:
-        try:
-            names = sorted(n for n in os.listdir(d) if n.endswith(".sh"))
-        except OSError:
-            continue
-        out += [f"{d}/{n}" for n in names if os.path.isfile(f"{d}/{n}")]
-    return out
-
-
-def evaluate_env_scripts(scripts: list[str], env: dict[str, str],
-                         plan: LaunchPlan) -> dict[str, str] | None:
-    """What ``env_script`` computes with a shell, or None when the scripts need one."""
-    env = dict(env, PWD=_shell_pwd(env.get("PWD")))
-    try:
-        env = evaluate(scripts, env)
-    except Unsupported:
-        return None
-    env.update(plan.env_overrides)
-    ld = _ld_first(plan)
-    if ld:   # host libraries (--nv, MPI bind mode) stay first even if the image reset the path
-        env["LD_LIBRARY_PATH"] = ":".join(ld + ([env["LD_LIBRARY_PATH"]]
-                                                if env.get("LD_LIBRARY_PATH") else []))
-    return env
-
-
-def _shell_pwd(pwd: str | None) -> str:
-    """$PWD as a POSIX shell sets it on start: kept when it names the working directory."""
-    try:
-        if pwd and pwd.startswith("/") and os.path.samefile(pwd, "."):
-            return pwd
-    except OSError:
-        pass
-    return os.getcwd()
-
-
 def _which(cmd: str, path: str) -> str:
     if "/" in cmd:
         return cmd
@@ -453,8 +414,3 @@ def _which(cmd: str, path: str) -> str:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise CommandNotFound(f"{cmd}: command not found in the container")
-
-
-def _ld_first(plan: LaunchPlan) -> list[str]:
-    ld = plan.env.get("LD_LIBRARY_PATH", "")
-    return [p for p in ld.split(":") if p and p != "/.singularity.d/libs"]

@@ -671,3 +671,64 @@ def evaluate(scripts: list[str], environ: dict[str, str]) -> dict[str, str]:
     for path in scripts:
         sh.source(path)
     return sh.environment()
+
+
+# ---------------------------------------------------------------------------------------------
+# The one evaluator of an image's environment, used by every launch (runtime/apply.py) and by the
+# Slurm step's prepare (schedulers/slurm/recipe.py), which folds the result into its recipe.
+# Both run it inside the container (root and working directory are the container's).
+
+def env_scripts(dirs: list[str]) -> list[str]:
+    """The ``*.sh`` files of ``dirs``, in the order ``for f in DIR/*.sh`` gives them."""
+    out = []
+    for d in dirs:
+        try:
+            names = sorted(n for n in os.listdir(d) if n.endswith(".sh"))
+        except OSError:
+            continue
+        out += [f"{d}/{n}" for n in names if os.path.isfile(f"{d}/{n}")]
+    return out
+
+
+def pinned_library_path(plan) -> list[str]:
+    """LD_LIBRARY_PATH entries the plan puts first (host libraries for --nv and MPI bind mode):
+    they stay first even when an image's script resets the variable."""
+    ld = plan.env.get("LD_LIBRARY_PATH", "")
+    return [p for p in ld.split(":") if p and p != "/.singularity.d/libs"]
+
+
+def image_environment(plan, env: dict[str, str]) -> dict[str, str] | None:
+    """The environment the image's env scripts give the command, evaluated here; None when the
+    scripts need a real shell (then ``shell_prefix`` runs them, with the same result)."""
+    scripts = env_scripts(plan.env_dirs)
+    if not scripts:
+        return dict(env)
+    env = dict(env, PWD=_shell_pwd(env.get("PWD")))
+    try:
+        env = evaluate(scripts, env)
+    except Unsupported:
+        return None
+    env.update(plan.env_overrides)
+    ld = pinned_library_path(plan)
+    if ld:
+        env["LD_LIBRARY_PATH"] = ":".join(ld + ([env["LD_LIBRARY_PATH"]]
+                                                if env.get("LD_LIBRARY_PATH") else []))
+    return env
+
+
+def shell_prefix(plan) -> list[str]:
+    """``/bin/sh -c SCRIPT hpccont``: sources the env scripts, then execs "$@" (the command and
+    its arguments, untouched; $0 is "hpccont")."""
+    from .environment import env_script
+    return ["/bin/sh", "-c", env_script(plan.env_overrides, pinned_library_path(plan),
+                                        plan.env_dirs), "hpccont"]
+
+
+def _shell_pwd(pwd: str | None) -> str:
+    """$PWD as a POSIX shell sets it on start: kept when it names the working directory."""
+    try:
+        if pwd and pwd.startswith("/") and os.path.samefile(pwd, "."):
+            return pwd
+    except OSError:
+        pass
+    return os.getcwd()

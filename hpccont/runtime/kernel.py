@@ -4,8 +4,9 @@
 Python 3.11 has no os.unshare/os.setns/mount/pivot_root.  The ``ctypes`` package defines some
 seventy classes on import (~1.5 ms, on every task of every job); the four C types and the
 function-pointer class used here are declared directly on ``_ctypes``, its C core, exactly as
-``ctypes/__init__.py`` declares them.  This module is imported only by ``apply`` and ``join``
-(never while planning or printing a plan).  Each wrapper raises OSError with errno and a short
+``ctypes/__init__.py`` declares them.  This module is imported only by the runtime's code that
+acts on a plan (``apply``, ``join``, ``prefetch``, ``cleanup``), never while planning or printing
+one.  Each wrapper raises OSError with errno and a short
 description, which ``apply`` turns into a one-line LaunchError naming the step that failed.
 """
 import os

@@ -33,7 +33,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from ..errors import (ConfigError, HpccontError, ImageError, PolicyError, PrivsepError,
                       SignatureError, UsageError)
 from ..runtime.policy import under_any
-from .common import JobOptions, env_name, launch_argv, options_from_env, parse_options, resolve_image
+from ..runtime.mounts import parse_binds
+from .common import (JobOptions, launch_argv, options_from_env, parse_options, resolve_image,
+                     starts_own_container)
 
 # Custom PBS resource -> job option (common.OPTION_TABLE).  PBS resource names may not hold
 # dashes in every release, so resources use underscores.
@@ -66,16 +68,6 @@ RESOURCE_TYPES: Dict[str, str] = {
 # use ';' between entries instead.
 LIST_OPTIONS = ("container-bind", "container-env")
 RESOURCE_LIST_SEPARATOR = ";"
-
-# A program that already is a container launcher is never wrapped again: basename -> the
-# sub-commands that start a container (None: the program itself does).
-LAUNCHERS: Dict[str, Optional[Tuple[str, ...]]] = {
-    "hpccont": ("exec", "run", "shell", "test"),
-    "container-exec": None,
-    "run-singularity": None,
-    "apptainer": ("exec", "run", "shell", "test", "instance"),
-    "singularity": ("exec", "run", "shell", "test", "instance"),
-}
 
 # Shell basename -> flag that makes it a login shell (MoM marks login shells with argv[0]="-sh").
 LOGIN_FLAGS: Dict[str, str] = {
@@ -372,7 +364,7 @@ def open_job_image(request: str, submit: str, image_dirs: List[str], binds: List
     """Resolve the image request and open it, and resolve the bind sources, all as the job's
     user: a file the user cannot read is never read for them, a FIFO or device is refused
     without blocking, a symlink is followed with the user's rights only."""
-    sources = [b.split(":", 1)[0] for b in binds]
+    sources = [b.src for b in parse_binds(list(binds))]
 
     def work():
         try:
@@ -430,9 +422,9 @@ def check_binds(opts: JobOptions, site: dict, real_sources: Optional[List[str]] 
         raise PolicyError("this site does not allow user bind mounts (container-bind)")
     deny = mounts.get("user_bind_denylist", [])
     for i, spec in enumerate(opts.binds):
-        src = spec.split(":", 1)[0]
-        if not os.path.isabs(src):
+        if not os.path.isabs(spec.split(":", 1)[0]):
             raise UsageError(f"container-bind source must be an absolute path: {spec!r}")
+        src = parse_binds([spec])[0].src
         if not deny:
             continue
         if real_sources is not None and i < len(real_sources):
@@ -593,19 +585,6 @@ def begin_check(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> Optional[s
 
 # ---------------------------------------------------------------- execjob_launch
 
-def already_wrapped(program: List[str]) -> bool:
-    """True when the task is itself a container launch (never wrap twice)."""
-    if not program:
-        return False
-    name = os.path.basename(program[0].lstrip("-"))
-    if name not in LAUNCHERS:
-        return False
-    subcommands = LAUNCHERS[name]
-    if subcommands is None:
-        return True
-    return any(a in subcommands for a in program[1:] if not a.startswith("-"))
-
-
 def task_program(progname: str, argv: List[str]) -> List[str]:
     """The command line the task would have run: ``progname`` with ``argv[1:]``.
 
@@ -632,7 +611,7 @@ def plan_launch(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> LaunchDeci
     opts = job_options(ctx, hook_cfg, task_env=True)
     if not opts.wanted:
         return LaunchDecision(False, "no container requested")
-    if already_wrapped([progname] + argv[1:]) or already_wrapped(argv):
+    if starts_own_container([progname] + argv[1:]) or starts_own_container(argv):
         return LaunchDecision(False, "task already starts a container")
     if os.path.basename(progname) in hook_cfg.never_wrap:
         return LaunchDecision(False, f"{os.path.basename(progname)} is in never_wrap")

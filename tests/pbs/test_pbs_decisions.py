@@ -107,7 +107,7 @@ def test_bad_option_values_are_usage_errors():
     ([], False),
 ])
 def test_already_wrapped(program, wrapped):
-    assert hp.already_wrapped(program) is wrapped
+    assert common.starts_own_container(program) is wrapped
 
 
 @pytest.mark.parametrize("progname, argv, program", [

@@ -87,8 +87,8 @@ def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]
         return None
     from ... import config
     from ...runtime import join
-    from ...runtime.apply import _ld_first
-    from ...runtime.environment import apply_delta, env_script, environment_delta
+    from ...runtime.environment import apply_delta, environment_delta
+    from ...runtime.envscripts import shell_prefix
     from ...runtime.plan import make_plan
     # Variables passed by name differ from task to task (SLURM_PROCID): each task copies its own
     # value instead of the one this process sees.
@@ -119,13 +119,12 @@ def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]
     pid, scripts = join.ensure_keeper(plan, cfg, persistent=True, watch_pid=os.getppid())
     prefix = []
     if scripts:
-        script = env_script(plan.env_overrides, _ld_first(plan), plan.env_dirs)
-        evaluated = _evaluated_environment(pid, plan, script)
+        evaluated = _evaluated_environment(pid, plan)
         merged = _with_scripts_applied(delta, full_env, evaluated) if evaluated else None
         if merged is not None:
             delta = merged       # tasks exec their command directly: no shell per task
         else:
-            prefix = ["/bin/sh", "-c", script, "hpccont"]
+            prefix = shell_prefix(plan)
     d = join.state_dir(cfg)
     name = join.state_name(plan)
     return Recipe(mode=plan.mode, keeper=pid, keeper_start=join._start_time(pid),
@@ -133,11 +132,13 @@ def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]
                   state_files=[os.path.join(d, name + s) for s in ("", ".lock", ".guests")])
 
 
-def _evaluated_environment(keeper: int, plan, script: str) -> Optional[Dict[str, str]]:
+def _evaluated_environment(keeper: int, plan) -> Optional[Dict[str, str]]:
     """The environment the image's /.singularity.d/env scripts give a command, evaluated once in
-    the step's container exactly as a task's shell would (same script, same environment, same
+    the step's container by the evaluator every launch uses (runtime/envscripts.py), or by the
+    same shell prefix a task would run when the scripts need a shell (same environment, same
     directory); None when that fails."""
     from ...runtime import join
+    from ...runtime.envscripts import image_environment, shell_prefix
     r, w = os.pipe()
     child = os.fork()
     if child == 0:
@@ -145,10 +146,14 @@ def _evaluated_environment(keeper: int, plan, script: str) -> Optional[Dict[str,
             os.close(r)
             join._enter(keeper, plan)
             os.chdir(plan.cwd)
+            env = image_environment(plan, plan.env)
+            if env is not None:
+                os.write(w, b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0"
+                                     for k, v in env.items()))
+                os._exit(0)
             os.dup2(w, 1)
             os.dup2(os.open("/dev/null", os.O_WRONLY), 2)
-            os.execve("/bin/sh", ["/bin/sh", "-c", script, "hpccont", "cat", "/proc/self/environ"],
-                      plan.env)
+            os.execve("/bin/sh", shell_prefix(plan) + ["cat", "/proc/self/environ"], plan.env)
         finally:
             os._exit(127)
     os.close(w)

@@ -44,7 +44,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-arg-file", action="append", default=[], metavar="FILE",
                    help="file of KEY=VALUE lines for template variables")
     p.add_argument("--no-reproducible", dest="reproducible", action="store_false",
-                   help="keep real file times (default: SOURCE_DATE_EPOCH or 0 everywhere)")
+                   help="keep real file times (default: what the build writes, and what is newer "
+                        "than a given SOURCE_DATE_EPOCH, gets SOURCE_DATE_EPOCH or 0)")
     p.add_argument("--nohttps", action="store_true",
                    help="docker:// and oras:// sources over plain HTTP")
     p.add_argument("--arch", default="", metavar="ARCH[/VARIANT]",

@@ -148,3 +148,9 @@ def short_tmp():
     os.chmod(d, 0o777)
     yield Path(d)
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def root_only():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")

@@ -50,3 +50,82 @@ def resolve(root: str, path: str, *, follow_last: bool = True, escape: str = "cl
             continue
         done.append(part)
     return os.path.join(root, *done)
+
+
+def open_in_root(root, path: str, flags: int = os.O_RDONLY) -> int:
+    """A descriptor of ``path`` inside the tree at ``root`` (a path or a directory descriptor),
+    looked up one component at a time as the kernel would after a chroot there: absolute
+    symbolic links restart at the root, ``..`` stops at it, and no step can leave the tree,
+    whatever the tree's links say or however they change meanwhile (each component is opened
+    relative to its parent's descriptor, without following links).
+
+    ``flags`` apply to the last component, which is opened as a file (never followed if it is
+    a link: links were resolved in the walk).  Raises OSError (ELOOP after MAX_LINKS links).
+    """
+    import errno
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if isinstance(root, str) \
+        else os.dup(root)
+    todo = components(path)
+    stack = [rootfd]
+    links = 0
+    try:
+        while todo:
+            part = todo.pop(0)
+            if part == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            try:
+                target = os.readlink(part, dir_fd=stack[-1])
+            except OSError:
+                target = None            # not a link (or missing: the open below says so)
+            if target is not None:
+                links += 1
+                if links > MAX_LINKS:
+                    raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                todo = components(target) + todo
+                continue
+            if todo:
+                stack.append(os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW |
+                                     os.O_CLOEXEC, dir_fd=stack[-1]))
+            else:
+                return os.open(part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
+        return os.open(".", flags | os.O_CLOEXEC, dir_fd=stack[-1])     # the root itself
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def read_in_root(root, path: str, limit: int = 16 << 20) -> bytes | None:
+    """The content of regular file ``path`` inside ``root`` (see open_in_root), at most
+    ``limit`` bytes; None when it is missing or not a regular file (a FIFO, a device node or a
+    directory in the image is never opened for reading)."""
+    import stat
+    try:
+        fd = open_in_root(root, path, os.O_PATH)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        chunks, size = [], 0
+        while size < limit:
+            chunk = os.read(data, min(1 << 20, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(data)

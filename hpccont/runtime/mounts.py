@@ -122,15 +122,16 @@ def dedupe(mounts: list[Mount]) -> list[Mount]:
     return [m for i, m in enumerate(mounts) if last[m.target] == i]
 
 
-def resolve_in_root(root: str, target: str) -> str:
+def resolve_in_root(root: str, target: str, clamp: bool = False) -> str:
     """Host path where container path ``target`` lies inside ``root`` (which may not exist yet).
 
     Symlinks in the image are followed as the container would see them; a path that climbs
     above the root through ``..`` or a symlink is refused: binding there would mount onto the
-    host.
+    host.  ``clamp``: ``..`` above the root stays at the root instead, as the kernel resolves
+    it inside the container.
     """
     from ..rootpath import resolve
 
     def refuse(message: str) -> BindError:
         return BindError(f"bind destination {message}")
-    return resolve(root, target, escape="refuse", error=refuse)
+    return resolve(root, target, escape="clamp" if clamp else "refuse", error=refuse)

@@ -111,21 +111,24 @@ class ImageReader:
 
     def read_text(self, inner: str) -> Optional[str]:
         if self.kind == "sandbox":
-            try:
-                with open(os.path.join(self.path, inner.lstrip("/")), encoding="utf-8",
-                          errors="replace") as f:
-                    return f.read()
-            except OSError:
-                return None
+            # inside the sandbox: its links must not make us (root, say) read a host file
+            from ..rootpath import read_in_root
+            data = read_in_root(self.path, inner)
+            return None if data is None else data.decode("utf-8", "replace")
         data = squashfs.cat_file(self.path, inner, self.offset)
         return None if data is None else data.decode("utf-8", "replace")
 
     def list_dir(self, inner: str) -> List[str]:
         if self.kind == "sandbox":
+            from ..rootpath import open_in_root
             try:
-                return sorted(os.listdir(os.path.join(self.path, inner.lstrip("/"))))
+                fd = open_in_root(self.path, inner, os.O_RDONLY | os.O_DIRECTORY)
             except OSError:
                 return []
+            try:
+                return sorted(os.listdir(fd))
+            finally:
+                os.close(fd)
         try:
             paths = squashfs.list_paths(self.path, self.offset, under=inner)
         except ImageError:

@@ -150,3 +150,26 @@ image-mpi seven
         assert subprocess.run(["sh", "-n", str(bindir / f)]).returncode == 0
     stamp = (tree / "evil/1.lua").read_text().splitlines()[1]
     assert json.loads(stamp.split("hpccont-module: ", 1)[1])["image"] == str(img)
+
+
+def test_sandbox_links_do_not_read_host_files(hpccont, busybox_rootfs, shared_tmp, recorder):
+    """Root generating modules for a user's sandbox: a %help or labels file that is a link to
+    a host file (/etc/shadow) must not land in the world-readable modulefile."""
+    import shutil
+    secret = shared_tmp / "host-secret"
+    secret.write_text('{"org.opencontainers.image.description": "HOST-SECRET"}\n')
+    root = shared_tmp / "sandbox"
+    shutil.copytree(busybox_rootfs, root, symlinks=True)
+    sd = root / ".singularity.d"
+    (sd / "labels.json").unlink()
+    (sd / "labels.json").symlink_to(secret)
+    (sd / "runscript.help").symlink_to("../../../../../../../../etc/shadow")
+    (root / "scif").symlink_to(shared_tmp)            # apps listed from the host dir
+    (shared_tmp / "apps").mkdir()
+    (shared_tmp / "apps" / "hostapp").mkdir()
+    r = hpccont("module", "generate", root, "--name", "linked/1", "--modulepath",
+                shared_tmp / "modules", "--hpccont", recorder)
+    assert r.returncode == 0, r.stderr
+    text = (shared_tmp / "modules/linked/1.lua").read_text()
+    assert "HOST-SECRET" not in text and "root:" not in text
+    assert not (shared_tmp / "modules/.hpccont/linked/1/bin/hostapp").exists()

@@ -4,11 +4,15 @@ Every function takes the byte ``offset`` of the filesystem in its file, so the s
 a plain squashfs file (offset 0) and on the partition inside a SIF.  Failures are one-line
 errors naming the tool and its last complaint.
 """
+from __future__ import annotations
+
 import os
 import tempfile
 import shutil
 import subprocess
-from typing import List, Optional, Sequence
+TYPE_CHECKING = False   # as typing.TYPE_CHECKING: MPI discovery reads images on the launch path
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence
 
 from ..config import CHOICES
 from ..errors import BuildError, ImageError

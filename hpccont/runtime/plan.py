@@ -124,7 +124,7 @@ def _host_additions(req: ContainerRequest, cfg, environ, image: ImageSource) -> 
         from ..host.mpi import mpi_additions
         add.extend(mpi_additions(req, cfg, environ, image))
     if cfg["modules"]["tree"]:
-        from ..modules.inside import module_tree_additions
+        from ..host.lmod import module_tree_additions
         add.extend(module_tree_additions(cfg))
     return add
 

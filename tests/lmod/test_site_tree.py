@@ -10,7 +10,8 @@ from lmodlib import labelled_rootfs
 
 from hpccont.errors import ImageError, SignatureError
 from hpccont.modules import generate_all as ga
-from hpccont.modules import inside, update
+from hpccont.host import lmod as inside
+from hpccont.modules import update
 from hpccont.modules.mpi_launch import mpi_argv
 
 pytestmark = pytest.mark.lmod

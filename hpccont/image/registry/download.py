@@ -125,7 +125,9 @@ def _download(client: Client, cache: Cache, repo: str, digest: str, size: Option
                 try:
                     while True:
                         if abort is not None and abort.is_set():
-                            client.drop()
+                            client.drop()     # another download failed: this one stops and
+                            out.close()       # leaves no partial file (disk full, mismatch)
+                            _unlink(partial)
                             raise RegistryError(f"{label}: cancelled")
                         chunk = resp.read(CHUNK)
                         if not chunk:

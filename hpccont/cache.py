@@ -1,11 +1,15 @@
 """A per-user cache of computed facts, for work too slow to redo on every task of every job.
 
 Each entry is a JSON file in ``$XDG_CACHE_HOME/hpccont`` (``~/.cache/hpccont``) holding a
-*stamp* (what the fact was computed from: sizes, mtimes, settings) and the value.  A stale
-stamp recomputes.  An entry is trusted only if it belongs to the user and nobody else can
-write it: another user must not be able to plant facts (a config, a library list) for us.
-Writes are atomic (rename), so tasks starting together never read half a file; losing the
-race only costs the recomputation.
+*stamp* (what the fact was computed from: sizes, mtimes, ctimes, settings), the key it was
+computed for, and the value.  A stale stamp recomputes.  File stamps hold the inode change time
+(ctime), which the file's owner cannot set back: a file rewritten in place with its size and mtime restored
+still changes its ctime.  An entry is trusted only if it and its directory belong to the user
+and nobody else can write them: another user must not be able to plant facts (a config, a
+library list) for us, nor swap entries around in a directory they control.  The user, of
+course, can write their own cache: it is never a security boundary against them (see
+docs/security.md).  Writes are atomic (rename), so tasks starting together never read half a
+file; losing the race only costs the recomputation.
 """
 from __future__ import annotations
 
@@ -22,16 +26,25 @@ def _path(kind: str, key: str) -> str:
     return os.path.join(cache_dir(), f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json")
 
 
+def _private(st: os.stat_result) -> bool:
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 def read(kind: str, key: str, stamp: list):
     """The cached value, or None when absent, stale or not trustworthy."""
     import json
+    import stat
+    path = _path(kind, key)
     try:
-        fd = os.open(_path(kind, key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        top = os.lstat(os.path.dirname(path))
+        if not stat.S_ISDIR(top.st_mode) or not _private(top):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        if not _private(st) or not stat.S_ISREG(st.st_mode):
             return None
         with os.fdopen(fd, "r") as f:
             fd = -1
@@ -41,7 +54,7 @@ def read(kind: str, key: str, stamp: list):
     finally:
         if fd >= 0:
             os.close(fd)
-    if not isinstance(data, dict) or data.get("stamp") != stamp:
+    if not isinstance(data, dict) or data.get("stamp") != stamp or data.get("key") != key:
         return None
     return data.get("value")
 
@@ -53,16 +66,21 @@ def write(kind: str, key: str, stamp: list, value) -> None:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         tmp = f"{path}.{os.getpid()}"
         with open(tmp, "w") as f:
-            json.dump({"stamp": stamp, "value": value}, f)
+            json.dump({"key": key, "stamp": stamp, "value": value}, f)
         os.replace(tmp, path)
     except OSError:
         pass   # a read-only or full home only costs speed
 
 
 def file_stamp(path: str) -> list:
-    """What identifies a file's content cheaply: size, mtime, inode (None when missing)."""
+    """What identifies a file's content cheaply: size, mtime, ctime, device and inode (None
+    when missing).  ctime changes with every write (and utime) and cannot be set back."""
     try:
         st = os.stat(path)
     except OSError:
         return [path, None]
-    return [path, st.st_size, st.st_mtime_ns, st.st_ino]
+    return [path] + stat_stamp(st)
+
+
+def stat_stamp(st: os.stat_result) -> list:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino]

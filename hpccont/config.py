@@ -6,7 +6,9 @@ Unknown keys and values of the wrong type are ConfigError (one line, naming the 
 
 ``hpccont exec`` runs once per task of every job, and a YAML parser costs more to import than
 the whole launch.  So the validated config is kept in the per-user cache (cache.py), stamped
-with the file's size, mtime and inode; the YAML parser is imported only when that is stale.
+with the file's size, mtime, ctime, device and inode; the YAML parser is imported only when that
+is stale.  The user can write that cache, as they can run any runtime of their own: in rootless
+mode the config is not a boundary against its user (docs/security.md says where sites enforce).
 """
 from __future__ import annotations
 
@@ -183,7 +185,7 @@ def load(environ=os.environ, use_cache: bool = True) -> dict[str, dict[str, obje
         return defaults()
     except OSError as e:
         raise ConfigError(f"cannot read site config {path}: {e.strerror}")
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    stamp = cache.stat_stamp(st)
     if use_cache:
         cfg = cache.read("config", path, stamp)
         if cfg is not None:

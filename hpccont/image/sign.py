@@ -370,8 +370,10 @@ def require_verified(path: str, kind: str, keyring: list, read: str = "") -> lis
 
     Jobs start the same image once per task; hashing a multi-GB image each time would cost more
     than the launch.  So a success is remembered in the per-user cache, stamped with the image's
-    and every key file's size, mtime and inode: any rewrite of either verifies again.  Failures
-    are never cached.  ``read``: where to read the image (an open file of it, /proc/self/fd/N),
+    and every key file's size, mtime, ctime, device and inode: any rewrite of either verifies
+    again, even one that restores the mtime (the ctime still changes).  Failures are never
+    cached.  The user can write their own cache: in rootless mode this check protects the user
+    from images they did not mean to run, not the site from the user (docs/security.md).  ``read``: where to read the image (an open file of it, /proc/self/fd/N),
     when the caller holds it open so that the file checked is the file mounted.
     """
     from .. import cache

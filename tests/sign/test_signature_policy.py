@@ -168,3 +168,19 @@ def test_policy_instance_works(site, hpccont_user, test_user):
         assert r.returncode == 0 and r.stdout.strip(), r.stderr
     finally:
         hpccont_user("instance", "stop", "siginst", env=env)
+
+
+def test_policy_rewrite_with_restored_mtime_refused(hpccont_user, site):
+    """Rewritten in place, same size, mtime and inode put back: the ctime in the cache stamp
+    still tells, so the image is verified again (and refused)."""
+    signed, _, env = site
+    assert hpccont_user("exec", signed, "true", env=env).returncode == 0   # now cached
+    st = os.stat(signed)
+    part = sif.read_sif(str(signed)).primary_partition()
+    flip_byte(signed, part.offset + part.size - 100)
+    os.utime(signed, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = os.stat(signed)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns,
+                                                                st.st_ino)
+    _refused(hpccont_user("exec", signed, "true", env=env),
+             f"image changed since signing (data of object {part.id})")

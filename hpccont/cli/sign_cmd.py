@@ -23,6 +23,9 @@ def _verify_parser() -> _Parser:
     p.add_argument("--key", action="append", metavar="FILE",
                    help="trusted public key (PEM or armored PGP); default: the site keyring")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--legacy-insecure", action="store_true",
+                   help="also check legacy signatures (Singularity < 3.6), which protect object "
+                        "data only, not descriptors or the header")
     p.add_argument("image", metavar="IMAGE")
     return p
 
@@ -31,7 +34,7 @@ def cmd_verify(argv: list) -> int:
     from ..image.sign import check_signatures
     ns = _verify_parser().parse_args(argv)
     try:
-        results = check_signatures(ns.image, ns.key)
+        results = check_signatures(ns.image, ns.key, ns.legacy_insecure)
     except SignatureError as e:
         if not ns.json:
             raise

@@ -31,6 +31,15 @@ def is_clearsigned(data: bytes) -> bool:
     return data.lstrip().startswith(CLEARSIGN_HEADER)
 
 
+def clearsigned_text(data: bytes) -> bytes:
+    """The signed text of a clear-signed message as it stands in the armor (not verified:
+    only to tell what kind of signature it is before asking gpg)."""
+    head, sep, rest = data.lstrip().partition(b"\n\n")
+    if not sep:
+        head, sep, rest = data.lstrip().replace(b"\r\n", b"\n").partition(b"\n\n")
+    return rest.split(b"\n-----BEGIN PGP SIGNATURE-----", 1)[0]
+
+
 def is_pgp_key_file(path: str) -> bool:
     try:
         with open(path, "rb") as f:

@@ -193,7 +193,13 @@ def _linked_group(sig: sif.Descriptor, where: str) -> int:
     return sig.linked_id
 
 
-def _verify_pgp(image, sig, data, ring, where) -> Verified:
+def is_legacy(data: bytes) -> bool:
+    """A legacy signature (Singularity before 3.6): clear-signed ``SIFHASH:`` text."""
+    from . import pgp
+    return pgp.is_clearsigned(data) and pgp.clearsigned_text(data).startswith(LEGACY_PREFIX)
+
+
+def _verify_pgp(image, sig, data, ring, where, legacy: bool = False) -> Verified:
     from . import pgp
     if not ring.pgp:
         raise SignatureError(f"{where}: no matching key (PGP signature, no PGP key given)")
@@ -207,6 +213,9 @@ def _verify_pgp(image, sig, data, ring, where) -> Verified:
     who = [f"PGP {res.fingerprint} {res.uid}".rstrip()]
     text = res.text
     if text.startswith(LEGACY_PREFIX):
+        if not legacy:
+            raise SignatureError(f"{where}: legacy signature (protects no descriptor or header): "
+                                 "accepted only with --legacy-insecure")
         group, ids = _check_legacy(image, sig, text, where)
         return Verified(sig.id, "legacy-pgp", who, ids, group)
     group = _linked_group(sig, where)
@@ -229,10 +238,12 @@ def _check_legacy(image, sig, text: bytes, where: str) -> tuple:
     return group, [d.id for d in objs]
 
 
-def check_signatures(path: str, keys: list | None = None) -> list:
+def check_signatures(path: str, keys: list | None = None, legacy: bool = False) -> list:
     """[(signature id, Verified or SignatureError)] for every signature object of an image.
 
     Errors that concern the whole image (unreadable, no signatures, no keys) are raised.
+    Legacy signatures (``SIFHASH:``, Singularity before 3.6) cover object data only: as in
+    Apptainer they are not looked at unless ``legacy`` (``verify --legacy-insecure``).
     """
     from . import dsse, pgp
     try:
@@ -242,6 +253,18 @@ def check_signatures(path: str, keys: list | None = None) -> list:
     sigs = image.find(sif.DATA_SIGNATURE)
     if not sigs:
         raise SignatureError(f"{path}: no signatures")
+    if not legacy:
+        kept = []
+        for sig in sigs:
+            try:
+                if not is_legacy(image.read_object(sig)):
+                    kept.append(sig)
+            except SifError:
+                kept.append(sig)          # reported below
+        if not kept:
+            raise SignatureError(f"{path}: no signatures (only legacy signatures, which protect "
+                                 "no descriptor or header; --legacy-insecure checks them)")
+        sigs = kept
     paths = site_keyring() if keys is None else list(keys)
     if not paths:
         raise SignatureError(f"{path}: no keys to verify with (give --key, or set the site's "
@@ -255,7 +278,7 @@ def check_signatures(path: str, keys: list | None = None) -> list:
             if dsse.looks_like_envelope(data):
                 out.append((sig.id, _verify_dsse(image, sig, data, ring, where)))
             elif pgp.is_clearsigned(data):
-                out.append((sig.id, _verify_pgp(image, sig, data, ring, where)))
+                out.append((sig.id, _verify_pgp(image, sig, data, ring, where, legacy)))
             else:
                 raise SignatureError(f"{where}: unknown signature format")
         except SignatureError as e:
@@ -265,12 +288,13 @@ def check_signatures(path: str, keys: list | None = None) -> list:
     return out
 
 
-def verify_image(path: str, keys: list | None = None) -> list:
+def verify_image(path: str, keys: list | None = None, legacy: bool = False) -> list:
     """Every signature of a SIF image, verified; SignatureError (one line) on the first failure.
 
     ``keys``: PEM public key and PGP public key files; None: the site's signatures.keyring.
+    ``legacy``: legacy signatures are checked too (never for the site policy).
     """
-    results = check_signatures(path, keys)
+    results = check_signatures(path, keys, legacy)
     for _, r in results:
         if isinstance(r, SignatureError):
             raise r

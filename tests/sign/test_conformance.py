@@ -35,7 +35,8 @@ def _keys(conformance, names):
 def test_signed_images_verify_with_each_right_key(conformance, image):
     keys, kind, covered = SIGNED[image]
     for key in keys:
-        got = verify_image(str(conformance / "images" / image), _keys(conformance, [key]))
+        got = verify_image(str(conformance / "images" / image), _keys(conformance, [key]),
+                           legacy=kind == "legacy-pgp")
         assert {v.signature_id: v.objects for v in got} == covered
         assert all(v.kind == kind for v in got)
         assert all(len(v.signers) == 1 for v in got)
@@ -61,7 +62,8 @@ def test_signed_images_fail_with_wrong_keys(conformance, image):
     kind = SIGNED[image][1]
     for key in WRONG[kind]:
         with pytest.raises(SignatureError, match="no matching key"):
-            verify_image(str(conformance / "images" / image), _keys(conformance, [key]))
+            verify_image(str(conformance / "images" / image), _keys(conformance, [key]),
+                         legacy=True)
 
 
 @pytest.mark.parametrize("image", UNSIGNED)
@@ -75,10 +77,10 @@ def test_partition_byte_flipped(copy_image, conformance, expected, image):
     path = copy_image(image)
     obj = next(o for o in expected[image]["objects"] if o["type"] == "Partition"
                and o["part_type"] == "PrimSys")
-    verify_image(str(path), _keys(conformance, SIGNED[image][0]))
+    verify_image(str(path), _keys(conformance, SIGNED[image][0]), legacy=True)
     flip_byte(path, obj["offset"] + obj["size"] // 2)
     with pytest.raises(SignatureError, match=f"image changed since signing .*object.* {obj['id']}"):
-        verify_image(str(path), _keys(conformance, SIGNED[image][0]))
+        verify_image(str(path), _keys(conformance, SIGNED[image][0]), legacy=True)
 
 
 @pytest.mark.parametrize("image", ["one-group-signed-dsse.sif", "two-groups-signed-dsse.sif",
@@ -114,7 +116,27 @@ def test_legacy_ignores_descriptors_but_not_data(copy_image, conformance):
     """Legacy signatures protect object data only: the reference accepts descriptor edits."""
     path = copy_image("one-group-signed-legacy.sif")
     flip_byte(path, sif.DESCRIPTORS_OFFSET + sif.DESCRIPTOR_SIZE + DESCRIPTOR_UID_AT)
-    assert verify_image(str(path), _keys(conformance, [PGP]))[0].objects == [2]
+    assert verify_image(str(path), _keys(conformance, [PGP]), legacy=True)[0].objects == [2]
+
+
+def test_legacy_needs_opt_in(conformance, hpccont):
+    """As in Apptainer: legacy signatures are not looked at without --legacy-insecure."""
+    img = str(conformance / "images" / "one-group-signed-legacy.sif")
+    key = _keys(conformance, [PGP])
+    with pytest.raises(SignatureError, match="only legacy signatures.*--legacy-insecure"):
+        verify_image(img, key)
+    r = hpccont("verify", "--key", key[0], img)
+    assert r.returncode == 4 and "--legacy-insecure" in r.stderr, r.stderr
+    r = hpccont("verify", "--legacy-insecure", "--key", key[0], img)
+    assert r.returncode == 0 and "legacy-pgp" in r.stdout, r.stderr
+
+
+def test_site_policy_never_accepts_legacy(conformance, tmp_path, monkeypatch):
+    from hpccont.image.sign import require_verified
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    img = str(conformance / "images" / "one-group-signed-legacy.sif")
+    with pytest.raises(SignatureError, match="only legacy signatures"):
+        require_verified(img, "sif", _keys(conformance, [PGP]))
 
 
 def test_missing_and_bad_key_files(conformance, tmp_path):

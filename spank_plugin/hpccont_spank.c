@@ -2,7 +2,7 @@
  * hpccont SPANK plugin: the hooks Slurm calls, dispatched to the side of the job they run on.
  *
  * plugstack.conf:  required /usr/lib/hpccont/hpccont_spank.so hpccont=/usr/bin/hpccont \
- *                  image_dir=/shared/images wrap_batch=yes require_signature=no \
+ *                  image_dir=/shared/images wrap_batch=yes \
  *                  accounting=/var/log/hpccont/slurm-steps.jsonl
  * Every argument is passed on to "hpccont slurm", which owns their meaning.
  */

@@ -21,7 +21,7 @@ from ..errors import SchedulerError, UsageError
 USAGE = """usage: hpccont slurm install-plugin [--source DIR] [--prefix DIR] [--plugstack FILE]
                                     [--cli-filter FILE | --no-cli-filter] [--python PATH]
                                     [--image-dir DIR]... [--wrap-batch yes|no]
-                                    [--require-signature yes|no] [--accounting FILE]
+                                    [--accounting FILE]
        hpccont slurm jobs [--log FILE] [--json] [--all]
        hpccont slurm task|prepare|record --step J.S [--arg K=V]... [--opt NAME[=V]]... -- ARGV
 """
@@ -242,7 +242,6 @@ def cmd_install_plugin(argv: List[str]) -> int:
                    help="interpreter of the launcher the plugin runs (default: this one)")
     p.add_argument("--image-dir", action="append", default=[])
     p.add_argument("--wrap-batch", default="yes")
-    p.add_argument("--require-signature", default="no")
     p.add_argument("--accounting", default=None)
     ns = _parse(p, argv)
     from ..schedulers.slurm import PLUGSTACK_DEFAULTS, parse_plugin_args
@@ -254,7 +253,7 @@ def cmd_install_plugin(argv: List[str]) -> int:
     dest_dir = os.path.join(ns.prefix, "lib", "hpccont")
     launcher = os.path.join(dest_dir, "bin", "hpccont")
     values = {"hpccont": launcher, "image_dir": ":".join(ns.image_dir),
-              "wrap_batch": ns.wrap_batch, "require_signature": ns.require_signature,
+              "wrap_batch": ns.wrap_batch,
               "accounting": ns.accounting or PLUGSTACK_DEFAULTS["accounting"]}
     values = {k: v for k, v in values.items() if v != ""}
     parse_plugin_args([f"{k}={v}" for k, v in values.items()])   # refuse bad values before writing

@@ -47,19 +47,10 @@ def make_plan(req: ContainerRequest, cfg: dict[str, dict], environ: dict[str, st
 
 def _open_image(path: str, cfg: dict[str, dict]) -> ImageSource:
     from ..image.source import open_image
-    from .policy import check_image
+    from .policy import check_image, enforce_signature
     image = open_image(path)
     check_image(image.path, image.kind, cfg["images"])
-    if cfg["signatures"]["require"]:
-        # Fail closed: unsigned, badly signed and unsignable (squashfs, sandbox) images are
-        # refused; a verified image is remembered per user until it or a key file changes.
-        # The file is opened once and everything after (verification, mount) uses that open
-        # file: replacing the path after the check cannot slip another image in.
-        from ..image.sign import require_verified
-        if image.kind == "sif":
-            image.handle = f"/proc/self/fd/{os.open(image.path, os.O_RDONLY | os.O_CLOEXEC)}"
-        require_verified(image.path, image.kind, cfg["signatures"]["keyring"],
-                         read=image.handle or image.path)
+    enforce_signature(image, cfg["signatures"])
     if image.fs_type not in ("squashfs", "dir"):
         raise ImageError(f"{path}: {image.fs_type} partitions cannot be mounted without root "
                          "and are not supported")

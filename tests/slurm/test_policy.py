@@ -17,9 +17,13 @@ ARGS = slurm.parse_plugin_args(["hpccont=/opt/bin/hpccont", "image_dir=/site/a:/
 def test_plugin_args_defaults_and_values():
     assert ARGS.hpccont == "/opt/bin/hpccont"
     assert ARGS.image_dirs == ["/site/a", "/site/b"]
-    assert ARGS.wrap_batch is True and ARGS.require_signature is False
-    off = slurm.parse_plugin_args(["wrap_batch=no", "require_signature=yes"])
-    assert off.wrap_batch is False and off.require_signature is True
+    assert ARGS.wrap_batch is True
+    off = slurm.parse_plugin_args(["wrap_batch=no"])
+    assert off.wrap_batch is False
+    # One switch for signatures (the site config's signatures.require): the old plugstack
+    # argument is refused with where it went, not ignored.
+    with pytest.raises(SchedulerError, match="signatures.require"):
+        slurm.parse_plugin_args(["require_signature=yes"])
 
 
 @pytest.mark.parametrize("bad", ["bogus=1", "wrap_batch=maybe", "noequals"])
@@ -155,8 +159,6 @@ def test_image_kinds_refused(make_image, tmp_path):
     (bundle / "config.json").write_text("{}")
     with pytest.raises(ImageError, match="OCI bundle"):
         slurm.image_kind(str(bundle))
-    with pytest.raises(ImageError, match="signed SIF"):
-        slurm.check_signature(str(text), "squashfs")
 
 
 def test_bad_option_values():

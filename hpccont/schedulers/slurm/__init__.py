@@ -12,7 +12,7 @@ from .plugin import (IMAGE_OPTION, PLUGSTACK_DEFAULTS, SPECIAL_STEPS, STEP_KINDS
                      JobIdentity, PluginArgs, Step, parse_identity, parse_plugin_args,
                      parse_spank_options, parse_step)
 from .task import (CWD_VAR, PMIX_ALIASES, STEP_DIR_VARS, STEP_VAR, TaskPlan,  # noqa: F401
-                   check_signature, find_image, image_kind, job_options, plan_task, run_task,
+                   find_image, image_kind, job_options, plan_task, run_task,
                    search_dirs, skip_reason, step_binds, step_env, tasks_on_this_node)
 from .recipe import (RECIPE_TAGS, Recipe, parse_recipe, prepare_step, recipe_bytes,  # noqa: F401
                      run_prepare)

@@ -18,11 +18,16 @@ PLUGSTACK_DEFAULTS: Dict[str, str] = {
     "hpccont": "/usr/bin/hpccont",            # the executable the plugin execs
     "image_dir": "",                          # ':'-separated dirs for bare names (--container=pytorch)
     "wrap_batch": "yes",                      # run the batch script itself in the container
-    "require_signature": "no",                # refuse images whose signature does not verify
     "accounting": "/var/log/hpccont/slurm-steps.jsonl",   # per-node log of image + digest per step
     "admin_comment": "yes",                   # also put the image + digest in the job's AdminComment
     "slurm_conf": "",                         # slurm.conf for scontrol when not the default one
     "prepare_timeout": "300",                 # seconds the plugin waits for prepare (read in C)
+}
+
+# Arguments that moved elsewhere: refused with where they went, never silently ignored.
+RETIRED = {
+    "require_signature": "set signatures.require in the site config (hpccont.yaml), the one "
+                         "switch every launch path enforces",
 }
 
 IMAGE_OPTION = "hpccont-image"                # the plugin's name for --container (cli_filter maps it)
@@ -49,7 +54,6 @@ class PluginArgs:
     hpccont: str
     image_dirs: List[str]
     wrap_batch: bool
-    require_signature: bool
     accounting: str
     admin_comment: bool
     slurm_conf: str = ""
@@ -82,6 +86,8 @@ def parse_plugin_args(args: List[str]) -> PluginArgs:
     values = dict(PLUGSTACK_DEFAULTS)
     for a in args:
         key, sep, value = a.partition("=")
+        if key in RETIRED:
+            raise SchedulerError(f"plugstack.conf: {key}= is no longer an argument: {RETIRED[key]}")
         if not sep or key not in PLUGSTACK_DEFAULTS:
             raise SchedulerError(f"plugstack.conf: unknown argument {a!r} "
                                  f"(known: {', '.join(k + '=' for k in PLUGSTACK_DEFAULTS)})")
@@ -90,7 +96,6 @@ def parse_plugin_args(args: List[str]) -> PluginArgs:
         hpccont=values["hpccont"],
         image_dirs=[d for d in values["image_dir"].split(":") if d],
         wrap_batch=_switch("wrap_batch", values["wrap_batch"]),
-        require_signature=_switch("require_signature", values["require_signature"]),
         accounting=values["accounting"],
         admin_comment=_switch("admin_comment", values["admin_comment"]),
         slurm_conf=values["slurm_conf"],

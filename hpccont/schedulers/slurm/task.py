@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from ...runtime.request import ContainerRequest
 
-from ...errors import HpccontError, ImageError, SchedulerError, UsageError
+from ...errors import HpccontError, ImageError, UsageError
 from ...record import factory, record
 from ..common import JobOptions, options_from_env, parse_options, resolve_image, starts_own_container
 from .plugin import STEP_KINDS, PluginArgs, Step
@@ -108,20 +108,6 @@ def image_kind(path: str) -> str:
     return open_image(path).kind
 
 
-def check_signature(path: str, kind: str) -> None:
-    """Only with ``require_signature=yes``.  Fails closed when signing is not installed."""
-    if kind != "sif":
-        raise ImageError(f"{path}: this site runs only signed SIF images (require_signature)")
-    try:
-        from ...image import sign  # lazy: cryptography
-    except ImportError:
-        raise SchedulerError("require_signature=yes but signature support is not installed")
-    verify = getattr(sign, "verify_image", None) or getattr(sign, "verify", None)
-    if verify is None:
-        raise SchedulerError("require_signature=yes but signature support is not installed")
-    verify(path)
-
-
 def tasks_on_this_node(environ: Mapping[str, str]) -> int:
     """From SLURM_STEP_TASKS_PER_NODE ("64", "2(x3),1") and SLURM_NODEID; 0 when unknown."""
     counts: List[int] = []
@@ -182,9 +168,7 @@ def plan_task(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]],
     if not program:
         raise UsageError("no command to run in the container")
     image = find_image(opts.image or "", environ, cwd, args.image_dirs)
-    kind = image_kind(image)
-    if args.require_signature:
-        check_signature(image, kind)
+    image_kind(image)       # a clear message for what is no image (signatures: the runtime)
     opts.image = image
     env = step_env(environ)
     env[STEP_VAR] = step.key

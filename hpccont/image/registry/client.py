@@ -116,7 +116,9 @@ class Client:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._auth: Dict[str, str] = {}       # scope -> Authorization value
-        self._basic: Optional[str] = None      # the registry uses Basic: send it always
+        # Basic credentials go with the first request already (one round trip less for
+        # registries that use Basic); a Bearer challenge replaces them by tokens.
+        self._basic: Optional[str] = auth.basic_header(self.creds) if self.creds else None
         self.contacted = False                 # it answered once: later refusals are transient
         self.user_agent = _user_agent()
 
@@ -287,6 +289,7 @@ class Client:
                                 f"{challenge[:80]!r}")
         token = self.fetch_token(params, scope)
         with self._lock:
+            self._basic = None
             self._auth[scope or ""] = f"Bearer {token}"
 
     def fetch_token(self, params: Dict[str, str], scope: Optional[str]) -> str:

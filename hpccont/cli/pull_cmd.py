@@ -59,6 +59,11 @@ def main(name: str, argv: List[str]) -> int:
             raise UsageError(f"{uri}: library:// and shub:// are not supported; use docker://, "
                              "oras:// or https://")
         raise UsageError(f"{uri}: expected docker://, oras:// or https:// URI")
+    import signal
+
+    def _terminated(signum, frame):     # scancel, timeout: clean up as for ^C
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _terminated)
     from ..image.registry import fetch_out
     path = output_path(out, uri, ns.dir)
     fetch_out.check_out(path, ns.force)

@@ -159,7 +159,10 @@ class Cache:
         return os.path.join(root, "ref", hashlib.sha256(ref.encode()).hexdigest()[:32] + ".json")
 
     def record_ref(self, ref: str, digest: str) -> None:
-        self.ensure()
+        try:
+            self.ensure()
+        except RegistryError:
+            return          # a read-only home with a site cache: only offline pulls lose
         p = self._ref_file(self.root, ref)
         tmp = f"{p}.{os.getpid()}"
         try:

@@ -126,8 +126,9 @@ def _download(client: Client, cache: Cache, repo: str, digest: str, size: Option
                     while True:
                         if abort is not None and abort.is_set():
                             client.drop()     # another download failed: this one stops and
-                            out.close()       # leaves no partial file (disk full, mismatch)
-                            _unlink(partial)
+                            out.close()       # leaves no partial file (disk full, mismatch),
+                            if not getattr(abort, "keep_partial", False):
+                                _unlink(partial)      # unless ^C: the next pull resumes it
                             raise RegistryError(f"{label}: cancelled")
                         chunk = resp.read(CHUNK)
                         if not chunk:
@@ -183,7 +184,8 @@ def fetch_all(jobs: List[Tuple[str, Optional[int]]], fetch: Callable[..., str],
                 abort.set()
                 raise f.exception()
         return [f.result() for f in futures]
-    except BaseException:
+    except BaseException as e:
+        abort.keep_partial = isinstance(e, (KeyboardInterrupt, SystemExit))
         abort.set()
         raise
     finally:

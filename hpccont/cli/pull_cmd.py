@@ -19,6 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hpccont pull", description=__doc__,
+                usage="hpccont pull [options] [OUT.sif] URI",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("args", nargs="+", metavar="[OUT] URI")
     p.add_argument("-F", "--force", action="store_true", help="overwrite OUT if it exists")

@@ -157,3 +157,21 @@ def test_pull_as_root(run_root, images, root_env, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_root("exec", out, "cat", "/opt/app", env=root_env)
     assert r.stdout == "app v2\n", r.stderr
+
+
+def test_pull_to_cache_api_for_schedulers(install, images, root_env, tmp_path):
+    """What scheduler integrations call: a cached SIF path, and what it was pulled as."""
+    import sys
+    code = ("import sys, json; from hpccont.image.registry import pull_to_cache, pull;"
+            "p = pull_to_cache(sys.argv[1], quiet=True, job=False);"
+            "q = pull_to_cache(sys.argv[1]);"
+            "print(json.dumps({'path': p, 'again': q, 'meta': pull.describe(p)}))")
+    env = dict(root_env, PYTHONPATH=install["lib"])
+    r = subprocess.run([sys.executable, "-c", code, images["many"]["ref"]], env=env,
+                       capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["path"] == doc["again"] and doc["path"].startswith(str(tmp_path / "cache"))
+    assert doc["meta"]["digest"] == images["many"]["digest"]
+    assert doc["meta"]["pinned"].endswith("@" + images["many"]["digest"])
+    assert doc["meta"]["ref"].endswith("test/busybox:many")

@@ -338,3 +338,15 @@ def pull_to_cache(ref, *, arch: Optional[str] = None, nohttps: bool = False,
     fetched = fetch_image(ref, arch=arch, nohttps=nohttps, quiet=quiet, cache=cache,
                           offline=offline, environ=environ)
     return convert(fetched, cache, quiet=quiet, tmpdir=tmpdir, environ=environ)
+
+
+def describe(sif_path: str) -> dict:
+    """What a cached SIF (a ``pull_to_cache`` result) was pulled as: ``ref``, ``digest`` (the
+    image manifest's), ``pinned`` (NAME@DIGEST), ``platform``, ``created``; {} if unknown."""
+    meta = sif_path[:-4] + ".json" if sif_path.endswith(".sif") else ""
+    try:
+        with open(meta) as f:
+            doc = json.load(f)
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}

@@ -3,7 +3,7 @@
  *
  * stepd_user_init runs once per node per step in slurmstepd (the first hook where the options
  * are known there; slurmstepd has only set its effective uid to the user's): it lets
- * "hpccont slurm record", as root again, write the accounting line (image path and digest) to
+ * "hpccont slurm account", as root again, write the accounting line (image path and digest) to
  * a file only admins can write.  stepd_task_init runs in each forked task, already as the user, just before
  * Slurm would exec the task: we exec "hpccont slurm task" instead, which decides everything and
  * execs either the container or the original command.  The process keeps its PID, so it stays in
@@ -42,7 +42,7 @@
 #include "sides.h"
 
 /* hpccont slurm MODE --step J.S --arg A... --opt O... [EXTRA...] -- [ARGV...]
- * EXTRA: further "--flag value" pairs (the record step's job values and identity). */
+ * EXTRA: further "--flag value" pairs (the accounting step's job values and identity). */
 static char **build_argv(spank_t sp, const char *mode, int with_job_argv, char **extra, int nextra)
 {
 	uint32_t jobid = 0, stepid = 0;
@@ -124,7 +124,7 @@ static void wait_child(pid_t pid, int *status)
 }
 
 /*
- * The privilege boundary.  "hpccont slurm record" is the only program this plugin runs as root,
+ * The privilege boundary.  "hpccont slurm account" is the only program this plugin runs as root,
  * and nothing of the job's reaches it through the dynamic loader, the interpreter or a PATH
  * lookup:
  *  - its environment is root_env below, built here, never the job's (LD_PRELOAD, LD_AUDIT,
@@ -137,7 +137,7 @@ static void wait_child(pid_t pid, int *status)
  *    keeps only the names it uses), and the job's identity from Slurm itself ("--user");
  *  - it opens the image as the user (hpccont/privsep.py), never with root's credentials.
  * (Keep root_env in step with ROOT_ENV in hpccont/privsep.py; the plugstack's slurm_conf= tells
- * record where a non-default slurm.conf is.)
+ * account where a non-default slurm.conf is.)
  */
 static char *root_env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C", "LC_ALL=C", NULL };
 
@@ -168,7 +168,7 @@ static void close_inherited(void)
 }
 
 /* "--user UID:GID:G1,G2,..." and "--jobenv NAME=VALUE" for each job variable. */
-static char **record_extra(spank_t sp, char **env, int *count)
+static char **account_extra(spank_t sp, char **env, int *count)
 {
 	static char user[4096];
 	uid_t uid;
@@ -199,13 +199,13 @@ static char **record_extra(spank_t sp, char **env, int *count)
 	return extra;
 }
 
-/* Start "hpccont slurm record" as root; returns its PID (0 when it could not start).  It runs
+/* Start "hpccont slurm account" as root; returns its PID (0 when it could not start).  It runs
  * while prepare builds the container: the step waits for the longer of the two, not the sum. */
-static pid_t start_record(spank_t sp, char **env)
+static pid_t start_account(spank_t sp, char **env)
 {
 	int nextra = 0, devnull;
-	char **extra = record_extra(sp, env, &nextra);
-	char **argv = extra ? build_argv(sp, "record", 0, extra, nextra) : NULL;
+	char **extra = account_extra(sp, env, &nextra);
+	char **argv = extra ? build_argv(sp, "account", 0, extra, nextra) : NULL;
 	pid_t pid;
 
 	if (argv == NULL) {
@@ -213,7 +213,7 @@ static pid_t start_record(spank_t sp, char **env)
 		return 0;
 	}
 	if (!trusted_by_root(hpccont_args.hpccont)) {
-		slurm_info("hpccont: not recording the step: %s (or its directory) is not owned by "
+		slurm_info("hpccont: no accounting entry for the step: %s (or its directory) is not owned by "
 			   "root or is writable by others", hpccont_args.hpccont);
 		return 0;
 	}
@@ -243,7 +243,7 @@ static pid_t start_record(spank_t sp, char **env)
 
 /* Accounting never fails a step: the status goes to slurmd's log only (slurm_error would also
  * be shown by srun). */
-static void finish_record(pid_t pid)
+static void finish_account(pid_t pid)
 {
 	int status;
 
@@ -251,7 +251,7 @@ static void finish_record(pid_t pid)
 		return;
 	wait_child(pid, &status);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		slurm_info("hpccont: '%s slurm record' failed (status %d)", hpccont_args.hpccont, status);
+		slurm_info("hpccont: '%s slurm account' failed (status %d)", hpccont_args.hpccont, status);
 }
 
 /* What prepare may print, and for how long: a recipe is a few KiB; a helper that floods the
@@ -374,7 +374,7 @@ static int prepare(spank_t sp, char **env)
 int stepd_user_init(spank_t sp)
 {
 	char **env;
-	pid_t recorder;
+	pid_t accountant;
 	int rc;
 
 	if (!hpccont_requested(sp))
@@ -384,9 +384,9 @@ int stepd_user_init(spank_t sp)
 		slurm_error("hpccont: cannot read the step's environment");
 		return 0;
 	}
-	recorder = start_record(sp, env);
+	accountant = start_account(sp, env);
 	rc = prepare(sp, env);
-	finish_record(recorder);
+	finish_account(accountant);
 	return rc;
 }
 

@@ -3,7 +3,7 @@
   hpccont slurm install-plugin [...]   build spank_plugin/ against the installed Slurm headers,
                                        install it, write the plugstack line and the cli_filter
   hpccont slurm jobs [--log F] [--json] image path + SIF digest of each step (admins)
-  hpccont slurm task|prepare|record    what the plugin execs (not for users)
+  hpccont slurm task|prepare|account    what the plugin execs (not for users)
 
 ``task`` runs once per task of every containered job: its arguments are parsed by hand (argparse
 costs more to import than the decision takes).
@@ -23,7 +23,7 @@ USAGE = """usage: hpccont slurm install-plugin [--source DIR] [--prefix DIR] [--
                                     [--image-dir DIR]... [--wrap-batch yes|no]
                                     [--accounting FILE]
        hpccont slurm jobs [--log FILE] [--json] [--all]
-       hpccont slurm task|prepare|record --step J.S [--arg K=V]... [--opt NAME[=V]]... -- ARGV
+       hpccont slurm task|prepare|account --step J.S [--arg K=V]... [--opt NAME[=V]]... -- ARGV
 """
 
 
@@ -41,7 +41,7 @@ def main(name: str, argv: List[str]) -> int:
 def _plugin_argv(argv: List[str]):
     """--step J.S --arg K=V... --opt NAME[=V]... [--user U:G:GROUPS] [--jobenv N=V]... -- PROGRAM...
 
-    ``--user`` and ``--jobenv`` come only for ``record`` (root): the job's identity from Slurm
+    ``--user`` and ``--jobenv`` come only for ``account`` (root): the job's identity from Slurm
     and the job's variables as plain values (its process environment is the plugin's own)."""
     from ..schedulers import slurm
     values: Dict[str, List[str]] = {"--step": [], "--arg": [], "--opt": [], "--user": [],
@@ -77,10 +77,10 @@ def cmd_prepare(argv: List[str]) -> int:
     return slurm.run_prepare(step, args, spank, program)
 
 
-def cmd_record(argv: List[str]) -> int:
+def cmd_account(argv: List[str]) -> int:
     from ..schedulers import slurm
     step, args, spank, _, ident, jobenv = _plugin_argv(argv)
-    return slurm.run_record(step, args, spank, jobenv, ident)
+    return slurm.run_account(step, args, spank, jobenv, ident)
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def cmd_jobs(argv: List[str]) -> int:
     logs = ns.log or [_accounting_from_plugstack(ns.plugstack)]
     records: List[dict] = []
     for log in logs:
-        records += slurm.read_records(log)
+        records += slurm.read_entries(log)
     queue = slurm.queue_jobs()
     rows = []
     for r in records:
@@ -296,7 +296,7 @@ def _write(path: str, text: str) -> None:
 
 SUBCOMMANDS = {
     "task": cmd_task,
-    "record": cmd_record,
+    "account": cmd_account,
     "prepare": cmd_prepare,
     "jobs": cmd_jobs,
     "install-plugin": cmd_install_plugin,

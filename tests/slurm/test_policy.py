@@ -214,7 +214,7 @@ def test_record_keeps_only_the_job_values_it_uses():
     jobenv = {"LD_PRELOAD": "/home/u/evil.so", "PYTHONPATH": "/home/u", "PATH": "/home/u/bin",
               "PWD": "/home/u", "HPCCONT_CONTAINER": "a.sif", "HPCCONT_CONTAINER_NV": "1",
               "SLURM_SUBMIT_DIR": "/home/u", "HPCCONT_SLURM_CWD": "/home/u/run"}
-    assert slurm.record_environ(jobenv) == {
+    assert slurm.accounting_environ(jobenv) == {
         "PWD": "/home/u", "HPCCONT_CONTAINER": "a.sif", "HPCCONT_CONTAINER_NV": "1",
         "SLURM_SUBMIT_DIR": "/home/u", "HPCCONT_SLURM_CWD": "/home/u/run"}
 

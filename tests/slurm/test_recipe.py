@@ -149,7 +149,7 @@ def test_prepare_without_container_or_with_a_bad_image():
     """No container asked: no recipe.  A bad image: an error, so no recipe either, and every
     task then goes through run_task, which reports it to the user (prepare's output is not
     shown)."""
-    step = slurm.Step("1", "0")
+    step = slurm.StepId("1", "0")
     args = slurm.parse_plugin_args([])
     env = {"SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_NODEID": "0"}
     assert slurm.prepare_step(step, args, {}, ["true"], env, "/") is None

@@ -1,6 +1,6 @@
 """The root side of the Slurm plugin, attacked as an unprivileged user would.
 
-slurmstepd runs one program as root per step and node ("hpccont slurm record", accounting).
+slurmstepd runs one program as root per step and node ("hpccont slurm account", accounting).
 Nothing of the job's may act in it: each test plants what an attacker would (a preloaded
 library, a fake scontrol first on PATH, a sitecustomize on PYTHONPATH, a FIFO or a root-only file
 as the image) as the real user ``hpcuser``, through real srun and sbatch, and checks that it

@@ -1,6 +1,6 @@
-"""Step accounting: one line per node and step naming the image and its digest, written as root.
+"""StepId accounting: one line per node and step naming the image and its digest, written as root.
 
-``hpccont slurm record`` is the only program the plugin runs as root (docs/security.md): it gets
+``hpccont slurm account`` is the only program the plugin runs as root (docs/security.md): it gets
 root's fixed environment, the job's identity from Slurm and the job's values as arguments, and it
 opens the image as the user (privsep.py), hashing the descriptor it is handed.
 """
@@ -14,11 +14,11 @@ if TYPE_CHECKING:
 from ...errors import HpccontError, SchedulerError
 from ...record import record
 from ..common import OPTION_TABLE, env_name
-from .plugin import JobIdentity, PluginArgs, Step
+from .plugin import JobIdentity, PluginArgs, StepId
 from .task import CWD_VAR, find_image, image_kind, job_options, skip_reason
 
 @record
-class StepRecord:
+class AccountingEntry:
     time: str
     job: str
     step: str
@@ -33,13 +33,13 @@ class StepRecord:
     error: str = ""
 
 
-# The job variables ``record`` reads (it gets them as arguments; see spank_plugin/stepd_side.c).
-RECORD_ENV = ("PWD", "SLURM_SUBMIT_DIR", "SLURM_JOB_USER", CWD_VAR)
+# The job variables ``account`` reads (it gets them as arguments; see spank_plugin/stepd_side.c).
+ACCOUNTING_ENV = ("PWD", "SLURM_SUBMIT_DIR", "SLURM_JOB_USER", CWD_VAR)
 
 
-def record_environ(jobenv: Mapping[str, str]) -> Dict[str, str]:
+def accounting_environ(jobenv: Mapping[str, str]) -> Dict[str, str]:
     """The part of the job's environment accounting uses; the rest never reaches root's code."""
-    keep = set(RECORD_ENV) | {env_name(o) for o in OPTION_TABLE}
+    keep = set(ACCOUNTING_ENV) | {env_name(o) for o in OPTION_TABLE}
     return {k: v for k, v in jobenv.items() if k in keep}
 
 
@@ -124,9 +124,9 @@ def locate_image_as_user(ident: JobIdentity, image: str, environ: Mapping[str, s
     return path, kind, fds[0]
 
 
-def make_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
+def make_entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
                 environ: Mapping[str, str], ident: Optional[JobIdentity] = None
-                ) -> Optional[StepRecord]:
+                ) -> Optional[AccountingEntry]:
     """The accounting line for a step on this node, or None when the step has no container.
     ``ident``: the job's user, as whom the image is opened (None: the caller's own rights)."""
     import socket
@@ -144,7 +144,7 @@ def make_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
             user = pwd.getpwuid(ident.uid).pw_name
         except KeyError:
             user = str(ident.uid)
-    rec = StepRecord(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), job=step.job, step=step.step,
+    rec = AccountingEntry(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), job=step.job, step=step.step,
                      node=socket.gethostname().split(".")[0], user=user,
                      uid=ident.uid if ident is not None else -1,
                      image=opts.image or "", kind="", sha256="", size=0, options=dict(spank))
@@ -166,7 +166,7 @@ def make_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
     return rec
 
 
-def append_record(rec: StepRecord, log: str) -> None:
+def append_entry(rec: AccountingEntry, log: str) -> None:
     import json
     os.makedirs(os.path.dirname(log) or ".", mode=0o755, exist_ok=True)
     if os.geteuid() == 0:
@@ -180,11 +180,11 @@ def append_record(rec: StepRecord, log: str) -> None:
         os.close(fd)
 
 
-def admin_comment(rec: StepRecord) -> str:
+def admin_comment(rec: AccountingEntry) -> str:
     return f"hpccont:{rec.image}@sha256:{rec.sha256 or '-'}"
 
 
-def set_admin_comment(rec: StepRecord, args: PluginArgs) -> None:
+def set_admin_comment(rec: AccountingEntry, args: PluginArgs) -> None:
     """Best effort and not waited for: the step must not start later because of it.  Runs as
     root: scontrol from the system directories, with root's fixed environment."""
     import subprocess
@@ -202,23 +202,23 @@ def set_admin_comment(rec: StepRecord, args: PluginArgs) -> None:
         pass
 
 
-def run_record(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
+def run_account(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
                jobenv: Mapping[str, str], ident: Optional[JobIdentity]) -> int:
     if os.geteuid() != 0:
-        raise SchedulerError("'hpccont slurm record' is run by slurmstepd as root")
+        raise SchedulerError("'hpccont slurm account' is run by slurmstepd as root")
     if ident is None:
-        raise SchedulerError("'hpccont slurm record' needs --user from the SPANK plugin")
-    rec = make_record(step, args, spank, record_environ(jobenv), ident)
+        raise SchedulerError("'hpccont slurm account' needs --user from the SPANK plugin")
+    rec = make_entry(step, args, spank, accounting_environ(jobenv), ident)
     if rec is None:
         return 0
-    append_record(rec, args.accounting)
+    append_entry(rec, args.accounting)
     if args.admin_comment and not rec.error and step.kind in ("batch", "step", "interactive"):
         set_admin_comment(rec, args)
     return 0
 
 
-def read_records(log: str) -> List[dict]:
-    """Every record in a node's accounting log (admins read it; lines that do not parse are skipped)."""
+def read_entries(log: str) -> List[dict]:
+    """Every entry in a node's accounting log (admins read it; lines that do not parse are skipped)."""
     import json
     try:
         with open(log) as f:

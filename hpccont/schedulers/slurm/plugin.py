@@ -61,7 +61,7 @@ class PluginArgs:
 
 
 @record
-class Step:
+class StepId:
     job: str
     step: str
 
@@ -127,12 +127,12 @@ def parse_identity(text: str) -> JobIdentity:
         raise SchedulerError(f"bad job identity {text!r} from the SPANK plugin") from None
 
 
-def parse_step(text: str) -> Step:
-    """``"12.4294967291"`` (as the plugin prints it) -> Step("12", "batch")."""
+def parse_step(text: str) -> StepId:
+    """``"12.4294967291"`` (as the plugin prints it) -> StepId("12", "batch")."""
     job, sep, step = text.partition(".")
     if not sep or not job.isdigit() or not step.isdigit():
         raise SchedulerError(f"bad step id {text!r} from the SPANK plugin")
-    return Step(job, SPECIAL_STEPS.get(int(step), step))
+    return StepId(job, SPECIAL_STEPS.get(int(step), step))
 
 
 def parse_spank_options(pairs: List[str]) -> Dict[str, Optional[str]]:

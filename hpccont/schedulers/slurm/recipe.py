@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 from ...errors import SchedulerError
 from ...record import record
-from .plugin import PluginArgs, Step
+from .plugin import PluginArgs, StepId
 from .task import STEP_VAR, job_options, plan_task
 
 # Recipe format: a sequence of NUL-terminated fields, each a one-byte tag and its payload.
@@ -77,7 +77,7 @@ def parse_recipe(data: bytes) -> Dict[str, List[str]]:
     return out
 
 
-def prepare_step(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]],
+def prepare_step(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[str]],
                  program: List[str], environ: Mapping[str, str], cwd: str) -> Optional[Recipe]:
     """Start the step's container on this node; the recipe for its tasks, or None (then every
     task goes through run_task).  A lone task too: entering a prepared container costs it less
@@ -189,7 +189,7 @@ def _with_scripts_applied(delta, environ: Mapping[str, str], evaluated: Dict[str
     return merged if apply_delta(merged, dict(environ)) == want else None
 
 
-def run_prepare(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
+def run_prepare(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
                 program: List[str]) -> int:
     """Writes the recipe to stdout; exit 0 with no output when the tasks take the Python path."""
     pwd = os.environ.get("PWD", "")

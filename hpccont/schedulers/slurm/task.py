@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 from ...errors import HpccontError, ImageError, UsageError
 from ...record import factory, record
 from ..common import JobOptions, options_from_env, parse_options, resolve_image, starts_own_container
-from .plugin import STEP_KINDS, PluginArgs, Step
+from .plugin import STEP_KINDS, PluginArgs, StepId
 
 # Variable set in every wrapped task: which step's container it runs in.
 STEP_VAR = "HPCCONT_SLURM_STEP"
@@ -55,12 +55,12 @@ def job_options(spank: Mapping[str, Optional[str]], environ: Mapping[str, str]) 
 
 
 # -- decisions ------------------------------------------------------------------------------------
-def _wraps(step: Step, args: PluginArgs) -> bool:
+def _wraps(step: StepId, args: PluginArgs) -> bool:
     rule = STEP_KINDS[step.kind]
     return getattr(args, rule) if isinstance(rule, str) else rule
 
 
-def skip_reason(opts: JobOptions, step: Step, args: PluginArgs, program: List[str]) -> str:
+def skip_reason(opts: JobOptions, step: StepId, args: PluginArgs, program: List[str]) -> str:
     """Why this task runs without a container ("" when it gets one)."""
     if not opts.wanted:
         return "no container requested"
@@ -132,7 +132,7 @@ PMIX_ALIASES = (("PMIX_MCA_ptl", "PMIX_PTL_MODULE"), ("PMIX_MCA_psec", "PMIX_SEC
                 ("PMIX_MCA_gds", "PMIX_GDS_MODULE"))
 
 
-def step_binds(step: Step, program: List[str], environ: Mapping[str, str]) -> list:
+def step_binds(step: StepId, program: List[str], environ: Mapping[str, str]) -> list:
     """Files of Slurm's own that the tasks must see at their host paths, wherever the site keeps
     SlurmdSpoolDir and TmpFS: the batch script (read-only, the one file: other jobs' spool
     files stay hidden), and the step's PMIx directories."""
@@ -157,7 +157,7 @@ def step_env(environ: Mapping[str, str]) -> Dict[str, str]:
     return env
 
 
-def plan_task(step: Step, args: PluginArgs, spank: Mapping[str, Optional[str]],
+def plan_task(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[str]],
               program: List[str], environ: Mapping[str, str], cwd: str) -> TaskPlan:
     """The whole decision for one task, without side effects."""
     from ..common import job_request
@@ -198,7 +198,7 @@ def _first_on_node() -> bool:
     return os.environ.get("SLURM_LOCALID", "0") == "0"
 
 
-def run_task(step: Step, args: PluginArgs, spank: Dict[str, Optional[str]],
+def run_task(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
              program: List[str]) -> int:
     """Exec the task.  Returns only on failure (the exit status for the task)."""
     try:

@@ -51,10 +51,13 @@ class Verified:
     signers: list                   # "ED25519 SHA256:..." or "PGP <fpr> <uid>"
     objects: list = field(default_factory=list)   # covered object ids
     group: int = 0
+    entity: str = ""                # PGP: the signer's primary user id
+    fingerprint: str = ""           # PGP: primary key fingerprint (upper-case hex)
 
     def to_dict(self) -> dict:
         return {"signature": self.signature_id, "kind": self.kind, "signers": self.signers,
-                "group": self.group, "objects": self.objects}
+                "group": self.group, "objects": self.objects, "entity": self.entity,
+                "fingerprint": self.fingerprint}
 
 
 # ---------------------------------------------------------------- metadata
@@ -83,11 +86,16 @@ def group_objects(image: sif.SifImage, group: int) -> list:
                    and d.data_type != sif.DATA_SIGNATURE), key=lambda d: d.id)
 
 
-def image_metadata(image: sif.SifImage, group: int, hash_name: str = "sha256") -> dict:
+def image_metadata(image: sif.SifImage, group: int, hash_name: str = "sha256",
+                   ids: list | None = None) -> dict:
+    """The signed metadata of ``group``'s objects (or of its objects ``ids`` only: ids are
+    relative to the group's lowest id either way, as the reference writes them)."""
     objs = group_objects(image, group)
     if not objs:
         raise SignatureError(f"{image.path}: no objects in group {group}")
     min_id = objs[0].id
+    if ids is not None:
+        objs = [d for d in objs if d.id in ids]
     return {"version": METADATA_VERSION,
             "header": {"digest": _hash(hash_name, [header_integrity(image.path)])},
             "objects": [{"relativeId": d.id - min_id,
@@ -106,8 +114,12 @@ def _digest_name(value: object, where: str) -> str:
     return name
 
 
-def check_metadata(image: sif.SifImage, group: int, payload: bytes, where: str) -> list:
-    """Compare signed metadata with the image now; the covered object ids, or SignatureError."""
+def check_metadata(image: sif.SifImage, group: int, payload: bytes, where: str,
+                   subset_ok: bool = False) -> list:
+    """Compare signed metadata with the image now; the covered object ids, or SignatureError.
+
+    The signed objects must be exactly the group's current objects, unless ``subset_ok``
+    (``verify --sif-id``): then a signature over some of them verifies those."""
     try:
         md = json.loads(payload)
         header_digest = md["header"]["digest"]
@@ -122,6 +134,8 @@ def check_metadata(image: sif.SifImage, group: int, payload: bytes, where: str) 
     objs = group_objects(image, group)
     min_id = objs[0].id if objs else 0
     now = {d.id - min_id: d for d in objs}
+    if subset_ok and set(signed) <= set(now):
+        now = {rel: d for rel, d in now.items() if rel in signed}
     if set(now) != set(signed):
         raise SignatureError(f"{where}: image changed since signing (signed objects "
                              f"{sorted(r + min_id for r in signed)}, group {group} now has "
@@ -133,7 +147,7 @@ def check_metadata(image: sif.SifImage, group: int, payload: bytes, where: str) 
             raise SignatureError(f"{where}: image changed since signing (descriptor of object {d.id})")
         if _hash(_digest_name(od, where), image.iter_object(d)) != od:
             raise SignatureError(f"{where}: image changed since signing (data of object {d.id})")
-    return sorted(d.id for d in objs)
+    return sorted(d.id for d in now.values())
 
 
 # ---------------------------------------------------------------- keys
@@ -169,7 +183,7 @@ def signature_target(image: sif.SifImage, sig: sif.Descriptor) -> tuple:
     return (sig.group_id if sig.raw_group != sif.GROUP_MASK else 0), [image.get(sig.linked_id)]
 
 
-def _verify_dsse(image, sig, data, ring, where) -> Verified:
+def _verify_dsse(image, sig, data, ring, where, subset_ok: bool = False) -> Verified:
     from . import dsse
     env = dsse.parse_envelope(data, where)
     if env.payload_type != dsse.PAYLOAD_TYPE:
@@ -181,7 +195,7 @@ def _verify_dsse(image, sig, data, ring, where) -> Verified:
         raise SignatureError(f"{where}: no matching key or bad signature "
                              f"(key ids {', '.join(k for k, _ in env.signatures) or 'none'})")
     group = _linked_group(sig, where)
-    ids = check_metadata(image, group, env.payload, where)
+    ids = check_metadata(image, group, env.payload, where, subset_ok)
     return Verified(sig.id, "dsse", [f"{k.algorithm} {k.keyid} ({k.path})" for k in keys],
                     ids, group)
 
@@ -199,7 +213,8 @@ def is_legacy(data: bytes) -> bool:
     return pgp.is_clearsigned(data) and pgp.clearsigned_text(data).startswith(LEGACY_PREFIX)
 
 
-def _verify_pgp(image, sig, data, ring, where, legacy: bool = False) -> Verified:
+def _verify_pgp(image, sig, data, ring, where, legacy: bool = False,
+                subset_ok: bool = False) -> Verified:
     from . import pgp
     if not ring.pgp:
         raise SignatureError(f"{where}: no matching key (PGP signature, no PGP key given)")
@@ -217,9 +232,11 @@ def _verify_pgp(image, sig, data, ring, where, legacy: bool = False) -> Verified
             raise SignatureError(f"{where}: legacy signature (protects no descriptor or header): "
                                  "accepted only with --legacy-insecure")
         group, ids = _check_legacy(image, sig, text, where)
-        return Verified(sig.id, "legacy-pgp", who, ids, group)
+        return Verified(sig.id, "legacy-pgp", who, ids, group, entity=res.uid,
+                        fingerprint=res.fingerprint.upper())
     group = _linked_group(sig, where)
-    return Verified(sig.id, "pgp", who, check_metadata(image, group, text, where), group)
+    return Verified(sig.id, "pgp", who, check_metadata(image, group, text, where, subset_ok),
+                    group, entity=res.uid, fingerprint=res.fingerprint.upper())
 
 
 def _check_legacy(image, sig, text: bytes, where: str) -> tuple:
@@ -238,12 +255,16 @@ def _check_legacy(image, sig, text: bytes, where: str) -> tuple:
     return group, [d.id for d in objs]
 
 
-def check_signatures(path: str, keys: list | None = None, legacy: bool = False) -> list:
+def check_signatures(path: str, keys: list | None = None, legacy: bool = False,
+                     group_id: int | None = None, sif_id: int | None = None) -> list:
     """[(signature id, Verified or SignatureError)] for every signature object of an image.
 
     Errors that concern the whole image (unreadable, no signatures, no keys) are raised.
     Legacy signatures (``SIFHASH:``, Singularity before 3.6) cover object data only: as in
     Apptainer they are not looked at unless ``legacy`` (``verify --legacy-insecure``).
+    ``group_id``/``sif_id``: only the signatures covering that group / that object
+    (``verify --group-id``/``--sif-id``); a signature over part of a group counts for
+    ``sif_id``.
     """
     from . import dsse, pgp
     try:
@@ -265,6 +286,11 @@ def check_signatures(path: str, keys: list | None = None, legacy: bool = False) 
             raise SignatureError(f"{path}: no signatures (only legacy signatures, which protect "
                                  "no descriptor or header; --legacy-insecure checks them)")
         sigs = kept
+    if group_id is not None or sif_id is not None:
+        sigs = [sig for sig in sigs if _covers(image, sig, group_id, sif_id)]
+        if not sigs:
+            what = f"group {group_id}" if group_id is not None else f"object {sif_id}"
+            raise SignatureError(f"{path}: no signature covers {what}")
     paths = site_keyring() if keys is None else list(keys)
     if not paths:
         raise SignatureError(f"{path}: no keys to verify with (give --key, or set the site's "
@@ -275,17 +301,36 @@ def check_signatures(path: str, keys: list | None = None, legacy: bool = False) 
         where = f"{path}: signature object {sig.id}"
         try:
             data = image.read_object(sig)
+            subset = sif_id is not None
             if dsse.looks_like_envelope(data):
-                out.append((sig.id, _verify_dsse(image, sig, data, ring, where)))
+                v = _verify_dsse(image, sig, data, ring, where, subset)
             elif pgp.is_clearsigned(data):
-                out.append((sig.id, _verify_pgp(image, sig, data, ring, where, legacy)))
+                v = _verify_pgp(image, sig, data, ring, where, legacy, subset)
             else:
                 raise SignatureError(f"{where}: unknown signature format")
+            if sif_id is not None and sif_id not in v.objects:
+                raise SignatureError(f"{where}: does not cover object {sif_id}")
+            out.append((sig.id, v))
         except SignatureError as e:
             out.append((sig.id, e))
         except SifError as e:
             out.append((sig.id, SignatureError(f"{where}: {e.one_line()}")))
     return out
+
+
+def _covers(image: sif.SifImage, sig: sif.Descriptor, group_id, sif_id) -> bool:
+    group, objs = signature_target(image, sig)
+    if group_id is not None and group != group_id:
+        return False
+    return sif_id is None or any(d is not None and d.id == sif_id for d in objs)
+
+
+def unsigned_objects(image_path: str, results: list) -> list:
+    """Ids of the image's objects (signatures aside) that no verified signature covers."""
+    image = sif.read_sif(image_path)
+    covered = {i for _, r in results if isinstance(r, Verified) for i in r.objects}
+    return [d.id for d in image.descriptors
+            if d.data_type != sif.DATA_SIGNATURE and d.id not in covered]
 
 
 def verify_image(path: str, keys: list | None = None, legacy: bool = False) -> list:
@@ -302,23 +347,40 @@ def verify_image(path: str, keys: list | None = None, legacy: bool = False) -> l
 
 
 # ---------------------------------------------------------------- signing
-def sign_image(path: str, key_path: str, group: int = sif.DEFAULT_GROUP) -> Verified:
-    """Add a DSSE signature object covering ``group``, written as the reference signer does."""
+def sign_image(path: str, key_path: str | None = None, group: int = sif.DEFAULT_GROUP,
+               pgp_fingerprint: str | None = None, object_id: int | None = None) -> Verified:
+    """Add a signature object covering ``group`` (or only its object ``object_id``), written
+    as the reference signer does: a DSSE envelope with the PEM private key ``key_path``, or a
+    clear-signed message with the keyring's OpenPGP key ``pgp_fingerprint`` (whose fingerprint
+    then goes in the descriptor as the signing entity)."""
     from . import dsse
-    key = dsse.load_pem(key_path, private=True)
     image = sif.read_sif(path)
+    if object_id is not None:
+        d = image.get(object_id) if any(o.id == object_id for o in image.descriptors) else None
+        if d is None or d.data_type == sif.DATA_SIGNATURE or d.raw_group == sif.GROUP_MASK:
+            raise SignatureError(f"{path}: no object {object_id} in a group to sign")
+        group = d.group_id
     if group <= 0 or not group_objects(image, group):
         raise SignatureError(f"{path}: no objects in group {group} to sign")
     if image.header.descriptors_free <= 0:
         raise SignatureError(f"{path}: no free descriptor left for a signature")
-    payload = json.dumps(image_metadata(image, group), separators=(",", ":")).encode()
-    envelope = dsse.sign_envelope(payload, [key])
-    obj = sif.ObjectInput(sif.DATA_SIGNATURE, data=envelope, group=0, link=group,
-                          link_is_group=True, extra=sif.signature_extra(HASH_SHA256),
-                          alignment=1)
+    ids = [object_id] if object_id is not None else None
+    payload = json.dumps(image_metadata(image, group, ids=ids), separators=(",", ":")).encode()
+    covered = ids or [o.id for o in group_objects(image, group)]
+    if pgp_fingerprint:
+        from . import keyring
+        data = keyring.clearsign(payload, pgp_fingerprint)
+        extra = sif.signature_extra(HASH_SHA256, bytes.fromhex(pgp_fingerprint))
+        kind, who = "pgp", [f"PGP {pgp_fingerprint}"]
+    else:
+        key = dsse.load_pem(key_path, private=True)
+        data = dsse.sign_envelope(payload, [key])
+        extra = sif.signature_extra(HASH_SHA256)
+        kind, who = "dsse", [f"{key.algorithm} {key.keyid}"]
+    obj = sif.ObjectInput(sif.DATA_SIGNATURE, data=data, group=0, link=group,
+                          link_is_group=True, extra=extra, alignment=1)
     d = append_object(image, obj)
-    return Verified(d.id, "dsse", [f"{key.algorithm} {key.keyid}"],
-                    [o.id for o in group_objects(image, group)], group)
+    return Verified(d.id, kind, who, covered, group, fingerprint=pgp_fingerprint or "")
 
 
 def append_object(image: sif.SifImage, obj: sif.ObjectInput) -> sif.Descriptor:

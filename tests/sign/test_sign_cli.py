@@ -111,7 +111,8 @@ def test_bad_input_is_one_line(hpccont, image, keypair, tmp_path, busybox_squash
         (("verify", "--key", tmp_path / "missing.pem", image), 4),
         (("verify", "--key", pub, busybox_squashfs), 4),
         (("verify", "--key", pub, tmp_path), 4),
-        (("sign", image), 2), (("sign", "--key", pub, image), 4),
+        (("sign", image), 4),                 # no --key and an empty keyring
+        (("sign", "--key", pub, image), 4), (("sign", "--key", priv, "--keyidx", "0", image), 2),
         (("sign", "--key", priv, "--group", "x", image), 2),
         (("sign", "--key", priv, "--group", "7", image), 4),
         (("sign", "--key", priv, tmp_path / "missing.sif"), 4),
@@ -121,5 +122,5 @@ def test_bad_input_is_one_line(hpccont, image, keypair, tmp_path, busybox_squash
         (("key", "newpair", "--out", tmp_path / "no" / "dir"), 4),
     ]
     for args, code in cases:
-        _one_line_failure(hpccont(*args), code)
+        _one_line_failure(hpccont(*args, env={"HPCCONT_KEYS": str(tmp_path / "keys")}), code)
     assert len(sif.read_sif(str(image)).find(sif.DATA_SIGNATURE)) == 0

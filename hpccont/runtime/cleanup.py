@@ -1,4 +1,5 @@
-"""Removing what a job left behind, as root, without following a path the user can change.
+"""Removing what a job left behind, as root, without following a path the user can change:
+its processes (found by a marker variable), its mounts and its files.
 
 Job-end cleanup (the PBS ``execjob_end`` hook) runs as root over paths that pass through
 directories the job's user owns: ``/tmp/hpccont-UID``, a home directory holding a leftover
@@ -221,3 +222,128 @@ def _remove_as_user(items: List[Tuple[int, str, str]], uid: Optional[int], gid: 
         except HpccontError as e:
             return [f"remove {p}: as uid {uid}: {e.one_line()}" for _, _, p in items]
     return [t for t in text.split("\0") if t]
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes and mounts a job left: found by a marker variable every task of the job carries and
+# by the job's key in mount point names.
+
+def _environ_has(pid: str, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _real_uid(pid: str) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def is_marked(pid: str, marker: bytes, uid: Optional[int]) -> bool:
+    """Carries ``marker`` (``NAME=VALUE``) and, for a user's job, runs as that user: a user who
+    puts another job's marker in a process of theirs only exposes their own processes."""
+    if not _environ_has(pid, marker):
+        return False
+    return uid is None or uid == 0 or _real_uid(pid) == uid
+
+
+def marked_processes(marker: bytes, uid: Optional[int], proc: str = "/proc") -> List[int]:
+    me = os.getpid()
+    return sorted(int(p) for p in os.listdir(proc)
+                  if p.isdigit() and int(p) != me and is_marked(p, marker, uid))
+
+
+def _unescape_mountinfo(field_text: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal (\040...)
+    out, i = [], 0
+    while i < len(field_text):
+        if field_text[i] == "\\" and field_text[i + 1:i + 4].isdigit():
+            out.append(chr(int(field_text[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field_text[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_named(key: str, mountinfo: str = "/proc/self/mountinfo") -> List[str]:
+    """Mount points with a path component ``KEY`` or ``KEY.*``, deepest first."""
+    try:
+        with open(mountinfo) as f:
+            points = [_unescape_mountinfo(line.split()[4]) for line in f]
+    except OSError:
+        return []
+    found = [p for p in points if any(part == key or part.startswith(key + ".")
+                                      for part in p.split("/"))]
+    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
+
+
+def _running(pid: int) -> bool:
+    # A zombie still answers kill(0); the state letter in /proc/PID/stat tells it is gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_gone(pids: List[int], seconds: float) -> List[int]:
+    import time
+    deadline = time.monotonic() + seconds
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _running(p)]
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+def stop_processes(pids: Sequence[int], marker: bytes, uid: Optional[int],
+                   grace: float) -> Tuple[List[str], List[int]]:
+    """SIGTERM, ``grace`` seconds, SIGKILL; (problems, survivors).  Each process is held by a
+    pidfd once its marker and owner are checked, so a PID reused meanwhile is never signalled."""
+    import signal
+    problems: List[str] = []
+    held = {}
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        except (AttributeError, OSError):
+            fd = -1                      # no pidfd on this kernel: signal by PID
+        if is_marked(str(pid), marker, uid):
+            held[pid] = fd
+        elif fd >= 0:
+            os.close(fd)
+    alive = list(held)
+    try:
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2)):
+            for pid in alive:
+                try:
+                    if held[pid] >= 0:
+                        signal.pidfd_send_signal(held[pid], sig)
+                    else:
+                        os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+                except OSError as e:
+                    problems.append(f"kill {pid}: {e.strerror}")
+            alive = _wait_gone(alive, wait)
+            if not alive:
+                break
+        problems += [f"process {p} survived SIGKILL" for p in alive]
+    finally:
+        for fd in held.values():
+            if fd >= 0:
+                os.close(fd)
+    return problems, alive

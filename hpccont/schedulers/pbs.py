@@ -23,16 +23,15 @@ PBS facts this module relies on (OpenPBS ``pbs_module(7B)``, ``pbs_hook_attribut
 """
 import json
 import os
-import signal
 import stat
 import subprocess
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import (ConfigError, HpccontError, ImageError, PolicyError, PrivsepError,
                       SignatureError, UsageError)
 from ..runtime.policy import under_any
+from ..runtime import cleanup
 from ..runtime.mounts import parse_binds
 from .common import (JobOptions, launch_argv, options_from_env, parse_options, resolve_image,
                      starts_own_container)
@@ -644,62 +643,8 @@ def plan_launch(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> LaunchDeci
 
 # ---------------------------------------------------------------- execjob_end
 
-def _environ_has(pid: str, marker: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read().split(b"\0")
-    except OSError:
-        return False
-
-
-def _real_uid(pid: str) -> Optional[int]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _is_leftover(pid: str, marker: bytes, uid: Optional[int]) -> bool:
-    """Carries the job's marker and, for a user's job, runs as that user: a user who puts
-    another job's marker in a process of theirs only exposes their own processes."""
-    if not _environ_has(pid, marker):
-        return False
-    return uid is None or uid == 0 or _real_uid(pid) == uid
-
-
 def leftover_pids(job_id: str, proc: str = "/proc", uid: Optional[int] = None) -> List[int]:
-    marker = f"{JOB_MARKER}={job_id}".encode()
-    me = os.getpid()
-    return sorted(int(p) for p in os.listdir(proc)
-                  if p.isdigit() and int(p) != me and _is_leftover(p, marker, uid))
-
-
-def _unescape_mountinfo(field_text: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal (\040...)
-    out, i = [], 0
-    while i < len(field_text):
-        if field_text[i] == "\\" and field_text[i + 1:i + 4].isdigit():
-            out.append(chr(int(field_text[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field_text[i])
-            i += 1
-    return "".join(out)
-
-
-def leftover_mounts(key: str, mountinfo: str = "/proc/self/mountinfo") -> List[str]:
-    try:
-        with open(mountinfo) as f:
-            points = [_unescape_mountinfo(line.split()[4]) for line in f]
-    except OSError:
-        return []
-    found = [p for p in points if any(part == key or part.startswith(key + ".")
-                                      for part in p.split("/"))]
-    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
+    return cleanup.marked_processes(f"{JOB_MARKER}={job_id}".encode(), uid, proc)
 
 
 def leftover_paths(key: str, site: dict, extra_dirs: List[str] = ()) -> List[str]:
@@ -734,7 +679,7 @@ def plan_cleanup(job_id: str, site: dict, extra_dirs: List[str] = (), images: Li
     paths = leftover_paths(key, site, extra_dirs) + join_state_files(key, list(images), site, uid)
     creds = credentials_for_uid(uid)
     return CleanupPlan(job_id=job_id, key=key, pids=leftover_pids(job_id, uid=uid),
-                       mounts=leftover_mounts(key), paths=paths, uid=uid,
+                       mounts=cleanup.mounts_named(key), paths=paths, uid=uid,
                        gid=creds.gid if creds else None, groups=creds.groups if creds else ())
 
 
@@ -753,78 +698,16 @@ def job_images(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> List[str]:
         return []
 
 
-def _wait_gone(pids: List[int], seconds: float) -> List[int]:
-    # A zombie still answers kill(0); the state letter in /proc/PID/stat tells it is gone.
-    deadline = time.monotonic() + seconds
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if _running(p)]
-        if alive:
-            time.sleep(0.05)
-    return alive
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _signal_leftovers(plan: CleanupPlan, grace: float) -> List[str]:
-    """SIGTERM, ``grace`` seconds, SIGKILL.  Each process is held by a pidfd once its marker
-    and owner are checked, so a PID reused meanwhile is never signalled."""
-    problems: List[str] = []
-    marker = f"{JOB_MARKER}={plan.job_id}".encode()
-    held: Dict[int, int] = {}
-    for pid in plan.pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        except (AttributeError, OSError):
-            fd = -1                      # no pidfd on this kernel: signal by PID
-        if _is_leftover(str(pid), marker, plan.uid):
-            held[pid] = fd
-        elif fd >= 0:
-            os.close(fd)
-    try:
-        alive = list(held)
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2)):
-            for pid in alive:
-                try:
-                    if held[pid] >= 0:
-                        signal.pidfd_send_signal(held[pid], sig)
-                    else:
-                        os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-                except OSError as e:
-                    problems.append(f"kill {pid}: {e.strerror}")
-            alive = _wait_gone(alive, wait)
-            if not alive:
-                break
-        problems += [f"process {p} survived SIGKILL" for p in alive]
-        plan.pids = alive
-    finally:
-        for fd in held.values():
-            if fd >= 0:
-                os.close(fd)
-    return problems
-
-
 def apply_cleanup(plan: CleanupPlan, grace: float = 5) -> List[str]:
     """Kill, unmount and remove what the plan lists.  Returns what could not be done.
 
     The user may rearrange their own directories while their processes stop, so the mounts
     are listed again afterwards, and no path is used as a string: runtime.cleanup walks each
     one by descriptor, refusing symlinks and directories of other owners."""
-    from ..runtime import cleanup
-    problems = _signal_leftovers(plan, grace)
+    problems, plan.pids = cleanup.stop_processes(plan.pids, f"{JOB_MARKER}={plan.job_id}".encode(),
+                                                 plan.uid, grace)
     owners = (0,) if plan.uid in (None, 0) else (0, plan.uid)
-    for point in leftover_mounts(plan.key):
+    for point in cleanup.mounts_named(plan.key):
         try:
             cleanup.detach(point, owners)
         except HpccontError as e:

@@ -160,7 +160,7 @@ def _metadata_after(root: str, entries: List[layout.Entry], deffile: str) -> lay
     def read(rel: str) -> Optional[bytes]:
         return planned[rel] if rel in planned else on_disk(rel)
     env = set(layout.list_env_dir(root)) | {p for p in planned if p.startswith(f"{layout.META_DIR}/env/")}
-    return layout.read_metadata(read, sorted(env), deffile=deffile)
+    return layout.read_metadata(read, sorted(env), deffile=deffile, apps=layout.list_apps(root))
 
 
 def _last_line(text: str) -> str:

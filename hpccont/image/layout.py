@@ -150,9 +150,36 @@ INSPECT_FILES: Dict[str, str] = {
 }
 
 
+# The attribute order of Apptainer's pkg/inspect Attributes struct, as encoding/json writes it.
+ATTRIBUTE_ORDER = ("apps", "environment", "labels", "runscript", "test", "helpfile", "deffile",
+                   "startscript")
+APP_ATTRIBUTE_ORDER = ("environment", "labels", "runscript", "startscript", "test", "helpfile")
+CONTAINER_TYPE = "container"
+
+
+def go_json(value, indent: Optional[str] = None) -> str:
+    """JSON as Go's encoding/json writes it (``json.Marshal``, or ``MarshalIndent(v, "", indent)``):
+    map keys sorted, no spaces when compact, UTF-8 kept, and ``<``, ``>``, ``&``, U+2028 and
+    U+2029 escaped as ``\\u003c``... (Go's HTML-safe default)."""
+    if indent is None:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = json.dumps(value, ensure_ascii=False, indent=indent, separators=(",", ": "))
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                    ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def _trimmed(value: Optional[str]) -> Optional[str]:
+    """Apptainer keeps each file's text without its trailing newlines (inspect's setAttribute)."""
+    return None if value is None else value.rstrip("\n")
+
+
 @dataclass
 class Metadata:
-    """What ``inspect`` reports about an image; the same fields Apptainer's inspect JSON has."""
+    """What ``inspect`` reports about an image: the fields of Apptainer's inspect metadata
+    (pkg/inspect), each text without its trailing newlines, as Apptainer stores them."""
     labels: Dict[str, str]
     deffile: Optional[str] = None
     runscript: Optional[str] = None
@@ -160,25 +187,80 @@ class Metadata:
     test: Optional[str] = None
     helpfile: Optional[str] = None
     environment: Optional[Dict[str, str]] = None   # env script path -> content
+    apps: Optional[Dict[str, Dict[str, object]]] = None   # SCIF app -> its attributes
 
     def attributes(self) -> dict:
-        out: dict = {"labels": self.labels}
-        for key in ("deffile", "runscript", "startscript", "test", "helpfile"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        if self.environment:
-            out["environment"] = self.environment
+        """The non-empty attributes in Apptainer's order (``omitempty``: "" and {} are left out)."""
+        values = {"apps": self.apps, "environment": self.environment, "labels": self.labels,
+                  "runscript": self.runscript, "test": self.test, "helpfile": self.helpfile,
+                  "deffile": self.deffile, "startscript": self.startscript}
+        out: dict = {}
+        for key in ATTRIBUTE_ORDER:
+            value = values[key]
+            if key == "apps" and value:
+                value = {name: _app_attributes(attrs) for name, attrs in sorted(value.items())}
+            if value:
+                out[key] = dict(sorted(value.items())) if isinstance(value, dict) else value
         return out
 
+    def document(self, attributes: Optional[dict] = None) -> dict:
+        """Apptainer's inspect.Metadata: ``{"data": {"attributes": {...}}, "type": "container"}``."""
+        return {"data": {"attributes": self.attributes() if attributes is None else attributes},
+                "type": CONTAINER_TYPE}
+
     def sif_document(self) -> bytes:
-        """The JSON.Generic object Apptainer stores as "inspect-metadata.json" in a SIF."""
-        return json.dumps({"attributes": self.attributes()}, indent=4).encode()
+        """The JSON.Generic object "inspect-metadata.json" of a SIF, byte for byte as Apptainer's
+        build writes it (``json.Marshal`` of the metadata ``inspect --all`` gives)."""
+        return go_json(self.document()).encode()
 
     def to_json(self) -> str:
-        """The document ``apptainer inspect --json`` prints (and hpccont stores in the SIF)."""
-        return json.dumps({"data": {"attributes": self.attributes()}, "type": "container"},
-                          indent=4, sort_keys=False)
+        """The document ``apptainer inspect --json`` prints (``MarshalIndent`` with a tab)."""
+        return go_json(self.document(), indent="\t") + "\n"
+
+
+def _app_attributes(attrs: Dict[str, object]) -> dict:
+    out = {}
+    for key in APP_ATTRIBUTE_ORDER:
+        value = attrs.get(key)
+        if value:
+            out[key] = dict(sorted(value.items())) if isinstance(value, dict) else value
+    return out
+
+
+def metadata_from_document(doc) -> Optional[Metadata]:
+    """Metadata from a stored JSON document: Apptainer's ``{"data": {"attributes": ...},
+    "type": "container"}``, or the bare ``{"attributes": ...}`` older hpccont releases wrote.
+    None when the document is neither."""
+    if not isinstance(doc, dict):
+        return None
+    data = doc.get("data")
+    if isinstance(data, dict) and isinstance(data.get("attributes"), dict):
+        attrs = data["attributes"]
+    elif isinstance(doc.get("attributes"), dict):
+        attrs = doc["attributes"]
+    else:
+        return None
+
+    def text(d: dict, key: str) -> Optional[str]:
+        value = d.get(key)
+        return _trimmed(value) if isinstance(value, str) and value else None
+
+    def strings(d: dict, key: str) -> Optional[Dict[str, str]]:
+        value = d.get(key)
+        if not isinstance(value, dict) or not value:
+            return None
+        return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+    apps = {}
+    for name, a in (attrs.get("apps") or {}).items() if isinstance(attrs.get("apps"), dict) else ():
+        if isinstance(a, dict):
+            apps[str(name)] = {k: v for k, v in (
+                ("environment", strings(a, "environment")), ("labels", strings(a, "labels")),
+                ("runscript", text(a, "runscript")), ("startscript", text(a, "startscript")),
+                ("test", text(a, "test")), ("helpfile", text(a, "helpfile"))) if v}
+    return Metadata(labels=strings(attrs, "labels") or {}, deffile=text(attrs, "deffile"),
+                    runscript=text(attrs, "runscript"), startscript=text(attrs, "startscript"),
+                    test=text(attrs, "test"), helpfile=text(attrs, "helpfile"),
+                    environment=strings(attrs, "environment"), apps=apps or None)
 
 
 # ---------------------------------------------------------------- writing
@@ -289,7 +371,8 @@ def write_layout(root: str, **kw) -> None:
 
 
 def labels_json(labels: Dict[str, str]) -> str:
-    return json.dumps(dict(sorted(labels.items())), indent=4) + "\n"
+    """labels.json as Apptainer's build writes it: ``json.MarshalIndent(labels, "", "\\t")``."""
+    return go_json(dict(sorted(labels.items())), indent="\t")
 
 
 def parse_labels(raw: Optional[bytes]) -> Dict[str, str]:
@@ -343,37 +426,90 @@ def dir_reader(root: str) -> Reader:
     return lambda rel: _read_dir_file(root, rel)
 
 
-def env_script_names(listing: List[str]) -> List[str]:
-    """The env scripts among paths of an image listing, in the order actions source them."""
-    prefix = META_DIR + "/env/"
-    return sorted(p for p in listing if p.startswith(prefix) and p.endswith(".sh")
-                  and "/" not in p[len(prefix):])
+def env_script_names(listing: List[str], prefix: str = META_DIR) -> List[str]:
+    """The env scripts ``inspect`` shows among paths of an image listing, as Apptainer picks
+    them: ``10-docker*.sh`` (the image's own directory only) and ``9*-environment.sh``."""
+    env = prefix + "/env/"
+    out = []
+    for p in listing:
+        if not p.startswith(env) or "/" in p[len(env):]:
+            continue
+        name = p[len(env):]
+        if (name.startswith("9") and name.endswith("-environment.sh")) or (
+                prefix == META_DIR and name.startswith("10-docker") and name.endswith(".sh")):
+            out.append(p)
+    return sorted(out)
 
 
-def list_env_dir(root: str) -> List[str]:
-    env = os.path.join(root, META_DIR, "env")
+def list_env_dir(root: str, prefix: str = META_DIR) -> List[str]:
+    env = _resolve_inside(root, f"{prefix}/env")
     try:
-        return [f"{META_DIR}/env/{n}" for n in os.listdir(env)]
+        return [f"{prefix}/env/{n}" for n in os.listdir(env)] if env else []
     except OSError:
         return []
 
 
-def read_metadata(read: Reader, env_scripts: List[str], deffile: Optional[str] = None) -> Metadata:
+SCIF_APPS = "scif/apps"
+
+
+def list_apps(root: str) -> Dict[str, List[str]]:
+    """SCIF apps of a tree (``/scif/apps/NAME/scif``) -> their env script listing."""
+    apps = _resolve_inside(root, SCIF_APPS)
+    try:
+        names = sorted(os.listdir(apps)) if apps else []
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        scif = _resolve_inside(root, f"{SCIF_APPS}/{name}/scif")
+        if scif and os.path.isdir(scif):
+            out[name] = list_env_dir(root, f"{SCIF_APPS}/{name}/scif")
+    return out
+
+
+# Singularity 2 images put the runscript at /singularity and the environment at /environment
+# (before /.singularity.d existed, or as links into it).
+LEGACY_FILES = {"runscript": "singularity", "environment": "environment"}
+
+
+def read_metadata(read: Reader, env_scripts: List[str], deffile: Optional[str] = None,
+                  apps: Optional[Dict[str, List[str]]] = None) -> Metadata:
+    """The metadata ``apptainer inspect --all`` reads from a tree: each file's text without its
+    trailing newlines, the env scripts inspect shows, and each SCIF app's files."""
     def text(rel: str) -> Optional[str]:
         raw = read(rel)
-        return None if raw is None else raw.decode("utf-8", "replace")
-    environment = {}
-    for rel in env_script_names(env_scripts):
-        content = text(rel)
-        if content is not None:
-            environment["/" + rel] = content
+        return None if raw is None else _trimmed(raw.decode("utf-8", "replace"))
+
+    def environment_of(listing: List[str], prefix: str) -> Dict[str, str]:
+        out = {}
+        for rel in env_script_names(listing, prefix):
+            content = text(rel)
+            if content is not None:
+                out["/" + rel] = content
+        return out
+    environment = environment_of(env_scripts, META_DIR)
+    runscript = text(INSPECT_FILES["runscript"])
+    if runscript is None and not env_scripts:
+        runscript = text(LEGACY_FILES["runscript"])
+        legacy_env = text(LEGACY_FILES["environment"])
+        if legacy_env is not None:
+            environment["/" + LEGACY_FILES["environment"]] = legacy_env
     if deffile is None:
         deffile = text(INSPECT_FILES["deffile"])
+    app_meta: Dict[str, Dict[str, object]] = {}
+    for name, listing in sorted((apps or {}).items()):
+        base = f"{SCIF_APPS}/{name}/scif"
+        attrs: Dict[str, object] = {
+            "environment": environment_of(listing, base),
+            "labels": parse_labels(read(f"{base}/labels.json")),
+            "runscript": text(f"{base}/runscript"), "test": text(f"{base}/test"),
+            "helpfile": text(f"{base}/runscript.help")}
+        app_meta[name] = {k: v for k, v in attrs.items() if v}
     return Metadata(labels=parse_labels(read(INSPECT_FILES["labels"])), deffile=deffile,
-                    runscript=text(INSPECT_FILES["runscript"]),
+                    runscript=runscript,
                     startscript=text(INSPECT_FILES["startscript"]),
                     test=text(INSPECT_FILES["test"]), helpfile=text(INSPECT_FILES["helpfile"]),
-                    environment=environment or None)
+                    environment=environment or None, apps=app_meta or None)
 
 
 # ---------------------------------------------------------------- metadata of any image
@@ -384,11 +520,12 @@ def image_metadata(source) -> Metadata:
     """Metadata of an ImageSource (SIF, squashfs or sandbox), read without mounting anything.
 
     A SIF built by hpccont or Apptainer carries it as a JSON.Generic object (and the definition
-    as a Def.FILE object), which is read directly; otherwise the ``/.singularity.d`` directory is
-    unpacked from the squashfs filesystem with unsquashfs into a temporary directory.
+    as a Def.FILE object), which is read directly, as ``apptainer inspect`` does; otherwise the
+    ``/.singularity.d`` directory (and the SCIF apps' metadata) is unpacked from the squashfs
+    filesystem with unsquashfs into a temporary directory.
     """
     if source.kind == "sandbox":
-        return read_metadata(dir_reader(source.path), list_env_dir(source.path))
+        return tree_metadata(source.path)
     deffile = None
     if source.kind == "sif":
         from . import sif
@@ -398,8 +535,8 @@ def image_metadata(source) -> Metadata:
             deffile = image.read_object(defs[0]).decode("utf-8", "replace")
         stored = _stored_metadata(image, sif)
         if stored is not None:
-            if deffile is not None:
-                stored.deffile = deffile
+            if stored.deffile is None and deffile:
+                stored.deffile = _trimmed(deffile)   # older writers kept it in Def.FILE only
             return stored
     if source.fs_type != "squashfs":
         from ..errors import ImageError
@@ -407,22 +544,21 @@ def image_metadata(source) -> Metadata:
     return _squashfs_metadata(source, deffile)
 
 
+def tree_metadata(root: str, deffile: Optional[str] = None) -> Metadata:
+    return read_metadata(dir_reader(root), list_env_dir(root), deffile=deffile,
+                         apps=list_apps(root))
+
+
 def _stored_metadata(image, sif) -> Optional[Metadata]:
+    """The first "inspect-metadata.json" object, as Apptainer's inspect reads it."""
     for d in image.find(sif.DATA_GENERIC_JSON):
         if d.name != SIF_METADATA_NAME:
             continue
         try:
-            attrs = json.loads(image.read_object(d)).get("attributes", {})
-        except (ValueError, AttributeError):
+            doc = json.loads(image.read_object(d))
+        except ValueError:
             return None
-        if not isinstance(attrs, dict):
-            return None
-        env = attrs.get("environment")
-        return Metadata(labels=parse_labels(json.dumps(attrs.get("labels") or {}).encode()),
-                        deffile=attrs.get("deffile"), runscript=attrs.get("runscript"),
-                        startscript=attrs.get("startscript"), test=attrs.get("test"),
-                        helpfile=attrs.get("helpfile"),
-                        environment=env if isinstance(env, dict) and env else None)
+        return metadata_from_document(doc)
     return None
 
 
@@ -433,9 +569,10 @@ def _squashfs_metadata(source, deffile: Optional[str]) -> Metadata:
     tmp = tempfile.mkdtemp(prefix="hpccont-inspect-")
     try:
         root = os.path.join(tmp, "root")
-        squashfs.extract(source.path, root, offset=source.offset, paths=[META_DIR])
+        squashfs.extract(source.path, root, offset=source.offset,
+                         paths=[META_DIR, f"{SCIF_APPS}/*/scif", *LEGACY_FILES.values()])
         if not os.path.isdir(root):
             os.mkdir(root)
-        return read_metadata(dir_reader(root), list_env_dir(root), deffile=deffile)
+        return tree_metadata(root, deffile=deffile)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

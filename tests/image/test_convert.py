@@ -38,10 +38,12 @@ def test_sif_from_sandbox_is_what_apptainer_writes(rootfs, tmp_path):
     prim = image.primary_partition()
     assert (prim.fs_type, prim.part_arch, prim.id) == (sif.FS_SQUASH, sif.host_arch(), 3)
     assert image.read_object(image.descriptors[0]) == f"bootstrap: localimage\nfrom: {rootfs}\n".encode()
-    attrs = json.loads(image.read_object(image.descriptors[1]))["attributes"]
+    doc = json.loads(image.read_object(image.descriptors[1]))
+    assert doc["type"] == "container"     # Apptainer's inspect.Metadata shape
+    attrs = doc["data"]["attributes"]
     assert attrs["labels"]["team"] == "hpc"
     assert attrs["labels"]["org.label-schema.name"] == "busybox-test"
-    assert attrs["runscript"] == helpers.RUNSCRIPT
+    assert attrs["runscript"] == helpers.RUNSCRIPT.rstrip("\n")   # stored trimmed, as Apptainer
     assert stat.S_IMODE(os.stat(out).st_mode) & 0o111
 
 
@@ -82,7 +84,7 @@ def test_round_trip_sif_sandbox_sif(rootfs, tmp_path):
     sif2 = image_from_source(str(tmp_path / "b.sif"), box)
     meta1 = layout.image_metadata(open_image(sif1))
     meta2 = layout.image_metadata(open_image(sif2))
-    assert meta1.runscript == meta2.runscript == helpers.RUNSCRIPT
+    assert meta1.runscript == meta2.runscript == helpers.RUNSCRIPT.rstrip("\n")
     assert meta2.labels["org.label-schema.name"] == "busybox-test"
 
 

@@ -66,10 +66,20 @@ def test_reader_stays_inside_the_root(tmp_path):
 
 
 def test_metadata_json_documents():
-    meta = layout.Metadata(labels={"a": "b"}, runscript="#!/bin/sh\n")
-    assert json.loads(meta.to_json()) == {
-        "data": {"attributes": {"labels": {"a": "b"}, "runscript": "#!/bin/sh\n"}}, "type": "container"}
-    assert json.loads(meta.sif_document()) == {"attributes": {"labels": {"a": "b"}, "runscript": "#!/bin/sh\n"}}
+    """Byte for byte what Go's encoding/json writes for Apptainer's pkg/inspect.Metadata."""
+    meta = layout.Metadata(labels={"b": "2", "a": "<&>"}, runscript="#!/bin/sh\necho x",
+                           deffile="Bootstrap: scratch", environment={"/e/90-environment.sh": "é"})
+    assert meta.sif_document() == (
+        b'{"data":{"attributes":{"environment":{"/e/90-environment.sh":"\xc3\xa9"},'
+        b'"labels":{"a":"\\u003c\\u0026\\u003e","b":"2"},"runscript":"#!/bin/sh\\necho x",'
+        b'"deffile":"Bootstrap: scratch"}},"type":"container"}')
+    assert meta.to_json().startswith('{\n\t"data": {\n\t\t"attributes": {\n\t\t\t"environment": {')
+    assert meta.to_json().endswith('\n\t},\n\t"type": "container"\n}\n')
+    assert layout.metadata_from_document(json.loads(meta.sif_document())) == meta
+    # the shape older hpccont releases stored is still read
+    old = layout.metadata_from_document({"attributes": {"labels": {"a": "b"}, "runscript": "x\n"}})
+    assert old.labels == {"a": "b"} and old.runscript == "x"
+    assert layout.metadata_from_document({"type": "container"}) is None
 
 
 def test_pseudo_definitions_with_a_fixed_time(tmp_path):

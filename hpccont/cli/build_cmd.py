@@ -10,7 +10,8 @@ import shlex
 from pathlib import Path
 from typing import Dict, List
 
-from ..errors import ConfigError, UsageError
+from ..errors import UsageError
+from ..image.squashfs import site_compression_args
 
 SECTION_CHOICES = ("setup", "files", "post", "environment", "runscript", "startscript", "test",
                    "labels", "help", "none", "all")
@@ -89,25 +90,6 @@ def parse_sections(items: List[str]) -> tuple:
     return tuple(n for n in names if n != "all") if "all" not in names else ()
 
 
-# compressors with a level, and their highest
-LEVELS = {"zstd": 22, "gzip": 9}
-
-
-def compression_args() -> List[str]:
-    """The site's squashfs compression (build.compression/compression_level) as mksquashfs
-    arguments; ``--mksquashfs-args "-comp ..."`` replaces them."""
-    from .. import config
-    build = config.load()["build"]
-    comp, level = build["compression"], build["compression_level"]
-    args = ["-comp", comp]
-    if level and comp in LEVELS:
-        if level > LEVELS[comp]:
-            raise ConfigError(f"build.compression_level {level} is out of range for {comp} "
-                              f"(1-{LEVELS[comp]})")
-        args += ["-Xcompression-level", str(level)]
-    return args
-
-
 def options_from_args(ns: argparse.Namespace, environ=os.environ):
     from ..image.build.builder import BuildOptions
     try:
@@ -119,7 +101,7 @@ def options_from_args(ns: argparse.Namespace, environ=os.environ):
     if not epoch_text.isdigit():
         raise UsageError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {epoch_text!r}")
     if "-comp" not in mksquashfs_args:
-        mksquashfs_args = compression_args() + mksquashfs_args
+        mksquashfs_args = site_compression_args() + mksquashfs_args
     return BuildOptions(
         out=ns.out, source=ns.src, sandbox=ns.sandbox, force=ns.force, notest=ns.notest,
         sections=parse_sections(ns.section), update=ns.update, mksquashfs_args=mksquashfs_args,

@@ -15,11 +15,30 @@ if TYPE_CHECKING:
     from typing import List, Optional, Sequence
 
 from ..config import CHOICES
-from ..errors import BuildError, ImageError
+from ..errors import BuildError, ConfigError, ImageError
 
 # Compressors squashfs-tools 4.5 supports and the kernel here can read (the site config's
 # build.compression takes the same names).
 COMPRESSORS = CHOICES[("build", "compression")]
+
+
+# Compressors with a level option, and their highest level.
+LEVELS = {"zstd": 22, "gzip": 9}
+
+
+def site_compression_args() -> List[str]:
+    """The site's squashfs compression (build.compression/compression_level) as mksquashfs
+    arguments; ``--mksquashfs-args "-comp ..."`` replaces them."""
+    from .. import config
+    build = config.load()["build"]
+    comp, level = build["compression"], build["compression_level"]
+    args = ["-comp", comp]
+    if level and comp in LEVELS:
+        if level > LEVELS[comp]:
+            raise ConfigError(f"build.compression_level {level} is out of range for {comp} "
+                              f"(1-{LEVELS[comp]})")
+        args += ["-Xcompression-level", str(level)]
+    return args
 
 
 def _tool(name: str) -> str:

@@ -282,8 +282,8 @@ def convert(fetched: Fetched, cache: Cache, *, quiet: bool = True,
     import time
     from pathlib import Path
     import sys
-    from ...cli.build_cmd import compression_args
-    args = compression_args()
+    from ..squashfs import site_compression_args
+    args = site_compression_args()
     tty = sys.stderr.isatty()
     key = sif_key(fetched, args)
     found = cache.find_sif(key)

@@ -31,7 +31,25 @@ COMMANDS = {
     "push": "hpccont.cli.push_cmd",
     "registry": "hpccont.cli.registry_cmd",
     "cache": "hpccont.cli.cache_cmd",
+    "compat": "hpccont.cli.compat_cmd",
+    "completion": "hpccont.cli.compat_cmd",
+    "run-help": "hpccont.cli.compat_cmd",
 }
+
+# Invoked under one of these names (``hpccont compat install DIR``), the program is Apptainer's
+# CLI: ``--version`` says the Apptainer release whose command line it follows.
+COMPAT_NAMES = ("apptainer", "singularity")
+APPTAINER_VERSION = "1.3.6"
+
+# Global flags (Apptainer's): name -> message level, as its setSylogMessageLevel orders them
+# (debug wins over verbose over quiet over silent).  Also APPTAINER_<KEY>/SINGULARITY_<KEY>.
+GLOBAL_FLAGS = {"-d": "debug", "--debug": "debug", "-v": "verbose", "--verbose": "verbose",
+                "-q": "quiet", "--quiet": "quiet", "-s": "silent", "--silent": "silent",
+                "--nocolor": "nocolor"}
+LEVELS = (("debug", 5), ("verbose", 4), ("quiet", -1), ("silent", -3))
+# The message level of this run: 1 normal, -1 quiet (no notes), -3 silent (errors only),
+# 4 verbose, 5 debug.  Read by the sub-commands (cli/launch.py).
+MESSAGE_LEVEL = [1]
 
 USAGE = """usage: hpccont COMMAND [options] ...
 
@@ -89,24 +107,59 @@ def run_module(module_name: str, label: str, name: str, argv: list) -> int:
         return 255
 
 
-def run_command(name: str, argv: list) -> int:
-    return run_module(COMMANDS[name], f"hpccont {name}", name, argv)
+def run_command(name: str, argv: list, prog: str = "hpccont") -> int:
+    return run_module(COMMANDS[name], f"{prog} {name}", name, argv)
 
 
-def main(argv=None) -> int:
+def program_name(argv0: str) -> str:
+    """``apptainer`` or ``singularity`` when started under that name, else ``hpccont``."""
+    base = os.path.basename(argv0 or "")
+    return base if base in COMPAT_NAMES else "hpccont"
+
+
+def global_options(argv: list, environ=os.environ) -> tuple:
+    """Leading global flags -> (their names, the rest of argv); APPTAINER_QUIET=1 and the
+    like (SINGULARITY_ when the APPTAINER_ one is unset) count as the flag."""
+    seen = set()
+    i = 0
+    while i < len(argv) and argv[i] in GLOBAL_FLAGS:
+        seen.add(GLOBAL_FLAGS[argv[i]])
+        i += 1
+    for name in set(GLOBAL_FLAGS.values()) - seen:
+        key = name.upper()
+        value = environ.get(f"APPTAINER_{key}", environ.get(f"SINGULARITY_{key}", "")).strip()
+        if value and value.lower() not in ("0", "false", "no"):
+            seen.add(name)
+    return seen, argv[i:]
+
+
+def main(argv=None, prog=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or program_name(sys.argv[0] if sys.argv else "")
+    flags, argv = global_options(argv)
+    MESSAGE_LEVEL[0] = next((level for name, level in LEVELS if name in flags), 1)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        sys.stdout.write(USAGE)
+        if prog != "hpccont" and len(argv) > 1 and argv[1] in COMMANDS:
+            return run_command(argv[1], ["--help"], prog)
+        sys.stdout.write(USAGE if prog == "hpccont" else USAGE.replace("hpccont", prog))
         return 0 if argv else 2
     if argv[0] in ("--version", "version"):
+        if prog != "hpccont":
+            # as Apptainer: "apptainer version X" for --version, the bare number for `version`
+            sys.stdout.write(f"apptainer version {APPTAINER_VERSION}\n" if argv[0] == "--version"
+                             else f"{APPTAINER_VERSION}\n")
+            return 0
         from .. import __version__
         sys.stdout.write(f"hpccont {__version__}\n")
         return 0
     name = argv[0]
     if name not in COMMANDS:
-        sys.stderr.write(f"hpccont: unknown command {name!r} (see 'hpccont --help')\n")
+        sys.stderr.write(f"{prog}: unknown command {name!r} (see '{prog} --help')\n")
         return 2
-    return run_command(name, argv[1:])
+    rest = argv[1:]
+    if "debug" in flags and COMMANDS[name] == "hpccont.cli.launch" and "--debug" not in rest:
+        rest = ["--debug", *rest]
+    return run_command(name, rest, prog)
 
 
 def container_exec_main(argv=None) -> int:

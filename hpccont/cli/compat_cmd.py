@@ -1,0 +1,217 @@
+"""Apptainer's command names and helpers: ``compat install|uninstall``, ``completion``, ``run-help``.
+
+``hpccont compat install DIR`` puts ``apptainer`` and ``singularity`` into DIR: entry scripts
+that run this hpccont, which then behaves as Apptainer's CLI (cli/main.py: program_name).  It
+is opt-in and never replaces a program that is not one of these scripts (a real Apptainer)
+unless ``--force`` says so.  ``completion bash|zsh`` prints a shell completion script for
+commands, options and image paths; ``run-help IMAGE`` prints the image's help text as
+``apptainer run-help`` does.
+"""
+import argparse
+import os
+import shutil
+import sys
+
+from ..errors import UsageError
+from .main import COMMANDS, COMPAT_NAMES
+
+MARKER = "# hpccont compat entry point"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ---------------------------------------------------------------- compat install
+def _launcher_text() -> str:
+    """The entry script: the running hpccont's own launcher when it is one (same interpreter,
+    same package path), else one written like cli/launchers.py's."""
+    own = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    try:
+        with open(own) as f:
+            text = f.read(65536)
+    except OSError:
+        text = ""
+    if text.startswith("#!") and "from hpccont.cli.main import main" in text:
+        first, _, rest = text.partition("\n")
+        return f"{first}\n{MARKER}\n{rest}"
+    from .launchers import TEMPLATE, package_parent
+    paths = [package_parent()]
+    try:
+        import yaml  # the site config needs it; its directory follows the package's
+        paths.append(os.path.dirname(os.path.dirname(os.path.abspath(yaml.__file__))))
+    except ImportError:
+        pass
+    first, _, rest = TEMPLATE.format(python=sys.executable, paths=paths, func="main").partition("\n")
+    return f"{first}\n{MARKER}\n{rest}"
+
+
+def is_ours(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return MARKER in f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def install(directory: str, force: bool = False, names=COMPAT_NAMES) -> list:
+    if not os.path.isdir(directory):
+        raise UsageError(f"compat install: {directory} is not a directory")
+    targets = [os.path.join(directory, n) for n in names]
+    for t in targets:
+        if os.path.lexists(t) and not is_ours(t) and not force:
+            raise UsageError(f"compat install: {t} exists and is not an hpccont entry point "
+                             "(a real Apptainer?); not replaced (--force replaces it)")
+    text = _launcher_text()
+    for t in targets:
+        tmp = f"{t}.hpccont-tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, t)
+    return targets
+
+
+def uninstall(directory: str, names=COMPAT_NAMES) -> list:
+    removed = []
+    for n in names:
+        t = os.path.join(directory, n)
+        if is_ours(t):
+            os.unlink(t)
+            removed.append(t)
+    return removed
+
+
+def _compat(argv: list) -> int:
+    p = _Parser(prog="hpccont compat", description="Apptainer's command names for hpccont")
+    sub = p.add_subparsers(dest="what", required=True)
+    i = sub.add_parser("install", help="put apptainer and singularity into DIR")
+    i.add_argument("dir", metavar="DIR")
+    i.add_argument("--force", action="store_true", help="replace programs that are not ours")
+    u = sub.add_parser("uninstall", help="remove the entry points 'install' put into DIR")
+    u.add_argument("dir", metavar="DIR")
+    ns = p.parse_args(argv)
+    if ns.what == "install":
+        for t in install(ns.dir, ns.force):
+            sys.stdout.write(f"{t}\n")
+        real = [w for w in (shutil.which(n) for n in COMPAT_NAMES) if w and not is_ours(w)]
+        for w in real:
+            sys.stderr.write(f"hpccont compat: note: {w} comes first on PATH and stays in use\n")
+        return 0
+    for t in uninstall(ns.dir):
+        sys.stdout.write(f"removed {t}\n")
+    return 0
+
+
+# ---------------------------------------------------------------- completion
+def command_options(name: str) -> list:
+    """The options a command accepts (the launch table, or the command's argparse parser)."""
+    module = COMMANDS.get(name)
+    if module == "hpccont.cli.launch":
+        from .launch import OPTIONS
+        return sorted(OPTIONS)
+    try:
+        mod = __import__(module, fromlist=["make_parser"])
+        parser = mod.make_parser()
+    except Exception:   # a command without a parser of this shape: no options offered
+        return ["--help"]
+    out = set()
+    for action in parser._actions:
+        out.update(o for o in action.option_strings)
+    return sorted(out)
+
+
+BASH = r'''# bash completion for {names}, generated by 'hpccont completion bash'
+_hpccont_complete() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" cmd="" i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case "${{COMP_WORDS[i]}}" in -*) ;; *) cmd="${{COMP_WORDS[i]}}"; break ;; esac
+    done
+    if [ -z "$cmd" ]; then
+        COMPREPLY=($(compgen -W "{commands} {global_flags}" -- "$cur"))
+        return
+    fi
+    local opts=""
+    case "$cmd" in
+{cases}
+    esac
+    if [[ "$cur" == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    else
+        compopt -o filenames 2>/dev/null
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -F _hpccont_complete {names}
+'''
+
+ZSH = r'''#compdef {names}
+# zsh completion for {names}, generated by 'hpccont completion zsh'
+_hpccont() {{
+    local -a commands opts
+    commands=({commands})
+    if (( CURRENT == 2 )); then
+        _describe 'command' commands
+        _values 'global flag' {global_flags}
+        return
+    fi
+    case "$words[2]" in
+{cases}
+    esac
+    if [[ "$PREFIX" == -* ]]; then
+        compadd -- $opts
+    else
+        _files
+    fi
+}}
+compdef _hpccont {names}
+'''
+
+
+def completion_script(shell: str) -> str:
+    from .main import GLOBAL_FLAGS
+    names = " ".join(("hpccont",) + COMPAT_NAMES)
+    commands = sorted(set(COMMANDS) | {"help", "version"})
+    flags = " ".join(sorted(GLOBAL_FLAGS) + ["--help", "--version"])
+    if shell == "bash":
+        cases = "\n".join(f'        {c}) opts="{" ".join(command_options(c))}" ;;'
+                          for c in sorted(COMMANDS))
+        return BASH.format(names=names, commands=" ".join(commands), global_flags=flags,
+                           cases=cases)
+    if shell == "zsh":
+        cases = "\n".join(f'        {c}) opts=({" ".join(command_options(c))}) ;;'
+                          for c in sorted(COMMANDS))
+        return ZSH.format(names=names, commands=" ".join(commands), global_flags=flags,
+                          cases=cases)
+    raise UsageError(f"completion: unknown shell {shell!r} (bash or zsh)")
+
+
+# ---------------------------------------------------------------- run-help
+def run_help(argv: list) -> int:
+    p = _Parser(prog="hpccont run-help", description="the image's help text (%help)")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--app", default="", help="the help of one SCIF app")
+    ns = p.parse_args(argv)
+    from ..image.layout import image_metadata
+    from ..image.source import open_image
+    meta = image_metadata(open_image(ns.image))
+    text = meta.helpfile
+    if ns.app:
+        text = ((meta.apps or {}).get(ns.app) or {}).get("helpfile")
+    sys.stdout.write(f"{text}\n" if text else "No help sections were defined for this image\n")
+    return 0
+
+
+def main(name: str, argv: list) -> int:
+    if name == "completion":
+        if argv in (["-h"], ["--help"]):
+            sys.stdout.write("usage: hpccont completion bash|zsh\n")
+            return 0
+        if len(argv) != 1:
+            raise UsageError("usage: hpccont completion bash|zsh")
+        sys.stdout.write(completion_script(argv[0]))
+        return 0
+    if name == "run-help":
+        return run_help(argv)
+    return _compat(argv)

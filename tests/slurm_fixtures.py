@@ -16,6 +16,7 @@ site's layout needs): the clusters keep their spool, state, TmpFS and config und
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,6 @@ def site_root():
 def site_tmp(site_root, request):
     """A per-test directory outside /tmp that root and hpcuser can write (a job's submit and
     working directory, as under /home or /shared at a site)."""
-    import tempfile
     (site_root / "work").mkdir(mode=0o755, exist_ok=True)
     d = Path(tempfile.mkdtemp(prefix=request.node.name[:40].replace("/", "_") + "-",
                               dir=site_root / "work"))

@@ -112,12 +112,25 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
     the pid of the child warming the image's page cache (0: none), which the caller waits for
     before the exec (prefetch.finish)."""
     ident = plan.identity
+    if plan.cgroup:
+        step("joining the cgroup for --cpus/--memory")
+        _join_cgroup(plan)
     step("creating namespaces")
+    extra = _extra_namespaces(plan)
     if plan.mode == "rootless":
-        kernel.unshare(kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS)
+        kernel.unshare(kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS | extra)
         _write_id_maps(f"0 {ident.uid} 1", f"0 {ident.gid} 1", deny_setgroups=True)
     else:
-        kernel.unshare(kernel.CLONE_NEWNS)
+        kernel.unshare(kernel.CLONE_NEWNS | extra)
+    if plan.hostname:
+        step(f"setting the host name {plan.hostname}")
+        kernel.sethostname(plan.hostname)
+    if plan.net:
+        step("bringing up the loopback interface")
+        _loopback_up()
+    if plan.pid:
+        step("starting PID 1 of the new PID namespace")
+        _become_pid_one()
     step("making / private")
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
     step("mounting the staging tmpfs")
@@ -143,6 +156,97 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
         step("making the root read-only")
         kernel.mount(None, root, None, kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV)
     return root, reader
+
+
+def _extra_namespaces(plan: LaunchPlan) -> int:
+    """--pid, --ipc, --uts (--hostname), --net: namespaces created with the mount namespace
+    (and owned by the new user namespace, so that root in it may set them up)."""
+    flags = 0
+    for wanted, flag in ((plan.pid, kernel.CLONE_NEWPID), (plan.ipc, kernel.CLONE_NEWIPC),
+                         (plan.uts or bool(plan.hostname), kernel.CLONE_NEWUTS),
+                         (plan.net, kernel.CLONE_NEWNET)):
+        if wanted:
+            flags |= flag
+    return flags
+
+
+def _join_cgroup(plan: LaunchPlan) -> None:
+    from .limits import join_cgroup
+    try:
+        join_cgroup(plan.cgroup)
+    except OSError as e:
+        if plan.message_level > -3:
+            os.write(2, f"hpccont: warning: --cpus/--memory not applied: {plan.cgroup['path']}: "
+                        f"{e.strerror}\n".encode())
+
+
+# <linux/sockios.h>, <net/if.h>
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def _loopback_up() -> None:
+    """A new network namespace has only ``lo``, down: bring it up (``--network none``)."""
+    import fcntl
+    import struct
+    import _socket
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("16sh14x", b"lo", 0)
+        flags = struct.unpack("16sh14x", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
+    finally:
+        sock.close()
+
+
+# Signals passed on to the container (the batch system's, the terminal's): PID 1 of a PID
+# namespace ignores every signal it has no handler for.
+FORWARDED_SIGNALS = (1, 2, 3, 10, 12, 14, 15, 18, 28)   # HUP INT QUIT USR1 USR2 ALRM TERM CONT WINCH
+
+
+def _forward_signals(pid: int) -> None:
+    import _signal
+
+    def forward(signum, frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    for sig in FORWARDED_SIGNALS:
+        _signal.signal(sig, forward)
+
+
+def _wait_and_exit_as(pid: int, reap_all: bool = False) -> None:
+    """Wait for ``pid`` (reaping any other child meanwhile when ``reap_all``: an init), then
+    end this process as it ended: its exit status, or 128 + the signal that killed it."""
+    while True:
+        try:
+            done, status = os.waitpid(-1 if reap_all else pid, 0)
+        except ChildProcessError:
+            os._exit(255)
+        if done == pid:
+            break
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if os.getpid() != 1:     # outside: die of the same signal, as the shell would see it
+            import _signal
+            _signal.signal(sig, _signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.WEXITSTATUS(status))
+
+
+def _become_pid_one() -> None:
+    """After unshare(CLONE_NEWPID) the next child is PID 1 of the new namespace: fork it.  The
+    child continues the launch; this process stays outside as the one the batch system sees,
+    passes signals on and exits as the container does.  The child dies with it
+    (PR_SET_PDEATHSIG), and with PID 1 the whole namespace."""
+    import _signal  # noqa: F401  (loaded now: the init needs it after pivot_root)
+    child = os.fork()
+    if child == 0:
+        kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGKILL)
+        return
+    _forward_signals(child)
+    _wait_and_exit_as(child)
 
 
 def _write_id_maps(uid_map: str, gid_map: str, deny_setgroups: bool) -> None:
@@ -271,6 +375,11 @@ def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) 
     # The image's /etc/passwd may be a link climbing out: covered where the container's own
     # lookup (clamped at its root) finds it.  Other destinations that climb are refused.
     host_target = resolve_in_root(root, m.target, clamp=identity)
+    if m.kind == "proc":
+        os.makedirs(host_target, exist_ok=True)
+        kernel.mount("proc", host_target, "proc",
+                     kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
+        return
     if m.kind == "tmpfs":
         os.makedirs(host_target, exist_ok=True)
         kernel.mount("tmpfs", host_target, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=0755")
@@ -370,7 +479,7 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
     layout expects.  ``reader`` (the page-cache reader started by setup) is waited for first:
     the exec then finds the program in the cache, and no child of ours is left to the command.
     """
-    argv = list(plan.argv)
+    argv = _action_fallback(plan, list(plan.argv), reader)
     env = dict(plan.env)
     if argv[0] == "/bin/sh" and len(argv) == 1 and os.path.exists("/bin/bash"):
         argv[0] = "/bin/bash"
@@ -382,6 +491,7 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
         evaluated = image_environment(plan, env)
         if evaluated is not None:
             env = evaluated
+            _dedupe_library_path(env)
         elif os.path.exists("/bin/sh"):
             argv = shell_prefix(plan) + argv
             path = "/bin/sh"
@@ -390,9 +500,13 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
     if reader:
         step("waiting for the page-cache reader")
         prefetch.finish(reader)
+    if plan.umask is not None:
+        os.umask(plan.umask)
     step(f"exec {path}")
     try:
         kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
+        if plan.pid and plan.init:
+            _start_init()
         try:
             os.execve(path, argv, env)
         except OSError as e:
@@ -404,6 +518,53 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             raise CommandNotFound(f"{plan.argv[0]}: command not found in the container") from None
         raise CommandNotExecutable(f"{plan.argv[0]}: cannot execute: {e.strerror}") from None
+
+
+RUNSCRIPT = "/.singularity.d/runscript"
+TESTSCRIPT = "/.singularity.d/test"
+
+
+def _action_fallback(plan: LaunchPlan, argv: list, reader: int) -> list:
+    """Apptainer's action script: ``run`` without a runscript runs /apptainer, else /bin/sh
+    with the arguments; ``test`` without a test script exits 0."""
+    def usable(p: str) -> bool:
+        return os.path.isfile(p) and os.access(p, os.X_OK)
+    if plan.action == "run" and argv[0] == RUNSCRIPT and not usable(RUNSCRIPT):
+        if usable("/apptainer"):
+            return ["/apptainer"] + argv[1:]
+        if usable("/bin/sh"):
+            _info(plan, "No runscript found in container, executing /bin/sh")
+            return ["/bin/sh"] + argv[1:]
+    if plan.action == "test" and argv[0] == TESTSCRIPT and not usable(TESTSCRIPT):
+        _info(plan, "No test script found in container, exiting")
+        if reader:
+            prefetch.finish(reader)
+        os._exit(0)
+    return argv
+
+
+def _info(plan: LaunchPlan, text: str) -> None:
+    if plan.message_level >= 1:
+        os.write(2, f"hpccont: {text}\n".encode())
+
+
+def _dedupe_library_path(env: dict) -> None:
+    """Each LD_LIBRARY_PATH entry once (the launch and the image's 99-base.sh both add
+    /.singularity.d/libs; Apptainer's action script clears the variable first)."""
+    ld = env.get("LD_LIBRARY_PATH")
+    if ld:
+        env["LD_LIBRARY_PATH"] = ":".join(dict.fromkeys(p for p in ld.split(":") if p))
+
+
+def _start_init() -> None:
+    """--pid without --no-init: this process (PID 1) stays as a small init, Apptainer's
+    appinit: the command runs as its child, signals are passed on, orphans are reaped, and
+    PID 1 exits as the command does.  Returns in the child, which execs the command."""
+    child = os.fork()
+    if child == 0:
+        return
+    _forward_signals(child)
+    _wait_and_exit_as(child, reap_all=True)
 
 
 def _which(cmd: str, path: str) -> str:

@@ -14,15 +14,31 @@ from ..errors import UsageError
 from ..record import factory, record
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+APPTAINER_ENVIRONMENT = "/.singularity.d/env/91-environment.sh"
 CONTAINER_LIBS = "/.singularity.d/libs"
 
 # Never carried in from the host: they describe the host, not the container.
 HOST_ONLY = ("PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PS1", "PROMPT_COMMAND", "PYTHONHOME",
              "HPCCONT_BIND")
-# What --cleanenv keeps.
-CLEAN_KEEP = ("HOME", "USER", "LOGNAME", "TERM", "LANG", "LC_ALL", "TZ")
+# What --cleanenv keeps: Apptainer's alwaysPassKeys (internal/pkg/util/env/create.go), plus
+# HOME, USER and LOGNAME, which the launch sets to the container user's anyway.
+CLEAN_KEEP = ("HOME", "USER", "LOGNAME", "TERM", "http_proxy", "HTTP_PROXY", "https_proxy",
+              "HTTPS_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "ftp_proxy",
+              "FTP_PROXY")
 # Prefixes that set a variable inside the container (Apptainer's spellings for compatibility).
 INJECT_PREFIXES = ("SINGULARITYENV_", "APPTAINERENV_", "HPCCONT_ENV_")
+# Settings of Apptainer's command line: never forwarded into the container (Apptainer sets its
+# own APPTAINER_CONTAINER, APPTAINER_NAME... there).
+HOST_SETTINGS_PREFIXES = ("APPTAINER_", "SINGULARITY_")
+UNSET_PREFIXES = INJECT_PREFIXES + HOST_SETTINGS_PREFIXES
+# APPTAINERENV_<NAME> that change PATH through the image's 99-runtimevars.sh, as Apptainer
+# passes them; APPTAINERENV_HOME is refused (the home is the container's), as in Apptainer.
+PATH_KEYS = {"PREPEND_PATH": "SING_USER_DEFINED_PREPEND_PATH",
+             "APPEND_PATH": "SING_USER_DEFINED_APPEND_PATH", "PATH": "SING_USER_DEFINED_PATH"}
+NOT_OVERRIDABLE = ("HOME", "APPTAINER_SHELL", "APPTAINER_APPNAME", "SINGULARITY_SHELL",
+                   "SINGULARITY_APPNAME")
+# Shell variables an --env-file may not set (bash's read-only ones, as Apptainer skips them).
+READ_ONLY_VARS = ("EUID", "GID", "HOME", "IFS", "OPTIND", "PWD", "UID")
 
 
 def parse_env_assignment(text: str, where: str = "--env") -> tuple[str, str]:
@@ -35,35 +51,74 @@ def parse_env_assignment(text: str, where: str = "--env") -> tuple[str, str]:
     return name, value
 
 
-def read_env_file(path: str) -> dict[str, str]:
-    """``NAME=VALUE`` lines; blank lines and ``#`` comments ignored; optional ``export``; quotes stripped."""
+def read_env_file(path: str, environ=None, image: str = "") -> dict[str, str]:
+    """An ``--env-file`` as Apptainer reads it: a shell script evaluated with the host's
+    variables visible (not exported) and ``set -a`` (every assignment is exported), commands
+    refused; the result is every exported variable (bash's read-only names left out)."""
     try:
-        with open(path) as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
     except OSError as e:
         raise UsageError(f"--env-file {path}: {e.strerror}")
-    out: dict[str, str] = {}
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[7:].strip()
-        name, value = parse_env_assignment(line, f"--env-file {path} line {n}")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[name] = value
-    return out
+    from .envscripts import Unsupported, parse
+    base = dict(environ or {})
+    if image:
+        base["APPTAINER_IMAGE"] = image
+    sh = _all_export_shell(base)
+    try:
+        sh.run(parse(text))
+    except Unsupported as e:
+        raise UsageError(f"--env-file {path}: {e} (only assignments, export, unset, if, for "
+                         "and test are evaluated; commands are not run)") from None
+    except (ValueError, IndexError) as e:
+        raise UsageError(f"--env-file {path}: cannot parse: {e}") from None
+    return {k: v for k, v in sorted(sh.environment().items()) if k not in READ_ONLY_VARS}
+
+
+def _all_export_shell(base: dict[str, str]):
+    """A Shell whose initial variables are not exported and whose assignments are (set -a)."""
+    from .envscripts import Shell, _assignment
+
+    class AllExport(Shell):
+        def __init__(self, environ):
+            super().__init__(environ)
+            self.exported = set()
+
+        def simple(self, words):
+            names = []
+            for w in words:
+                if not _assignment(w):
+                    break
+                names.append(w.parts[0][1].partition("=")[0])
+            super().simple(words)
+            if len(names) == len(words):
+                self.exported.update(names)
+    return AllExport(base)
 
 
 def injected(environ: dict[str, str]) -> dict[str, str]:
-    """HPCCONT_ENV_K (and the Apptainer spellings) -> {K: value}; later prefixes win."""
+    """HPCCONT_ENV_K (and the Apptainer spellings) -> {K: value}; APPTAINERENV_ wins over
+    SINGULARITYENV_ (as in Apptainer), HPCCONT_ENV_ over both."""
     out: dict[str, str] = {}
     for prefix in INJECT_PREFIXES:
         for k, v in environ.items():
             if k.startswith(prefix) and len(k) > len(prefix):
                 out[k[len(prefix):]] = v
     return out
+
+
+def path_requests(values: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split injected values into (plain overrides, SING_USER_DEFINED_* variables): PATH,
+    PREPEND_PATH and APPEND_PATH act through the image's 99-runtimevars.sh, as in Apptainer;
+    HOME and Apptainer's own shell/app names may not be set this way."""
+    plain: dict[str, str] = {}
+    path: dict[str, str] = {}
+    for k, v in values.items():
+        if k in PATH_KEYS:
+            path[PATH_KEYS[k]] = v
+        elif k not in NOT_OVERRIDABLE:
+            plain[k] = v
+    return plain, path
 
 
 def _filtered(environ: dict[str, str], keep_only, unset, unset_prefixes) -> dict[str, str]:
@@ -74,7 +129,7 @@ def _filtered(environ: dict[str, str], keep_only, unset, unset_prefixes) -> dict
 
 
 def base_environment(environ: dict[str, str], *, cleanenv: bool) -> dict[str, str]:
-    return _filtered(environ, CLEAN_KEEP if cleanenv else None, HOST_ONLY, INJECT_PREFIXES)
+    return _filtered(environ, CLEAN_KEEP if cleanenv else None, HOST_ONLY, UNSET_PREFIXES)
 
 
 @record
@@ -92,7 +147,7 @@ class EnvDelta:
     set: dict[str, str]
     overrides: dict[str, str]
     unset: tuple[str, ...] = HOST_ONLY
-    unset_prefixes: tuple[str, ...] = INJECT_PREFIXES
+    unset_prefixes: tuple[str, ...] = UNSET_PREFIXES
     keep_only: tuple[str, ...] | None = None
     copy: list[str] = factory(list)
 
@@ -106,8 +161,13 @@ def apply_delta(delta: EnvDelta, environ: dict[str, str]) -> dict[str, str]:
 
 def environment_delta(environ: dict[str, str], *, cleanenv: bool, user_env: dict[str, str],
                       home: str, user: str, image_path: str, ld_paths: list[str] = (),
-                      bin_paths: list[str] = (), pass_names: list[str] = ()) -> EnvDelta:
-    """The rules of this module as an EnvDelta (``environ`` gives the injected variables)."""
+                      bin_paths: list[str] = (), pass_names: list[str] = (), action: str = "",
+                      bind_targets: list[str] = (), no_eval: bool = False) -> EnvDelta:
+    """The rules of this module as an EnvDelta (``environ`` gives the injected variables).
+
+    Inside, as Apptainer sets them: APPTAINER_CONTAINER and _NAME (the image), _COMMAND (the
+    action), _BIND (the user binds' destinations, for nested containers), _ENVIRONMENT (where
+    %post-style code may add variables), _NO_EVAL with --no-eval; each also as SINGULARITY_."""
     fixed: dict[str, str] = {"HOME": home, "USER": user, "LOGNAME": user}
     fixed["PATH"] = ":".join(list(bin_paths) + [DEFAULT_PATH])
     ld = list(ld_paths)
@@ -120,8 +180,17 @@ def environment_delta(environ: dict[str, str], *, cleanenv: bool, user_env: dict
     for prefix in ("APPTAINER", "SINGULARITY"):
         fixed[f"{prefix}_CONTAINER"] = image_path
         fixed[f"{prefix}_NAME"] = name
-    overrides = injected(environ)
-    overrides.update(user_env)
+        fixed[f"{prefix}_ENVIRONMENT"] = APPTAINER_ENVIRONMENT
+        if action:
+            fixed[f"{prefix}_COMMAND"] = action
+        if bind_targets:
+            fixed[f"{prefix}_BIND"] = ",".join(bind_targets)
+        if no_eval:
+            fixed[f"{prefix}_NO_EVAL"] = "1"
+    values = injected(environ)
+    values.update(user_env)
+    overrides, path_vars = path_requests(values)
+    fixed.update(path_vars)     # read (and unset) by the image's 99-runtimevars.sh
     fixed.update(overrides)
     return EnvDelta(set=fixed, overrides=overrides, keep_only=CLEAN_KEEP if cleanenv else None,
                     copy=list(pass_names))
@@ -129,10 +198,13 @@ def environment_delta(environ: dict[str, str], *, cleanenv: bool, user_env: dict
 
 def container_environment(environ: dict[str, str], *, cleanenv: bool, user_env: dict[str, str],
                           home: str, user: str, image_path: str, ld_paths: list[str] = (),
-                          bin_paths: list[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+                          bin_paths: list[str] = (), action: str = "",
+                          bind_targets: list[str] = (), no_eval: bool = False
+                          ) -> tuple[dict[str, str], dict[str, str]]:
     """Returns (environment to exec with, overrides to re-apply after the image's env scripts)."""
     delta = environment_delta(environ, cleanenv=cleanenv, user_env=user_env, home=home, user=user,
-                              image_path=image_path, ld_paths=ld_paths, bin_paths=bin_paths)
+                              image_path=image_path, ld_paths=ld_paths, bin_paths=bin_paths,
+                              action=action, bind_targets=bind_targets, no_eval=no_eval)
     return apply_delta(delta, environ), dict(delta.overrides)
 
 

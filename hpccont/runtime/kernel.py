@@ -55,6 +55,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
 
 # <sys/mount.h>
 MS_RDONLY = 0x1
@@ -130,6 +131,11 @@ def pivot_root(new_root: str, put_old: str) -> None:
     if nr is None:
         raise OSError(38, f"pivot_root: unknown syscall number on {os.uname().machine}")
     _check(_libc.syscall(c_long(nr), new_root.encode(), put_old.encode()), "pivot_root")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, c_ulong(len(raw))), "sethostname")
 
 
 def prctl(option: int, arg2: int = 0) -> None:

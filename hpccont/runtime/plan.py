@@ -31,18 +31,49 @@ def make_plan(req: ContainerRequest, cfg: dict[str, dict], environ: dict[str, st
     additions = _host_additions(req, cfg, environ, image)
     if req.app:
         additions.extend(_app_additions(req.app))
+    _check_namespaces(req, cfg)
     mounts = _mounts(req, cfg, ident, home_src, home_dst, cwd, additions)
     env, overrides = container_environment(
         environ, cleanenv=req.cleanenv, user_env=req.env, home=ident.home, user=ident.user,
-        image_path=image.path, ld_paths=additions.ld_library_path, bin_paths=additions.path)
+        image_path=image.path, ld_paths=additions.ld_library_path, bin_paths=additions.path,
+        action=req.action, bind_targets=[b.dst for b in req.binds], no_eval=req.no_eval)
     env.update(additions.env)
     overrides.update(additions.env)
+    if req.shell and req.action == "shell":
+        env["APPTAINER_SHELL"] = env["SINGULARITY_SHELL"] = req.shell
     env_dirs = ["/.singularity.d/env"] + ([f"/scif/apps/{req.app}/scif/env"] if req.app else [])
+    warnings = list(additions.warnings)
+    cgroup = None
+    if req.cpus or req.memory:
+        from .limits import plan_limits
+        cgroup, warning = plan_limits(req.cpus, req.memory, environ)
+        if warning:
+            warnings.append(warning)
     return LaunchPlan(image=image, mode=mode, identity=ident, mounts=mounts, env=env,
                       env_overrides=overrides, env_dirs=env_dirs,
                       cwd=_workdir(req, mounts, cwd, ident.home), argv=_argv(req),
                       writable_tmpfs=req.writable_tmpfs, join=req.join,
-                      warnings=list(additions.warnings))
+                      warnings=warnings, pid=req.pid, init=not req.no_init, ipc=req.ipc,
+                      uts=req.uts or bool(req.hostname), hostname=req.hostname, net=req.net,
+                      umask=0o022 if req.no_umask else None, action=req.action,
+                      message_level=req.message_level, cgroup=cgroup)
+
+
+def _check_namespaces(req: ContainerRequest, cfg: dict[str, dict]) -> None:
+    """Apptainer's --network types other than "none" need CNI plugins and a privileged
+    set-up: refused in one line.  A shared container (--join, instances) has its namespaces
+    already: --pid, --ipc, --uts and --net cannot change them."""
+    if req.network is not None:
+        types = [t.strip() for t in req.network.split(",") if t.strip()]
+        if types != ["none"]:
+            raise PolicyError(f"--network {req.network}: only 'none' is available (a network "
+                              "namespace with loopback only)")
+    if req.join and (req.pid or req.net or req.uts or req.ipc) and req.action != "start":
+        raise UsageError("--pid, --ipc, --uts and --net cannot be used with --join or an "
+                         "instance: the shared container has its namespaces already")
+    if req.hostname is not None and (not req.hostname or len(req.hostname) > 64
+                                     or "/" in req.hostname):
+        raise UsageError(f"--hostname {req.hostname!r}: not a valid host name")
 
 
 def _open_image(path: str, cfg: dict[str, dict]) -> ImageSource:
@@ -129,26 +160,72 @@ def _app_additions(app: str) -> HostAdditions:
     return HostAdditions(env=env, path=[env["SCIF_APPBIN"]], ld_library_path=[env["SCIF_APPLIB"]])
 
 
+# --no-mount names (Apptainer's) -> the default mounts they leave out
+NO_MOUNT_TARGETS = {"proc": ("/proc",), "sys": ("/sys",), "dev": ("/dev",),
+                    "tmp": ("/tmp", "/var/tmp")}
+NO_MOUNT_NAMES = ("proc", "sys", "dev", "devpts", "tmp", "home", "cwd", "hostfs", "bind-paths")
+
+
+def _no_mount(req: ContainerRequest, additions: HostAdditions) -> set:
+    """--no-mount LIST as data: the names given (unknown ones: one warning each, as Apptainer)."""
+    names = set()
+    for item in req.no_mount:
+        if item in NO_MOUNT_NAMES or item.startswith("/"):
+            names.add(os.path.normpath(item) if item.startswith("/") else item)
+        else:
+            additions.warnings.append(f"--no-mount: ignoring unknown mount type {item!r}")
+    return names
+
+
 def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) -> list[Mount]:
+    """The mount list.  As Apptainer: --contain (and --containall) give a private, empty
+    $HOME (unless --home names one) and private /tmp and /var/tmp (from --workdir when given),
+    and no working-directory bind; --pid mounts a /proc of the new PID namespace."""
     mcfg = cfg["mounts"]
     contain = req.contain or req.containall
-    out = M.default_mounts(mcfg, contain=contain)
-    if req.mount_home and not req.containall and mcfg["home"]:
+    skip = _no_mount(req, additions)
+    out = []
+    for m in M.default_mounts(mcfg, contain=contain):
+        if any(m.target in NO_MOUNT_TARGETS.get(name, ()) for name in skip):
+            continue
+        if m.why == "default: host file" and ("bind-paths" in skip or m.target in skip):
+            continue
+        if m.target == "/proc" and req.pid:
+            m = Mount(kind="proc", target="/proc", why="--pid: /proc of the PID namespace")
+        if m.target in M.CONTAINED_TMP and contain and req.workdir:
+            m = Mount(kind="bind", target=m.target, source=_workdir_sub(
+                req.workdir, "tmp" if m.target == "/tmp" else "var_tmp", 0o1777),
+                why="--workdir with --contain")
+        out.append(m)
+    if req.mount_home and mcfg["home"] and "home" not in skip and (home_src or not contain):
         src = home_src or ident.home
         if home_src:
             _check_home_source(mcfg, home_src, home_dst)
         if os.path.isdir(src):
             out.append(Mount(kind="bind", target=home_dst or ident.home, source=src,
                              why="--home" if home_src else "default: home directory"))
-    elif req.containall or not req.mount_home:
+    elif contain or not req.mount_home or "home" in skip:
         out.append(Mount(kind="tmpfs", target=ident.home, why="private home (no host home)"))
-    if (mcfg["cwd"] and not contain and cwd not in ("/",) and not any(
+    if (mcfg["cwd"] and not contain and "cwd" not in skip and cwd not in ("/",) and not any(
             m.kind == "bind" and M.under(cwd, m.target) and m.source == m.target for m in out)):
         out.append(Mount(kind="bind", target=cwd, source=cwd, why="default: working directory"))
     for spec in mcfg["binds"]:
         for b in M.parse_binds([spec]):
+            if "bind-paths" in skip or b.dst in skip:
+                continue
             out.append(M.Mount(kind="bind", target=b.dst, source=b.src, readonly=b.readonly,
                                optional=True, why="site config: mounts.binds"))
+    for d in req.scratch:
+        target = os.path.normpath(d)
+        if not target.startswith("/"):
+            raise UsageError(f"--scratch {d!r}: must be an absolute path")
+        M.refuse_climbing(target)
+        if req.workdir:
+            base = _workdir_sub(req.workdir, "scratch", 0o750)
+            out.append(Mount(kind="bind", target=target, source=_workdir_sub(
+                base, target.strip("/"), 0o750), why="--scratch under --workdir"))
+        else:
+            out.append(Mount(kind="tmpfs", target=target, why="--scratch"))
     if req.binds and not mcfg["user_binds"]:
         raise PolicyError("user bind mounts are disabled by the site configuration")
     for b in req.binds:
@@ -160,6 +237,19 @@ def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) 
     out.append(Mount(kind="passwd", target="/etc/passwd", why="identity: user entry"))
     out.append(Mount(kind="group", target="/etc/group", why="identity: group entry"))
     return M.dedupe(out)
+
+
+def _workdir_sub(workdir: str, name: str, mode: int) -> str:
+    """WORKDIR/name, made (as the caller) when missing, as Apptainer makes tmp, var_tmp and
+    scratch/DIR there."""
+    path = os.path.join(os.path.abspath(workdir), name)
+    try:
+        os.makedirs(path, exist_ok=True)
+        if mode & 0o1000:
+            os.chmod(path, mode)
+    except OSError as e:
+        raise BindError(f"--workdir {workdir}: cannot create {path}: {e.strerror}") from None
+    return path
 
 
 def _workdir(req: ContainerRequest, mounts: list[Mount], cwd: str, home: str) -> str:
@@ -186,6 +276,8 @@ def _argv(req: ContainerRequest) -> list[str]:
         return [TESTSCRIPT] + list(req.argv)
     if req.action == "start":
         return [STARTSCRIPT] + list(req.argv)
+    if req.shell:
+        return [req.shell] + list(req.argv)
     return ["/bin/sh"] + list(req.argv)   # shell: apply prefers /bin/bash when the image has it
 
 

@@ -74,3 +74,16 @@ class LaunchPlan:
     writable_tmpfs: bool = False
     join: str | None = None
     warnings: list[str] = factory(list)
+    # Apptainer's process flags (runtime/apply.py "Namespaces"): namespaces beyond user+mount,
+    # an init as PID 1 under --pid (unless --no-init), the host name, the umask, the action
+    # (run/test fall back as Apptainer's action script does), the message level (-q/-s).
+    pid: bool = False
+    init: bool = True
+    ipc: bool = False
+    uts: bool = False
+    hostname: str | None = None
+    net: bool = False
+    umask: int | None = None
+    action: str = "exec"
+    message_level: int = 1
+    cgroup: dict | None = None        # {"path": DIR, "files": {name: value}} to join first

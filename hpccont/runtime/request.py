@@ -46,3 +46,21 @@ class ContainerRequest:
     join: str | None = None                  # key: tasks with the same key share one container
     dry_run: bool = False
     debug: bool = False
+    # Apptainer's namespace and process flags (docs/runtime.md "Apptainer's flags").
+    pid: bool = False                           # --pid: a PID namespace (with an init, --no-init: without)
+    no_init: bool = False
+    ipc: bool = False                           # --ipc
+    uts: bool = False                           # --uts (implied by --hostname)
+    hostname: str | None = None
+    net: bool = False                           # --net: a network namespace
+    network: str | None = None               # --network: only "none" (loopback only)
+    no_umask: bool = False                      # --no-umask: 0022 instead of the caller's umask
+    no_eval: bool = False                       # --no-eval: values set as given (always the case)
+    no_mount: list[str] = factory(list)        # --no-mount proc,sys,dev,home,tmp,cwd,bind-paths,/PATH
+    scratch: list[str] = factory(list)         # --scratch DIR: an empty directory (under --workdir)
+    workdir: str | None = None               # --workdir: /tmp, /var/tmp (with --contain) from here
+    rocm: bool = False                          # --rocm: the host's AMD GPU stack
+    cpus: str | None = None                  # --cpus N (a delegated cgroup, else a warning)
+    memory: str | None = None                # --memory BYTES[kKmMgG]
+    shell: str | None = None                 # --shell for `shell` ($APPTAINER_SHELL)
+    message_level: int = 1                      # -q -1 (no notes), -s -3 (errors only)

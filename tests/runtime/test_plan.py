@@ -172,8 +172,13 @@ def test_env_file(tmp_path):
     f = tmp_path / "env"
     f.write_text("# comment\n\nA=1\nexport B='two words'\nC=\"x=y\"\n")
     assert E.read_env_file(str(f)) == {"A": "1", "B": "two words", "C": "x=y"}
+    # a shell script, as Apptainer evaluates it: host variables visible but not passed on
+    # unless assigned, set -a, commands refused
+    f.write_text('D="$HOSTV/x"\nexport E\nif [ -n "$HOSTV" ]; then F=yes; fi\nPWD=/no\n')
+    assert E.read_env_file(str(f), {"HOSTV": "h", "E": "e", "OTHER": "o"}) == {
+        "D": "h/x", "E": "e", "F": "yes"}
     f.write_text("1BAD=x\n")
-    with pytest.raises(UsageError, match="line 1"):
+    with pytest.raises(UsageError, match="command"):
         E.read_env_file(str(f))
     with pytest.raises(UsageError, match="No such file"):
         E.read_env_file(str(tmp_path / "missing"))
@@ -194,7 +199,7 @@ def test_cli_parser():
     assert req.env == {"X": "1", "Y": "2"} and req.cleanenv and req.pwd == "/w"
     assert req.image == "img.sif" and req.argv == ["cmd", "--bind", "-x"]
     for bad, msg in ((["--bogus", "i"], "unknown option --bogus"), (["--pwd"], "needs a value"),
-                     (["--nv=1", "i"], "takes no value"), ([], "missing image"),
+                     (["--nv=maybe", "i"], "takes no value"), ([], "missing image"),
                      (["--mpi", "x", "i"], "hybrid or bind")):
         with pytest.raises(UsageError, match=msg):
             build_request("exec", bad, environ={})

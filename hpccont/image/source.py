@@ -58,6 +58,11 @@ def open_image(path: str) -> ImageSource:
         raw = os.pread(fd, FIRST_READ, 0)
         if raw[:4] == SQUASHFS_MAGIC:
             return _squashfs_source(path, apath, raw, st.st_size)
+        start = _legacy_image_offset(raw)
+        if start:
+            _check_squashfs(path, raw[start:], st.st_size - start, "Singularity 2 image")
+            return ImageSource(kind="squashfs", path=apath, offset=start,
+                               size=st.st_size - start, fs_type="squashfs")
         if sif.looks_like_sif(raw):
             return _sif_source(path, apath, raw, st.st_size, fd)
     except OSError as e:
@@ -67,6 +72,15 @@ def open_image(path: str) -> ImageSource:
     if not raw:
         raise ImageError(f"{path}: empty file, not an image")
     raise ImageError(f"{path}: not a SIF, squashfs or sandbox image")
+
+
+def _legacy_image_offset(raw: bytes) -> int:
+    """Singularity 2.4-2.6 images ("simg"): a ``#!/usr/bin/env run-singularity`` line and the
+    squashfs filesystem right after it.  Returns its offset, 0 when ``raw`` is no such file."""
+    if not raw.startswith(b"#!"):
+        return 0
+    end = raw.find(b"\n", 0, 256)
+    return end + 1 if end > 0 and raw[end + 1:end + 5] == SQUASHFS_MAGIC else 0
 
 
 def _squashfs_source(path: str, apath: str, raw: bytes, size: int) -> ImageSource:

@@ -574,4 +574,6 @@ def _which(cmd: str, path: str) -> str:
         candidate = f"{d or '.'}/{cmd}"
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
-    raise CommandNotFound(f"{cmd}: command not found in the container")
+    # (Apptainer's wording in parentheses: clients such as cwltool look for it)
+    raise CommandNotFound(f"{cmd}: command not found in the container "
+                          "(executable file not found in $PATH)")

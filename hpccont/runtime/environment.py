@@ -223,6 +223,10 @@ def env_script(overrides: dict[str, str], ld_paths: list[str],
         # host libraries (--nv, MPI bind mode) must stay first even if the image reset the path
         lines.append(f'export LD_LIBRARY_PATH={shell_quote(":".join(ld_paths))}'
                      '${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}')
+    # each LD_LIBRARY_PATH entry once (the launch and 99-base.sh both add /.singularity.d/libs)
+    lines.append('_hl=; _ho=$IFS; IFS=:; for _hp in ${LD_LIBRARY_PATH:-}; do case ":$_hl:" in '
+                 '*":$_hp:"*) ;; *) _hl=${_hl:+$_hl:}$_hp ;; esac; done; IFS=$_ho; '
+                 '[ -n "$_hl" ] && export LD_LIBRARY_PATH="$_hl"; unset _hl _ho _hp')
     lines.append('command -v "$1" >/dev/null 2>&1 || '
                  '{ echo "hpccont: $1: command not found in the container" >&2; exit 127; }')
     lines.append('exec "$@"')

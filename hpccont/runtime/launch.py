@@ -42,7 +42,7 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None) -> int:
     if req.debug:
         from .apply import Step
         Step(debug=True)("plan made (interpreter, imports, parsing, config, image, planning)")
-    for w in plan.warnings:
+    for w in plan.warnings if req.message_level > -3 else ():   # -s: errors only
         sys.stderr.write(f"hpccont: warning: {w}\n")
     if req.dry_run or req.debug:
         import json

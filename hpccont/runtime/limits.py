@@ -67,32 +67,32 @@ def plan_limits(cpus: str | None, memory: str | None, environ, root: str = CGROU
         files["memory.max"] = str(parse_memory(memory))
     asked = " and ".join(n for n, v in (("--cpus", cpus), ("--memory", memory)) if v)
     in_job = next((v for v in ("SLURM_JOB_ID", "PBS_JOBID") if environ.get(v)), None)
-    why = _why_not(files, root, proc_self)
-    if isinstance(why, str):
+    parent, why = _delegated_parent(files, root, proc_self)
+    if parent is None:
         where = (f"; inside this batch job ({in_job}={environ[in_job]}) the job's own limits "
                  "apply") if in_job else ""
         return None, f"{asked} not applied: {why}{where}"
-    return {"path": os.path.join(why, f"hpccont-{os.getpid()}"), "files": files}, None
+    return {"path": os.path.join(parent, f"hpccont-{os.getpid()}"), "files": files}, None
 
 
-def _why_not(files: dict, root: str, proc_self: str):
-    """The cgroup directory to create the child in, or a string saying why there is none."""
+def _delegated_parent(files: dict, root: str, proc_self: str) -> tuple:
+    """(the cgroup directory to create the child in, None) or (None, why there is none)."""
     rel = own_cgroup(proc_self)
     if rel is None or not os.path.isfile(os.path.join(root, "cgroup.controllers")):
-        return "no unified cgroup (v2) hierarchy on this host"
+        return None, "no unified cgroup (v2) hierarchy on this host"
     parent = os.path.join(root, rel.lstrip("/"))
     try:
         with open(os.path.join(parent, "cgroup.controllers")) as f:
             available = set(f.read().split())
     except OSError:
-        return f"cgroup {rel} cannot be read"
+        return None, f"cgroup {rel} cannot be read"
     missing = sorted({name.split(".")[0] for name in files} - available)
     if missing:
-        return f"your cgroup {rel} does not offer the {', '.join(missing)} controller"
+        return None, f"your cgroup {rel} does not offer the {', '.join(missing)} controller"
     if not (os.access(parent, os.W_OK) and os.access(os.path.join(parent, "cgroup.procs"),
                                                      os.W_OK)):
-        return f"your cgroup {rel} is not delegated to you"
-    return parent
+        return None, f"your cgroup {rel} is not delegated to you"
+    return parent, None
 
 
 def join_cgroup(spec: dict) -> None:

@@ -43,6 +43,9 @@ def make_plan(req: ContainerRequest, cfg: dict[str, dict], environ: dict[str, st
         env["APPTAINER_SHELL"] = env["SINGULARITY_SHELL"] = req.shell
     env_dirs = ["/.singularity.d/env"] + ([f"/scif/apps/{req.app}/scif/env"] if req.app else [])
     warnings = list(additions.warnings)
+    if req.rocm:
+        warnings.append("--rocm: AMD GPU support is not available in this hpccont; "
+                        "nothing of the host's ROCm stack is bound")
     cgroup = None
     if req.cpus or req.memory:
         from .limits import plan_limits

@@ -190,6 +190,8 @@ def environment_delta(environ: dict[str, str], *, cleanenv: bool, user_env: dict
     values = injected(environ)
     values.update(user_env)
     overrides, path_vars = path_requests(values)
+    if overrides.get("LD_LIBRARY_PATH"):   # as Apptainer's injected variables do
+        overrides["LD_LIBRARY_PATH"] += ":" + CONTAINER_LIBS
     fixed.update(path_vars)     # read (and unset) by the image's 99-runtimevars.sh
     fixed.update(overrides)
     return EnvDelta(set=fixed, overrides=overrides, keep_only=CLEAN_KEEP if cleanenv else None,

@@ -18,6 +18,7 @@ import stat
 import subprocess
 
 from . import elf
+from .schedulers.slurm.conf import SlurmConf
 TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -138,77 +139,6 @@ class Context:
 
 # -------------------------------------------------------------------------------------------
 # slurm.conf and plugstack.conf
-
-_ENTITIES = ("nodename", "partitionname", "nodeset", "downnodes", "frontendname", "switchname")
-
-
-class SlurmConf:
-    """The parts of slurm.conf doctor needs: global keys (case-insensitive) and node lines."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.ok = False
-        self.error = ""
-        self.values: Dict[str, str] = {}
-        self.nodes: List[Dict[str, str]] = []
-
-    @property
-    def dir(self) -> str:
-        return os.path.dirname(os.path.abspath(self.path))
-
-    def get(self, key: str, default: Optional[str] = None) -> Optional[str]:
-        return self.values.get(key.lower(), default)
-
-    def list(self, key: str) -> List[str]:
-        return [v.strip() for v in (self.get(key) or "").split(",") if v.strip()]
-
-    @classmethod
-    def read(cls, path: str) -> "SlurmConf":
-        conf = cls(path)
-        try:
-            conf._read(path, 0)
-            conf.ok = True
-        except OSError as e:
-            conf.error = f"cannot read {path}: {e.strerror}"
-        return conf
-
-    def _read(self, path: str, depth: int) -> None:
-        with open(path) as f:
-            lines = f.read().splitlines()
-        for raw in lines:
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            if line.lower().startswith("include ") and depth < 8:
-                target = self.expand_include(line.split(None, 1)[1].strip())
-                for inc in sorted(glob.glob(target)):
-                    try:
-                        self._read(inc, depth + 1)
-                    except OSError:
-                        pass
-                continue
-            pairs = _pairs(line)
-            if not pairs:
-                continue
-            if pairs[0][0].lower() in _ENTITIES:
-                if pairs[0][0].lower() == "nodename":
-                    self.nodes.append({k.lower(): v for k, v in pairs})
-                continue
-            for k, v in pairs:
-                self.values[k.lower()] = v
-
-    def expand_include(self, target: str) -> str:
-        return target if os.path.isabs(target) else os.path.join(self.dir, target)
-
-
-def _pairs(line: str) -> List[Tuple[str, str]]:
-    out = []
-    for word in re.findall(r'(?:[^\s"]+|"[^"]*")+', line):
-        k, sep, v = word.partition("=")
-        if sep:
-            out.append((k, v.strip('"')))
-    return out
-
 
 class PlugstackLine:
     __slots__ = ("file", "lineno", "kind", "path", "args")

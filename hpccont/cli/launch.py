@@ -299,4 +299,10 @@ def _split_env_list(item: str) -> list[str]:
 
 def main(action: str, argv: list[str]) -> int:
     from ..runtime.launch import launch
-    return launch(build_request(action, argv))
+    req = build_request(action, argv)
+    if "SLURM_STEP_ID" in os.environ:
+        # Run as a task of a Slurm step (``srun container-exec ...``, ``srun hpccont exec``):
+        # the step's PMIx directories are bound as for the plugin's own tasks.
+        from ..schedulers.slurm.task import step_binds_of_environment
+        req.scheduler_binds += step_binds_of_environment(os.environ)
+    return launch(req)

@@ -158,13 +158,28 @@ def options_from_env(environ: Mapping[str, str]) -> Dict[str, Optional[str]]:
     return found
 
 
-def resolve_image(image: str, submit_dir: str, image_dirs: List[str]) -> str:
+# Image references a registry serves (image/registry): pulled into the cache, then run as SIFs.
+REGISTRY_SCHEMES = ("docker://", "oras://")
+
+
+def is_registry_ref(image: str) -> bool:
+    return image.startswith(REGISTRY_SCHEMES)
+
+
+def resolve_image(image: str, submit_dir: str, image_dirs: List[str],
+                  environ: Optional[Mapping[str, str]] = None) -> str:
     """Turn what the user typed into an absolute image path.
 
-    Absolute paths stay; relative paths that exist under the submit directory are taken from
-    there; a bare name (``pytorch``) is looked up as ``NAME``, ``NAME.sif``... in the site's
-    image directories.
+    A registry reference (``docker://``, ``oras://``) is pulled into the cache (once per image:
+    every task, step and node of a job sharing the cache waits for the first pull) and its SIF
+    path returned.  Absolute paths stay; relative paths that exist under the submit directory
+    are taken from there; a bare name (``pytorch``) is looked up as ``NAME``, ``NAME.sif``... in
+    the site's image directories.
     """
+    if is_registry_ref(image):
+        from ..image.registry import pull_to_cache
+        return pull_to_cache(image, quiet=True,
+                             environ=os.environ if environ is None else environ)
     if os.path.isabs(image):
         candidates = [image]
     else:

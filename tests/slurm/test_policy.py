@@ -97,6 +97,29 @@ def test_step_files_are_bound_where_slurm_keeps_them(make_image, tmp_path):
     assert "PMIX_MCA_gds" not in plan.request.env
 
 
+def test_pmix_dirs_found_by_slurms_layout_before_the_tasks_exist(make_image, tmp_path):
+    """prepare runs before Slurm gives tasks their PMIX_* variables: the step's directories
+    are found from slurm.conf (per-node %n paths too), as Slurm's PMIx plugin makes them."""
+    img = make_image(tmp_path)
+    spool, tmpfs = tmp_path / "spool" / "node2", tmp_path / "tmpfs" / "node2"
+    server = spool / "pmix.9.0"
+    client = tmpfs / f"spmix_appdir_{os.getuid()}_9.0"
+    for d in (server, client, tmp_path / "spool" / "node2" / "pmix.8.0"):
+        d.mkdir(parents=True)
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(f"SlurmdSpoolDir={tmp_path}/spool/%n  # per node\nTmpFS={tmp_path}/tmpfs/%n\n")
+    env = {"SLURM_CONF": str(conf), "SLURMD_NODENAME": "node2",
+           "SLURM_PMIX_MAPPING_SERV": "(vector,(0,1,2))"}
+    plan = slurm.plan_task(slurm.parse_step("9.0"), ARGS, {"container": str(img)}, ["a.out"],
+                           env, "/")
+    assert sorted(b.src for b in plan.request.scheduler_binds) == sorted([str(server), str(client)])
+    # Not a PMIx step: nothing of Slurm's is bound.
+    del env["SLURM_PMIX_MAPPING_SERV"]
+    plan = slurm.plan_task(slurm.parse_step("9.0"), ARGS, {"container": str(img)}, ["a.out"],
+                           env, "/")
+    assert plan.request.scheduler_binds == []
+
+
 @pytest.mark.parametrize("spank,env,word", [
     ({"container": ""}, {}, "--container needs a value"),
     ({}, {"HPCCONT_CONTAINER": ""}, "--container needs a value"),

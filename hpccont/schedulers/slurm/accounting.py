@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 from ...errors import HpccontError, SchedulerError
 from ...record import record
-from ..common import OPTION_TABLE, env_name
+from ..common import OPTION_TABLE, env_name, is_registry_ref
 from .plugin import JobIdentity, PluginArgs, StepId
 from .task import CWD_VAR, find_image, image_kind, job_options, skip_reason
 
@@ -31,10 +31,17 @@ class AccountingEntry:
     size: int
     options: Dict[str, Optional[str]]
     error: str = ""
+    reference: str = ""          # docker://... or oras://... as the job named it
+    manifest_digest: str = ""    # the registry's digest of what was pulled for it
 
 
 # The job variables ``account`` reads (it gets them as arguments; see spank_plugin/stepd_side.c).
-ACCOUNTING_ENV = ("PWD", "SLURM_SUBMIT_DIR", "SLURM_JOB_USER", CWD_VAR)
+ACCOUNTING_ENV = ("PWD", "SLURM_SUBMIT_DIR", "SLURM_JOB_USER", "SLURM_JOB_ID", CWD_VAR,
+                  # for an image a registry serves: the user's cache, CA and credentials, used
+                  # only by the child that has become the user (see locate_image_as_user)
+                  "HPCCONT_CACHEDIR", "APPTAINER_CACHEDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                  "DOCKER_CONFIG", "HPCCONT_DOCKER_USERNAME", "HPCCONT_DOCKER_PASSWORD",
+                  "APPTAINER_DOCKER_USERNAME", "APPTAINER_DOCKER_PASSWORD", "HPCCONT_NOHTTPS")
 
 
 def accounting_environ(jobenv: Mapping[str, str]) -> Dict[str, str]:
@@ -101,27 +108,39 @@ def file_digest(fd: int, log: str) -> Tuple[str, int]:
 
 
 def locate_image(image: str, environ: Mapping[str, str], cwd: str,
-                 image_dirs: List[str]) -> Tuple[str, str, int]:
-    """Find and open the image as the calling process: (path, kind, fd)."""
+                 image_dirs: List[str]) -> Tuple[str, str, int, str]:
+    """Find and open the image as the calling process: (path, kind, fd, manifest digest).
+    A registry reference resolves to its SIF in the cache (the step's prepare pulls it at the
+    same time; the cache makes it one pull), whose manifest digest is recorded too."""
     from ...privsep import open_checked
     path = find_image(image, environ, cwd, image_dirs)
     kind = image_kind(path)
     fd, real = open_checked(path, "dir" if kind == "sandbox" else "file")
-    return path, kind, fd
+    digest = ""
+    if is_registry_ref(image):
+        from ...image.registry.pull import describe
+        digest = str(describe(path).get("digest", ""))
+    return path, kind, fd, digest
 
 
 def locate_image_as_user(ident: JobIdentity, image: str, environ: Mapping[str, str], cwd: str,
-                         image_dirs: List[str]) -> Tuple[str, str, int]:
+                         image_dirs: List[str], timeout: float = 30) -> Tuple[str, str, int, str]:
     """locate_image in a child that is the job's user: root gets the descriptor, never opens
     the user's path itself (a root-only file stays unread, a FIFO cannot hang the step)."""
+    import pwd
     from ...privsep import run_as_user
+    env = dict(environ)
+    try:
+        env.setdefault("HOME", pwd.getpwuid(ident.uid).pw_dir)
+    except KeyError:
+        pass
 
     def as_user():
-        path, kind, fd = locate_image(image, environ, cwd, image_dirs)
-        return f"{kind}\0{path}", [fd]
-    text, fds = run_as_user(as_user, ident.uid, ident.gid, ident.groups)
-    kind, _, path = text.partition("\0")
-    return path, kind, fds[0]
+        path, kind, fd, digest = locate_image(image, env, cwd, image_dirs)
+        return f"{kind}\0{path}\0{digest}", [fd]
+    text, fds = run_as_user(as_user, ident.uid, ident.gid, ident.groups, timeout=timeout)
+    kind, path, digest = text.split("\0", 2)
+    return path, kind, fds[0], digest
 
 
 def make_entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
@@ -151,11 +170,16 @@ def make_entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
     cwd = environ.get("PWD") or environ.get("SLURM_SUBMIT_DIR") or "/"
     fd = -1
     try:
+        if is_registry_ref(opts.image or ""):
+            rec.reference = opts.image or ""
         if ident is None:
-            rec.image, rec.kind, fd = locate_image(opts.image or "", environ, cwd, args.image_dirs)
+            rec.image, rec.kind, fd, rec.manifest_digest = locate_image(
+                opts.image or "", environ, cwd, args.image_dirs)
         else:
-            rec.image, rec.kind, fd = locate_image_as_user(ident, opts.image or "", environ, cwd,
-                                                           args.image_dirs)
+            # A pull may take as long as prepare is allowed to.
+            rec.image, rec.kind, fd, rec.manifest_digest = locate_image_as_user(
+                ident, opts.image or "", environ, cwd, args.image_dirs,
+                timeout=args.prepare_timeout if rec.reference else 30)
         if rec.kind != "sandbox":
             rec.sha256, rec.size = file_digest(fd, args.accounting)
     except (HpccontError, OSError) as e:
@@ -181,7 +205,9 @@ def append_entry(rec: AccountingEntry, log: str) -> None:
 
 
 def admin_comment(rec: AccountingEntry) -> str:
-    return f"hpccont:{rec.image}@sha256:{rec.sha256 or '-'}"
+    """``hpccont:IMAGE@sha256:DIGEST`` (IMAGE: the registry reference when the job named one;
+    DIGEST: of the file run, the SIF the reference was converted to)."""
+    return f"hpccont:{rec.reference or rec.image}@sha256:{rec.sha256 or '-'}"
 
 
 def set_admin_comment(rec: AccountingEntry, args: PluginArgs) -> None:

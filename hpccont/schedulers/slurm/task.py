@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 from ...errors import HpccontError, ImageError, UsageError
 from ...record import factory, record
-from ..common import JobOptions, options_from_env, parse_options, resolve_image, starts_own_container
+from ..common import (JobOptions, is_registry_ref, options_from_env, parse_options, resolve_image,
+                      starts_own_container)
 from .plugin import STEP_KINDS, PluginArgs, StepId
 
 # Variable set in every wrapped task: which step's container it runs in.
@@ -83,6 +84,8 @@ def search_dirs(environ: Mapping[str, str], cwd: str) -> List[str]:
 
 def find_image(image: str, environ: Mapping[str, str], cwd: str, image_dirs: List[str]) -> str:
     """common.resolve_image takes one submit directory; a step has several candidates."""
+    if is_registry_ref(image):
+        return resolve_image(image, cwd, [], environ)
     dirs = search_dirs(environ, cwd)
     for d in dirs[:-1]:
         try:
@@ -122,9 +125,12 @@ def tasks_on_this_node(environ: Mapping[str, str]) -> int:
 
 # Variables through which Slurm's MPI plugins name directories their servers made for this
 # step; the tasks' MPI libraries open them at the same paths, so each is bound where it is.
-# (PMIx: the server's rendezvous dir in SlurmdSpoolDir/pmix.J.S and the client dirs under
-# TmpFS; PMI2 needs only its inherited socket.)
+# (PMI2 needs only its inherited socket.)
 STEP_DIR_VARS = ("PMIX_SERVER_TMPDIR", "PMIX_SYSTEM_TMPDIR", "SLURM_PMIX_TMPDIR", "PMIX_TMPDIR")
+# A PMIx step's job environment carries these before the tasks get the PMIX_* variables; prepare
+# (run before any task exists) sees only them, and finds the directories by Slurm's layout:
+# SlurmdSpoolDir/pmix.JOB.STEP (the server's rendezvous) and TmpFS/spmix_appdir_UID_JOB.STEP.
+PMIX_STEP_VARS = ("PMIX_SERVER_TMPDIR", "SLURM_PMIX_MAPPING_SERV", "SLURM_PMIXP_ABORT_AGENT_PORT")
 
 # PMIx MCA aliases: Slurm's server exports the legacy names, PMIx >= 4 clients in an image read
 # the MCA ones (as enroot's PMIx hook sets them).
@@ -140,12 +146,38 @@ def step_binds(step: StepId, program: List[str], environ: Mapping[str, str]) -> 
     out = []
     if step.kind == "batch" and program and os.path.isabs(program[0]):
         out.append(Bind(program[0], program[0], readonly=True))
-    for var in STEP_DIR_VARS:
-        d = os.path.normpath(environ.get(var, "") or ".")
+    dirs = [environ.get(var, "") for var in STEP_DIR_VARS] + pmix_step_dirs(step, environ)
+    for d in dirs:
+        d = os.path.normpath(d or ".")
         if os.path.isabs(d) and d != "/" and os.path.isdir(d) and \
                 all(b.src != d for b in out):
             out.append(Bind(d, d))
     return out
+
+
+def step_binds_of_environment(environ: Mapping[str, str]) -> list:
+    """step_binds for a process that is a task of a Slurm step by its environment (a launch
+    the plugin did not make): the step's PMIx directories, no batch script."""
+    job, step = environ.get("SLURM_JOB_ID", ""), environ.get("SLURM_STEP_ID", "")
+    if not job.isdigit() or not step.isdigit():
+        return []
+    return step_binds(StepId(job, step), [], environ)
+
+
+def pmix_step_dirs(step: StepId, environ: Mapping[str, str]) -> List[str]:
+    """The directories Slurm's PMIx plugin made for this step on this node (see PMIX_STEP_VARS);
+    [] for other steps, or when slurm.conf cannot be read."""
+    if not any(v in environ for v in PMIX_STEP_VARS):
+        return []
+    from . import conf as slurm_conf
+    conf = slurm_conf.find(environ)
+    if conf is None:
+        return []
+    node = slurm_conf.node_name(environ)
+    key = f"{step.job}.{step.step}"
+    return [os.path.join(slurm_conf.node_dir(conf, "SlurmdSpoolDir", node), f"pmix.{key}"),
+            os.path.join(slurm_conf.node_dir(conf, "TmpFS", node),
+                         f"spmix_appdir_{os.getuid()}_{key}")]
 
 
 def step_env(environ: Mapping[str, str]) -> Dict[str, str]:

@@ -494,8 +494,7 @@ def read_metadata(read: Reader, env_scripts: List[str], deffile: Optional[str] =
         legacy_env = text(LEGACY_FILES["environment"])
         if legacy_env is not None:
             environment["/" + LEGACY_FILES["environment"]] = legacy_env
-    if deffile is None:
-        deffile = text(INSPECT_FILES["deffile"])
+    deffile = text(INSPECT_FILES["deffile"]) if deffile is None else _trimmed(deffile)
     app_meta: Dict[str, Dict[str, object]] = {}
     for name, listing in sorted((apps or {}).items()):
         base = f"{SCIF_APPS}/{name}/scif"

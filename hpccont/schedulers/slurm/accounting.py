@@ -136,6 +136,9 @@ def locate_image_as_user(ident: JobIdentity, image: str, environ: Mapping[str, s
         pass
 
     def as_user():
+        # This child is the user: the job's values may act here (a registry client reads its
+        # CA bundle from the process environment).
+        os.environ.update(env)
         path, kind, fd, digest = locate_image(image, env, cwd, image_dirs)
         return f"{kind}\0{path}\0{digest}", [fd]
     text, fds = run_as_user(as_user, ident.uid, ident.gid, ident.groups, timeout=timeout)

@@ -138,7 +138,7 @@ def _fallback_state_dir(uid: int) -> str:
 def _read_token(path: str, owner: int | None = None) -> str | None:
     owner = os.geteuid() if owner is None else owner
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:

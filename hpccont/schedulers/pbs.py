@@ -659,14 +659,29 @@ def leftover_paths(key: str, site: dict, extra_dirs: List[str] = ()) -> List[str
     return sorted(found)
 
 
+def _home_of(uid: int) -> Optional[str]:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return None
+
+
 def join_state_files(key: str, images: List[str], site: dict, uid: Optional[int]) -> List[str]:
     """State files ``--join KEY`` leaves for IMAGE, named as the runtime names them."""
     from types import SimpleNamespace
-    from ..runtime.join import state_name
+    from ..runtime.join import state_name, user_state_dirs
     dirs = [site.get("runtime", {}).get("state_dir", "/run/hpccont")]
     if uid is not None:
-        # where the runtime keeps a non-root user's state
-        dirs += [f"/run/user/{uid}/hpccont-{uid}", f"/tmp/hpccont-{uid}"]
+        # where the runtime keeps a non-root user's state (its fallback directory too, named by
+        # a token in the user's cache: read by a child that is the user, never by root)
+        creds = credentials_for_uid(uid)
+        try:
+            text, _ = with_user_rights(creds, lambda: (
+                "\n".join(user_state_dirs(uid, _home_of(uid))), []))
+            dirs += [d for d in text.split("\n") if d]
+        except HpccontError:
+            dirs += user_state_dirs(uid, None)
     names = [state_name(SimpleNamespace(join=key, image=SimpleNamespace(path=i))) for i in images]
     return [os.path.join(d, n) for d in dirs for n in names if os.path.lexists(os.path.join(d, n))]
 

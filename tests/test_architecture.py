@@ -125,3 +125,14 @@ def test_c_option_table_is_the_python_one():
     c_options = {("container" if n == "HPCCONT_IMAGE_OPTION" else n.strip('"')): has == "1"
                  for n, _arg, has in entries}
     assert c_options == {name: takes for name, (_attr, takes) in OPTION_TABLE.items()}
+
+
+def test_readme_layout_names_every_top_level_module():
+    text = (helpers.REPO / "README.md").read_text()
+    layout = text[text.index("## Layout"):]
+    layout = layout[:layout.index("\n## ") if "\n## " in layout else len(layout)]
+    names = [p.name for p in PKG.iterdir()
+             if (p.suffix == ".py" and p.stem != "__init__") or
+             (p.is_dir() and (p / "__init__.py").exists())]
+    missing = [n for n in sorted(names) if (n if n.endswith(".py") else n + "/") not in layout]
+    assert not missing, f"README.md's layout does not mention {missing}"

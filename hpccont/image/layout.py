@@ -501,7 +501,8 @@ def read_metadata(read: Reader, env_scripts: List[str], deffile: Optional[str] =
         attrs: Dict[str, object] = {
             "environment": environment_of(listing, base),
             "labels": parse_labels(read(f"{base}/labels.json")),
-            "runscript": text(f"{base}/runscript"), "test": text(f"{base}/test"),
+            "runscript": text(f"{base}/runscript"), "startscript": text(f"{base}/startscript"),
+            "test": text(f"{base}/test"),
             "helpfile": text(f"{base}/runscript.help")}
         app_meta[name] = {k: v for k, v in attrs.items() if v}
     return Metadata(labels=parse_labels(read(INSPECT_FILES["labels"])), deffile=deffile,

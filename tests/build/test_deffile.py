@@ -99,7 +99,7 @@ def test_go_template_text_is_left_alone():
     ("Bootstrap: nosuch\n", 1, "unknown bootstrap agent"),
     ("Bootstrap: localimage\n", 1, "needs a 'From:'"),
     ("Bootstrap: debootstrap\n", 1, "OSVersion"),
-    ("Bootstrap: busybox\n%post\nx\n%post\ny\n", 4, "duplicate section %post"),
+        ("Bootstrap: busybox\n%post -c\nx\n", 2, "%post -c: expected"),
     ("Bootstrap: busybox\n%files from nowhere\n a b\n", 2, "no earlier stage"),
     ("Bootstrap: busybox\n%appinstall\n make\n", 2, "needs an app name"),
     ("Bootstrap: busybox\n%files\n a b c\n", 3, "expected 'SOURCE [DESTINATION]'"),
@@ -160,3 +160,72 @@ def test_fuzz_load_arbitrary_bytes(tmp_path_factory, data):
         deffile.load(str(p))
     except HpccontError:
         pass
+
+
+# ---- what Apptainer's parser accepts (its testdata_good corpus, as cases of our own) ----------
+
+def test_comments_after_header_lines_and_continuations():
+    d = parse("# before the header\nBootstrap: busybox   # a comment on the header line\n"
+              "Stage: one # named\nRegisterURL: https://scc.suse.com\nLibrary: https://lib.example\n"
+              "OtherURL12: http://o\nModules: a b\nInclude: curl \\\n  wget\n\n%post\n  true\n")
+    h = d.final.header
+    assert h["bootstrap"] == "busybox" and h["stage"] == "one"
+    assert h["registerurl"] == "https://scc.suse.com" and h["library"] == "https://lib.example"
+    assert h["otherurl12"] == "http://o" and h["modules"] == "a b"
+    assert d.final.includes() == ["curl", "wget"]
+
+
+def test_repeated_sections_are_joined():
+    """multiplescripts: %setup, %post and %runscript given twice are one section each."""
+    d = parse("Bootstrap: busybox\n%setup\n  touch $APPTAINER_ROOTFS/a\n%post\n  echo one\n"
+              "%runscript\n  echo Mock!\n\n%setup\n  touch $APPTAINER_ROOTFS/b\n"
+              "%post -c /bin/bash\n  echo two\n%runscript\n  exec echo \"$@\"\n"
+              "%apprun tool\n  a\n%apprun tool\n  b\n")
+    st = d.final
+    assert [s.name for s in st.sections].count("post") == 1
+    assert st.get("setup").body.split() == ["touch", "$APPTAINER_ROOTFS/a", "touch",
+                                            "$APPTAINER_ROOTFS/b"]
+    assert st.get("post").body == "  echo one\n  echo two"
+    assert st.get("post").interpreter == "/bin/bash"          # the later arguments apply
+    assert st.get("runscript").body == '  echo Mock!\n  exec echo "$@"'
+    assert st.apps["tool"]["apprun"].body == "  a\n  b"
+
+
+def test_section_arguments_interpreter_with_arguments_and_comment():
+    """sectionargs: '%post -c /bin/bash extra stuff here #comment'; '%post -c /bin/busybox sh'."""
+    d = parse("Bootstrap: busybox\n%post -c /bin/bash extra stuff here #comment\n  echo $0\n")
+    assert d.final.get("post").interpreter == "/bin/bash extra stuff here"
+    assert d.final.get("post").shell_argv() == ["/bin/bash", "extra", "stuff", "here"]
+    d = parse("Bootstrap: busybox\n%post -c /bin/busybox sh\n  echo hi\n")
+    assert d.final.get("post").shell_argv() == ["/bin/busybox", "sh"]
+
+
+def test_appstart_and_every_app_section():
+    d = parse("Bootstrap: busybox\n%appstart web\n  httpd -f\n%apprun web\n  echo run\n"
+              "%appinstall web\n  true\n")
+    assert set(d.final.apps["web"]) == {"appstart", "apprun", "appinstall"}
+    assert d.final.apps["web"]["appstart"].body == "  httpd -f"
+
+
+def test_quoted_files_and_comments_between_sections():
+    """quotedfiles / noheadercomments: quoted %files paths, comment lines anywhere."""
+    d = parse('Bootstrap: busybox\n# c1\n%files\n    "file 1" "with space 1"\n    file2\n'
+              '# c2\n%labels\nMaintainer Eduardo\n')
+    files = d.final.get("files")
+    assert [(a, b) for a, b, _ in files.file_pairs("x")] == [("file 1", "with space 1"),
+                                                             ("file2", "file2")]
+
+
+def test_arguments_are_per_stage():
+    """Each stage's %arguments default only that stage's variables (Apptainer reads them per
+    build stage); an %arguments above the first stage, and --build-arg, apply to all."""
+    text = ("%arguments\n  COMMON=c\nBootstrap: busybox\nStage: a\n%arguments\n  V=first\n"
+            "%post\n  echo {{ V }} {{ COMMON }}\nBootstrap: busybox\n%arguments\n  V=second\n"
+            "%post\n  echo {{ V }} {{ COMMON }}\n")
+    d = parse(text)
+    assert [s.get("post").body.strip() for s in d.stages] == ["echo first c", "echo second c"]
+    d = parse(text, build_args={"V": "given"})
+    assert [s.get("post").body.strip() for s in d.stages] == ["echo given c", "echo given c"]
+    with pytest.raises(BuildError, match="ONLY_A"):
+        parse("Bootstrap: busybox\n%arguments\n  ONLY_A=1\n%post\n  true\n"
+              "Bootstrap: busybox\n%post\n  echo {{ ONLY_A }}\n")

@@ -296,6 +296,7 @@ class BuildJob:
         if post is not None and opts.wants("post"):
             with self.progress.phase(f"{label}%post"):
                 sections.run_in_image(post, ctx, post.body)
+            stage.post_labels = sections.take_build_labels(ctx.rootfs)
         if stage.apps and opts.wants("post"):
             for app in scif.app_order(stage):
                 install = stage.apps[app].get("appinstall")
@@ -340,6 +341,7 @@ def metadata_values(stage: Stage, opts: BuildOptions, config) -> dict:
     if opts.wants("labels"):
         labels = dict(config.labels) if config is not None else {}
         labels.update(build_labels(stage, opts))
+        labels.update(getattr(stage, "post_labels", {}))     # $APPTAINER_LABELS in %post
         labels.update(parse_labels(stage.get("labels")))
         values["labels"] = labels
     return values

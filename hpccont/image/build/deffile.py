@@ -15,19 +15,20 @@ from . import templating
 # Sections of a stage, and which take an app name.
 SECTIONS = ("arguments", "setup", "files", "post", "environment", "runscript", "startscript",
             "test", "labels", "help")
-APP_SECTIONS = ("appinstall", "apprun", "appenv", "applabels", "apphelp", "appfiles", "apptest")
-# Sections that are shell scripts and accept ``-c INTERPRETER``.
+APP_SECTIONS = ("appinstall", "apprun", "appenv", "applabels", "apphelp", "appfiles", "apptest",
+                "appstart")
+# Sections that are shell scripts and accept ``-c INTERPRETER [ARGS]``.
 SCRIPT_SECTIONS = ("setup", "post", "test", "runscript", "startscript", "appinstall", "apprun",
-                   "apptest")
+                   "apptest", "appstart")
 REPEATABLE = ("files", "appfiles")
 
 # Header keywords: the ones the builder uses, and ones Apptainer agents use that are accepted so
 # that existing files parse (they only matter to agents hpccont does not have).
 HEADER_KEYS = ("bootstrap", "from", "osversion", "mirrorurl", "include", "stage")
 ACCEPTED_KEYS = ("fingerprints", "registry", "namespace", "updateurl", "includecmd", "confurl",
-                 "setopt", "product", "user", "regcode", "productpgp", "otherurl0", "otherurl1",
-                 "otherurl2", "otherurl3", "otherurl4", "otherurl5", "otherurl6", "otherurl7",
-                 "otherurl8", "otherurl9", "auth", "nohttps", "keyserver", "exclude", "arch")
+                 "setopt", "product", "user", "regcode", "productpgp", "registerurl", "library",
+                 "modules", "auth", "nohttps", "keyserver", "exclude", "arch")
+OTHERURL_RE = re.compile(r"^otherurl\d+$")    # Apptainer's "otherurl&n"
 
 # Agents that exist here, and registry agents that are recognised but need the network.
 BOOTSTRAP_AGENTS = ("busybox", "scratch", "localimage", "docker-archive", "oci-archive", "oci",
@@ -50,7 +51,11 @@ class Section:
     args: str = ""
     app: Optional[str] = None
     from_stage: Optional[str] = None       # %files from STAGE
-    interpreter: Optional[str] = None      # -c /bin/bash
+    interpreter: Optional[str] = None      # -c /bin/bash, -c "/bin/busybox sh"
+
+    def shell_argv(self) -> List[str]:
+        """The interpreter with its arguments (default /bin/sh)."""
+        return (self.interpreter or "/bin/sh").split()
 
     def file_pairs(self, path: str) -> List[tuple]:
         """(src, dst, line) of a %files/%appfiles body; dst defaults to src."""
@@ -147,6 +152,7 @@ class _Parser:
         self.section: Optional[Section] = None
         self.body: List[str] = []
         self.seen_arguments = False
+        self.continued = None       # (stage, key) of a header value ending in a backslash
 
     def fail(self, n: int, message: str) -> BuildError:
         return BuildError(f"{self.path}:{n}: {message}")
@@ -181,6 +187,17 @@ class _Parser:
     def header_line(self, n: int, raw: str) -> None:
         line = raw.strip()
         if not line or line.startswith("#"):
+            self.continued = None
+            return
+        raw = raw.split("#", 1)[0]      # a comment after a header line, as Apptainer trims it
+        if self.continued is not None:
+            stage, key = self.continued
+            self.continued = None
+            value = stage.header[key] + raw.strip()
+            if value.endswith("\\"):
+                self.continued = (stage, key)
+                value = value[:-1]
+            stage.header[key] = value
             return
         m = HEADER_RE.match(raw)
         if not m:
@@ -190,13 +207,16 @@ class _Parser:
             raise self.fail(n, f"header keyword {m.group(1)!r} before 'Bootstrap:' "
                             "(a stage starts with 'Bootstrap: AGENT')")
         stage = self.stages[-1]
-        if key not in HEADER_KEYS and key not in ACCEPTED_KEYS:
+        if key not in HEADER_KEYS and key not in ACCEPTED_KEYS and not OTHERURL_RE.match(key):
             raise self.fail(n, f"unknown header keyword {m.group(1)!r} (expected one of "
                             f"{', '.join(k.capitalize() for k in HEADER_KEYS)})")
         if key in stage.header:
             raise self.fail(n, f"duplicate header keyword {m.group(1)!r} "
                             f"(first on line {stage.header_lines[key]})")
-        if not value and key in HEADER_KEYS:
+        if value.endswith("\\"):        # continued on the next line
+            value = value[:-1]
+            self.continued = (stage, key)
+        elif not value and key in HEADER_KEYS:
             raise self.fail(n, f"header keyword {m.group(1)!r} needs a value")
         stage.header[key] = value
         stage.header_lines[key] = n
@@ -212,6 +232,7 @@ class _Parser:
             return
         if not self.stages:
             raise self.fail(n, f"section %{name} before the 'Bootstrap:' header")
+        args = args.split("#", 1)[0].strip()    # a trailing comment, as Apptainer trims it
         section = Section(name, n, args=args)
         words = self.split_args(n, args)
         if name in APP_SECTIONS:
@@ -223,9 +244,11 @@ class _Parser:
                 raise self.fail(n, f"%{name} from: expected '%{name} from STAGE'")
             section.from_stage, words = words[1], []
         if name in SCRIPT_SECTIONS and words[:1] == ["-c"]:
-            if len(words) != 2:
-                raise self.fail(n, f"%{name} -c: expected '%{name} -c /path/to/shell'")
-            section.interpreter, words = words[1], []
+            # everything after -c is the interpreter and its arguments (Apptainer runs
+            # "/bin/sh -c 'SHELL ARGS SCRIPT'"), e.g. '%post -c /bin/busybox sh'
+            if len(words) < 2 or not words[1].startswith("/"):
+                raise self.fail(n, f"%{name} -c: expected '%{name} -c /path/to/shell [ARGS]'")
+            section.interpreter, words = " ".join(words[1:]), []
         if words:
             raise self.fail(n, f"%{name}: unexpected arguments {' '.join(words)!r}")
         self.section = section
@@ -245,17 +268,20 @@ class _Parser:
             return
         section.body = "\n".join(body).rstrip("\n")
         stage = self.stages[-1]
-        if section.app is not None:
-            app = stage.apps.setdefault(section.app, {})
-            if section.name in app and section.name not in REPEATABLE:
-                raise self.fail(section.line, f"duplicate section %{section.name} {section.app} "
-                                f"(first on line {app[section.name].line})")
-            app.setdefault(section.name, section)
-        elif section.name not in REPEATABLE:
-            first = stage.get(section.name)
+        if section.name not in REPEATABLE:
+            # A section given twice is one section, the bodies joined in order (Apptainer's
+            # parser appends them); the later arguments (-c SHELL) apply.
+            if section.app is not None:
+                first = stage.apps.get(section.app, {}).get(section.name)
+            else:
+                first = stage.get(section.name)
             if first is not None:
-                raise self.fail(section.line, f"duplicate section %{section.name} "
-                                f"(first on line {first.line})")
+                first.body = "\n".join(b for b in (first.body, section.body) if b)
+                if section.args:
+                    first.args, first.interpreter = section.args, section.interpreter
+                return
+        if section.app is not None:
+            stage.apps.setdefault(section.app, {}).setdefault(section.name, section)
         stage.sections.append(section)
 
     def check_stage(self, stage: Stage) -> None:

@@ -119,7 +119,7 @@ def write_apps(rootfs: str, stage) -> None:
         secs = stage.apps[app]
         meta = os.path.join(app_dir(rootfs, app), SCIF)
         _write(os.path.join(meta, "env", "01-base.sh"), base_env_script(app), 0o755)
-        scripts = {"apprun": "runscript", "apptest": "test"}
+        scripts = {"apprun": "runscript", "apptest": "test", "appstart": "startscript"}
         for name, fname in scripts.items():
             sec = secs.get(name)
             if sec is not None:

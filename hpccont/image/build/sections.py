@@ -22,6 +22,10 @@ ENV_FILE = "/.singularity.d/env/91-environment.sh"
 SCRIPT_NAME = ".hpccont-build-script"
 ROOTFS_VARS = ("HPCCONT_ROOTFS", "APPTAINER_ROOTFS", "SINGULARITY_ROOTFS")
 ENVIRONMENT_VARS = ("HPCCONT_ENVIRONMENT", "APPTAINER_ENVIRONMENT", "SINGULARITY_ENVIRONMENT")
+# %post may write "KEY VALUE" lines to $APPTAINER_LABELS: labels of the image (Apptainer's
+# internal/pkg/build/stage.go); the file is read and removed after %post.
+LABELS_FILE = "/.build.labels"
+LABELS_VARS = ("HPCCONT_LABELS", "APPTAINER_LABELS", "SINGULARITY_LABELS")
 TEST_LAUNCH = ('for f in /.singularity.d/env/*.sh; do [ -r "$f" ] && . "$f"; done; '
                'exec "$0" "$@"')
 
@@ -42,6 +46,8 @@ def base_env(ctx: SectionContext) -> Dict[str, str]:
            "TERM": os.environ.get("TERM", "dumb")}
     for k in ENVIRONMENT_VARS:
         env[k] = ENV_FILE
+    for k in LABELS_VARS:
+        env[k] = LABELS_FILE
     if ctx.source_date_epoch is not None:
         env["SOURCE_DATE_EPOCH"] = str(ctx.source_date_epoch)
     return env
@@ -60,10 +66,10 @@ def run_setup(section: Section, ctx: SectionContext) -> None:
     env = dict(os.environ)
     for k in ROOTFS_VARS:
         env[k] = ctx.rootfs
-    shell = section.interpreter or "/bin/sh"
+    shell = section.shell_argv()
     if ctx.before_output:
         ctx.before_output()
-    proc = subprocess.Popen([shell, "-e", "-c", section.body], env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(shell + ["-e", "-c", section.body], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             cwd=ctx.base_dir or None, process_group=0)
     tail: List[str] = []
@@ -89,11 +95,11 @@ def run_in_image(section: Section, ctx: SectionContext, body: str, *, cwd: str =
     with open(script, "w") as f:
         f.write(body + "\n")
     try:
-        shell = section.interpreter or "/bin/sh"
+        shell = section.shell_argv()
         env = base_env(ctx)
         env.update(extra_env or {})
-        _check_shell(ctx.rootfs, shell, section)
-        run = fakeroot.ScriptRun(ctx.rootfs, [shell, "-e", "/" + SCRIPT_NAME], env, cwd=cwd)
+        _check_shell(ctx.rootfs, shell[0], section)
+        run = fakeroot.ScriptRun(ctx.rootfs, shell + ["-e", "/" + SCRIPT_NAME], env, cwd=cwd)
         if ctx.before_output:
             ctx.before_output()
         result = fakeroot.run_script(run, echo=ctx.echo)
@@ -101,6 +107,34 @@ def run_in_image(section: Section, ctx: SectionContext, body: str, *, cwd: str =
         os.unlink(script)
     if result.status != 0:
         raise _fail(section, ctx, result.status, result.tail)
+
+
+def take_build_labels(rootfs: str) -> Dict[str, str]:
+    """The labels %post wrote to $APPTAINER_LABELS ("KEY VALUE" lines, as Apptainer's
+    GetLabels splits them), the file removed.  A link there is removed unread."""
+    path = os.path.join(rootfs, LABELS_FILE.lstrip("/"))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return {}
+    except OSError:
+        if os.path.islink(path):
+            os.unlink(path)
+        return {}
+    try:
+        import stat as _stat
+        text = (os.read(fd, 1 << 20).decode("utf-8", "replace")
+                if _stat.S_ISREG(os.fstat(fd).st_mode) else "")
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    labels: Dict[str, str] = {}
+    for raw in text.split("\n"):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            labels[key.strip()] = value.strip()
+    return labels
 
 
 def run_test(section: Section, ctx: SectionContext, test_path: str = "/.singularity.d/test") -> None:

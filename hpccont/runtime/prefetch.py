@@ -24,12 +24,12 @@ from __future__ import annotations
 import os
 
 from .. import elf
+from ..rootpath import open_in_root
 
 CHUNK = 128 * 1024               # squashfs's default block size: one decompression per read
 FILE_BUDGET = 8 * 1024 * 1024    # bytes read of one file at most
 TOTAL_BUDGET = 24 * 1024 * 1024  # bytes read in all at most
 MAX_FILES = 24
-MAX_LINKS = 40
 
 # Library directories searched for DT_NEEDED names, most specific first (Debian multiarch,
 # then the Red Hat and generic layouts).
@@ -119,7 +119,9 @@ class Reader:
         """A descriptor of container path ``path``, symlinks followed inside the image; None
         when it is missing or not a regular file."""
         try:
-            fd = _walk(self.rootfd, path)
+            # As the kernel would look it up after a chroot there; O_NONBLOCK: a FIFO where
+            # the program should be must not stop us at open.
+            fd = open_in_root(self.rootfd, path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return None
         if (os.fstat(fd).st_mode & 0o170000) != 0o100000:
@@ -171,39 +173,3 @@ def parse_elf(fd: int, head: bytes) -> tuple[str, list[str]]:
     return (dyn.interp, dyn.needed) if dyn else ("", [])
 
 
-def _walk(rootfd: int, path: str) -> int:
-    """Open container path ``path`` below ``rootfd`` as the kernel would after a chroot there:
-    absolute symlinks restart at the image root and ``..`` stops at it."""
-    todo = [p for p in path.split("/") if p and p != "."]
-    stack = [os.dup(rootfd)]
-    links = 0
-    try:
-        while todo:
-            part = todo.pop(0)
-            if part == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop())
-                continue
-            try:
-                target = os.readlink(part, dir_fd=stack[-1])
-            except OSError:
-                target = None            # not a symlink (or missing: the open says which)
-            if target is not None:
-                links += 1
-                if links > MAX_LINKS:
-                    raise OSError("too many symbolic links")
-                if target.startswith("/"):
-                    while len(stack) > 1:
-                        os.close(stack.pop())
-                todo = [p for p in target.split("/") if p and p != "."] + todo
-                continue
-            # O_NONBLOCK: a FIFO where the program should be must not stop us at open
-            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-            stack.append(os.open(part, flags if not todo else flags | os.O_PATH | os.O_DIRECTORY,
-                                 dir_fd=stack[-1]))
-        if len(stack) == 1:
-            raise OSError("not a file")
-        return stack.pop()
-    finally:
-        for fd in stack:
-            os.close(fd)

@@ -265,6 +265,50 @@ def test_bad_mpi_mode(submit, images):
     _one_error_line(r, "--container-mpi must be one of")
 
 
+@pytest.mark.parametrize("opts,word", [
+    (["--container="], "empty image"),                          # --container=$IMG, IMG unset
+    (["--container", ""], "empty image"),
+    (["--container={img}", "--container={other}"], "two different images"),
+    (["--container={img}", "--container-bind=/tmp:"], "empty destination"),
+    (["--container={img}", "--container-env=FOO,"], "--container-env: empty item"),
+    (["--container={img}", "--container-mount-home", "--no-container-mount-home"],
+     "contradict"),
+])
+def test_bad_options_never_run_on_the_host(submit, images, opts, word):
+    """Pyxis's behaviour is the reference: each is refused with one line naming the option."""
+    argv = [o.format(img=images["sqsh"], other=images["other"]) for o in opts]
+    r = submit("srun", *argv, "echo", "ran-outside")
+    assert r.returncode != 0
+    assert "ran-outside" not in r.stdout
+    mine = [x for x in r.stderr.splitlines() if x.startswith("hpccont")]
+    assert len(mine) == 1 and word in mine[0], r.stderr
+
+
+def test_container_option_without_image_warns_once(submit):
+    r = submit("srun", "--container-nv", "echo", "ran")
+    assert r.returncode == 0 and r.stdout.split() == ["ran"]
+    warnings = [x for x in r.stderr.splitlines() if "no effect without --container" in x]
+    assert len(warnings) == 1 and "--container-nv" in warnings[0], r.stderr
+
+
+def test_container_env_host_value_wins_over_the_image(submit, shared_tmp, world_tmp):
+    """--container-env=NAME: the task's own value wins over the image's %environment, in
+    lone and shared (prepared) containers alike."""
+    root = helpers.make_busybox_rootfs(world_tmp / "envimg-rootfs")
+    env_dir = root / ".singularity.d" / "env"
+    env_dir.mkdir(parents=True, exist_ok=True)
+    (env_dir / "90-environment.sh").write_text("export FOO=from-image\n")
+    img = helpers.mksquashfs(root, world_tmp / "envimg.sqsh")
+    img.chmod(0o644)
+    for n in ("1", "2"):
+        r = submit("srun", "-n", n, f"--container={img}", "--container-env=FOO", "sh", "-c",
+                   "echo $FOO", env={"FOO": "from-host"})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["from-host"] * int(n), (n, r.stdout)
+    r = submit("srun", f"--container={img}", "sh", "-c", "echo $FOO", env={"FOO": "from-host"})
+    assert r.stdout.split() == ["from-image"]      # without the option, the image's value
+
+
 def test_broken_plugin_path_never_runs_unwrapped(submit, images, plugstack):
     plugstack(hpccont="/nonexistent/hpccont")
     r = submit("srun", f"--container={images['sqsh']}", "echo", "ran-outside")

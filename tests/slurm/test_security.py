@@ -47,6 +47,16 @@ def trap(shared_tmp):
     return log, uids
 
 
+def planted_library(directory, log):
+    """A gcc-built library whose constructor logs the uids of whatever loads it."""
+    so, src = directory / "planted.so", directory / "planted.c"
+    src.write_text(EVIL_C)
+    subprocess.run(["cc", "-shared", "-fPIC", f'-DLOG="{log}"', "-o", str(so), str(src)],
+                   check=True)
+    so.chmod(0o755)
+    return so
+
+
 def _wait_for_records(slurm_cluster, job, n=1, timeout=10):
     """record runs alongside the step; its line can land just after srun returns."""
     deadline = time.monotonic() + timeout
@@ -64,12 +74,7 @@ def _job_id(r):
 
 def test_preloaded_library_never_runs_as_root(submit, images, shared_tmp, trap, slurm_cluster):
     log, uids = trap
-    so = shared_tmp / "planted.so"
-    src = shared_tmp / "planted.c"
-    src.write_text(EVIL_C)
-    subprocess.run(["cc", "-shared", "-fPIC", f'-DLOG="{log}"', "-o", str(so), str(src)],
-                   check=True)
-    so.chmod(0o755)
+    so = planted_library(shared_tmp, log)
     env = {"LD_PRELOAD": str(so), "LD_LIBRARY_PATH": str(shared_tmp), "LD_AUDIT": str(so)}
     r = submit("srun", f"--container={images['sqsh']}", "sh", "-c", "echo $SLURM_JOB_ID", env=env)
     assert r.returncode == 0, r.stderr
@@ -114,12 +119,7 @@ def test_fake_scontrol_and_sitecustomize_never_run_as_root(submit, images, share
 def test_sbatch_job_environment_never_reaches_root(submit, images, shared_tmp, trap,
                                                    slurm_cluster):
     log, uids = trap
-    so = shared_tmp / "planted.so"
-    src = shared_tmp / "planted.c"
-    src.write_text(EVIL_C)
-    subprocess.run(["cc", "-shared", "-fPIC", f'-DLOG="{log}"', "-o", str(so), str(src)],
-                   check=True)
-    so.chmod(0o755)
+    so = planted_library(shared_tmp, log)
     script = shared_tmp / "job.sh"
     script.write_text("#!/bin/sh\necho $SLURM_JOB_ID\n")
     out = shared_tmp / "job.out"

@@ -96,7 +96,10 @@ int recipe_parse(struct recipe *r, char *data, size_t len)
 	r->start = one_of(data, len, 't');
 	r->host_cwd = one_of(data, len, 'h');
 	r->cwd = one_of(data, len, 'w');
+	r->lock = one_of(data, len, 'L');
+	r->guests = one_of(data, len, 'G');
 	r->keep_only = one_of(data, len, 'K') != NULL;
+	r->exact = one_of(data, len, 'x') != NULL;
 	if (!r->mode || !pid || !r->start || !r->host_cwd || !r->cwd)
 		goto bad;
 	if (strcmp(r->mode, "rootless") != 0 && strcmp(r->mode, "root") != 0)
@@ -243,8 +246,10 @@ char **recipe_environment(const struct recipe *r, char **task_env, char **argv)
 	for (e = r->copy; *e; e++)
 		if ((found = lookup(task_env, *e)) != NULL)
 			put(env, &n, found);
-	/* As apply.execute: an interactive shell gets the container prompt unless one is set. */
-	if ((strcmp(argv[0], "/bin/sh") == 0 || strcmp(argv[0], "/bin/bash") == 0) &&
+	/* As apply.execute: an interactive shell gets the container prompt unless one is set
+	 * (an exact recipe has it already when it applies). */
+	if (!r->exact && argv[0] &&
+	    (strcmp(argv[0], "/bin/sh") == 0 || strcmp(argv[0], "/bin/bash") == 0) &&
 	    lookup(env, "PS1") == NULL)
 		put(env, &n, "PS1=Hpccont> ");
 	return env;
@@ -264,7 +269,7 @@ void recipe_exec(const struct recipe *r, char **argv, char **task_env)
 	int nested = -1, outer = -1, mnt = -1, rootless, n = 0, i;
 	char path[64];
 
-	if (argv == NULL || argv[0] == NULL)
+	if (argv == NULL || (argv[0] == NULL && r->prefix[0] == NULL))
 		return;
 	/* prepare resolved the image and the working directory from where it ran; a task that
 	 * starts elsewhere (srun --chdir) gets the exact Python path instead. */
@@ -316,7 +321,7 @@ void recipe_exec(const struct recipe *r, char **argv, char **task_env)
 	for (i = 0; argv[i]; i++)
 		full[n++] = argv[i];
 	/* As apply.execute: a bare /bin/sh becomes bash when the image has it. */
-	if (r->prefix[0] == NULL && strcmp(full[0], "/bin/sh") == 0 && full[1] == NULL &&
+	if (!r->exact && r->prefix[0] == NULL && strcmp(full[0], "/bin/sh") == 0 && full[1] == NULL &&
 	    access("/bin/bash", X_OK) == 0)
 		full[0] = "/bin/bash";
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
@@ -325,8 +330,8 @@ void recipe_exec(const struct recipe *r, char **argv, char **task_env)
 	environ = env;
 	execvp(full[0], full);
 	if (errno == ENOENT || errno == ENOTDIR)
-		die(127, "%s: command not found in the container%s", argv[0], "");
-	die(126, "%s: cannot execute: %s", argv[0], strerror(errno));
+		die(127, "%s: command not found in the container%s", argv[0] ? argv[0] : full[0], "");
+	die(126, "%s: cannot execute: %s", argv[0] ? argv[0] : full[0], strerror(errno));
 fail:
 	if (mnt >= 0)
 		close(mnt);

@@ -8,7 +8,8 @@
 #include <sys/types.h>
 
 /* What "hpccont slurm prepare" printed: NUL-terminated fields, each a one-byte tag and its
- * payload (the tags are listed in hpccont/schedulers/slurm.py, RECIPE_TAGS). */
+ * payload (the tags are listed in hpccont/runtime/recipe.py, TAGS).  The Slurm tasks
+ * (stepd_side.c) and the exec fast path (launcher/fast.c) both apply them. */
 struct recipe {
 	char *data;            /* the bytes as read; every pointer below points into it */
 	size_t len;
@@ -17,7 +18,10 @@ struct recipe {
 	const char *start;     /* t */
 	const char *host_cwd;  /* h */
 	const char *cwd;       /* w */
+	const char *lock;      /* L (optional): lock file held while entering (runtime/join.py) */
+	const char *guests;    /* G (optional): guests file, held shared through the exec */
 	int keep_only;         /* K */
+	int exact;             /* x: prefix and environment are final (the shell rules applied) */
 	char **prefix;         /* a... (NULL-terminated, each list below too) */
 	char **keep;           /* k... */
 	char **unset;          /* u... */

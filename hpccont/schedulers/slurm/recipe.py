@@ -18,25 +18,11 @@ if TYPE_CHECKING:
 
 from ...errors import SchedulerError
 from ...record import record
+# The recipe format, one for the Slurm tasks and the exec fast path: runtime/recipe.py.
+from ...runtime.recipe import TAGS as RECIPE_TAGS  # noqa: F401
 from .plugin import PluginArgs, StepId
 from .task import STEP_VAR, job_options, plan_task
 
-# Recipe format: a sequence of NUL-terminated fields, each a one-byte tag and its payload.
-RECIPE_TAGS = {
-    "m": "mode: rootless | root",
-    "p": "keeper PID",
-    "t": "keeper start time (/proc/PID/stat field 22: a reused PID does not match)",
-    "h": "host working directory prepare saw (a task elsewhere falls back to the Python path)",
-    "w": "working directory inside the container",
-    "a": "argv prefix, one field per word (the env-script shell), before the task's argv",
-    "K": "--cleanenv: keep only the 'k' names (payload empty)",
-    "k": "name kept with --cleanenv",
-    "u": "name removed from the task's environment",
-    "U": "prefix: names starting with it are removed",
-    "s": "NAME=VALUE set",
-    "c": "name copied from the task's own environment after the 's' fields",
-    "f": "state file removed when the step ends",
-}
 
 
 @record

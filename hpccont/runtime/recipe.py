@@ -1,0 +1,48 @@
+"""The launch recipe format: what Python planned for a launch that joins a container, as data a
+C applier executes (spank_plugin/recipe.c) without an interpreter.
+
+Two producers: ``hpccont slurm prepare`` (one recipe per step and node, kept by slurmstepd for
+its tasks: schedulers/slurm/recipe.py) and the shared-mount path of ``hpccont exec``
+(runtime/share.py: one recipe per launch key, read by launcher/fast.c).  One applier.
+"""
+from __future__ import annotations
+
+# A sequence of NUL-terminated fields, each a one-byte tag and its payload.
+TAGS = {
+    "m": "mode: rootless | root",
+    "p": "keeper PID",
+    "t": "keeper start time (/proc/PID/stat field 22: a reused PID does not match)",
+    "h": "host working directory prepare saw (a task elsewhere falls back to the Python path)",
+    "w": "working directory inside the container",
+    "a": "argv prefix, one field per word (the env-script shell), before the task's argv",
+    "K": "--cleanenv: keep only the 'k' names (payload empty)",
+    "k": "name kept with --cleanenv",
+    "u": "name removed from the task's environment",
+    "U": "prefix: names starting with it are removed",
+    "s": "NAME=VALUE set",
+    "c": "name copied from the task's own environment after the 's' fields",
+    "f": "state file removed when the step ends",
+    "L": "lock file taken (exclusive) while entering, as runtime/join.py does",
+    "G": "guests file held shared through the exec (the keeper waits for it to idle out)",
+    "x": "exact: the 'a' words are the program and the 's' fields the whole environment, the "
+         "shell rules (PS1, /bin/sh -> bash) already applied (payload empty)",
+}
+
+
+def encode(fields) -> bytes:
+    """(tag, payload) pairs -> recipe bytes; ValueError on a NUL in a payload."""
+    out = []
+    for tag, payload in fields:
+        data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload
+        if b"\0" in data:
+            raise ValueError(f"recipe field {tag!r} contains a NUL byte")
+        out.append(tag.encode() + data + b"\0")
+    return b"".join(out)
+
+
+def decode(data: bytes) -> dict:
+    """tag -> payloads in order (tests and debugging; the appliers parse it in C)."""
+    out: dict = {}
+    for f in data.split(b"\0")[:-1]:
+        out.setdefault(f[:1].decode(), []).append(f[1:].decode("utf-8", "surrogateescape"))
+    return out

@@ -25,6 +25,9 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "-H": ("home", "value"), "--home": ("home", "value"),
     "--pwd": ("pwd", "value"), "--cwd": ("pwd", "value"),
     "--writable-tmpfs": ("writable_tmpfs", "flag"),
+    "-o": ("overlays", "list"), "--overlay": ("overlays", "list"),
+    "-w": ("writable", "flag"), "--writable": ("writable", "flag"),
+    "-f": ("fakeroot", "flag"), "--fakeroot": ("fakeroot", "flag"),
     "--nv": ("nv", "flag"),
     "--nv-strict": ("nv_strict", "flag"),
     "--rocm": ("rocm", "flag"),
@@ -62,7 +65,9 @@ ENV_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "hostname": (("HOSTNAME",), "set"), "network": (("NETWORK",), "set"),
     "cleanenv": (("CLEANENV",), "set"), "contain": (("CONTAIN",), "set"),
     "containall": (("CONTAINALL",), "set"), "nv": (("NV",), "set"), "rocm": (("ROCM",), "set"),
-    "writable_tmpfs": (("WRITABLE_TMPFS",), "set"), "no_home": (("NO_HOME",), "set"),
+    "writable_tmpfs": (("WRITABLE_TMPFS",), "set"),
+    "overlays": (("OVERLAY", "OVERLAYIMAGE"), "set"), "writable": (("WRITABLE",), "set"),
+    "fakeroot": (("FAKEROOT",), "set"), "no_home": (("NO_HOME",), "set"),
     "no_mount": (("NO_MOUNT",), "set"), "no_init": (("NOSHIMINIT",), "set"),
     "pid": (("PID", "UNSHARE_PID"), "set"), "no_pid": (("NO_PID",), "set"),
     "ipc": (("IPC", "UNSHARE_IPC"), "set"), "net": (("NET", "UNSHARE_NET"), "set"),
@@ -96,6 +101,9 @@ Options:
   -H, --home SRC[:DST]          use SRC as home directory (at DST inside)
   --pwd DIR, --cwd DIR          working directory inside the container
   --writable-tmpfs              writable root, changes kept in memory and dropped at exit
+  -o, --overlay PATH[:ro]       a persistent overlay: directory, ext3 image or SIF overlay partition
+  -w, --writable                write to the image (a sandbox of yours, a SIF's overlay partition)
+  -f, --fakeroot                run as root inside (user namespace; subuid ranges when you have them)
   --nv, --nv-strict             NVIDIA GPU support (strict: fail without a driver)
   --rocm                        AMD GPU support (ROCm libraries, /dev/kfd, /dev/dri)
   --mpi hybrid|bind             MPI mode (bind: host MPI libraries replace the image's)
@@ -122,7 +130,7 @@ def parse(action: str, argv: list[str], environ=None) -> tuple[ContainerRequest,
     (binds, --env, --env-file) into their final form.  ``environ`` (when given) supplies the
     APPTAINER_<KEY> / SINGULARITY_<KEY> values of options not on the command line."""
     values: dict[str, object] = {"binds": [], "mounts": [], "env": [], "env_files": [],
-                                 "no_mount": [], "scratch": []}
+                                 "no_mount": [], "scratch": [], "overlays": []}
     given: set[str] = set()
     i = 0
     while i < len(argv):
@@ -238,6 +246,9 @@ def build_request(action: str, argv: list[str], environ=os.environ) -> Container
             user[k] = v
     env.update(user)   # --env wins over --env-file
     req.env = env
+    req.overlays = [p for v in values["overlays"] for p in v.split(",") if p]
+    req.writable = bool(values.get("writable"))
+    req.fakeroot = bool(values.get("fakeroot"))
     from .main import MESSAGE_LEVEL
     req.message_level = MESSAGE_LEVEL[0]
     return req

@@ -18,6 +18,7 @@ COMMANDS = {
     "build": "hpccont.cli.build_cmd",
     "config": "hpccont.cli.config_cmd",
     "instance": "hpccont.cli.instance_cmd",
+    "overlay": "hpccont.cli.overlay_cmd",
     "slurm": "hpccont.cli.slurm_cmd",
     "pbs": "hpccont.cli.pbs_cmd",
     "mpi": "hpccont.cli.mpi_cmd",
@@ -59,6 +60,7 @@ Run containers:
   shell IMAGE             interactive shell in the image
   test IMAGE              run the image's test script
   instance ...            start/list/stop background instances
+  overlay create FILE     an ext3 overlay image, or a SIF's overlay partition
 Images:
   build OUT SRC           build an image (SIF, or --sandbox directory)
   inspect IMAGE           labels, definition file, runscript, environment

@@ -117,7 +117,10 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
         _join_cgroup(plan)
     step("creating namespaces")
     extra = _extra_namespaces(plan)
-    if plan.mode == "rootless":
+    if plan.mode == "rootless" and plan.fakeroot:
+        from .fakeroot import unshare_mapped     # subordinate ids when the user has them
+        unshare_mapped(kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS | extra)
+    elif plan.mode == "rootless":
         kernel.unshare(kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS | extra)
         _write_id_maps(f"0 {ident.uid} 1", f"0 {ident.gid} 1", deny_setgroups=True)
     else:
@@ -139,6 +142,10 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
             f"mode=0755,size={cfg['runtime']['tmp_size']}")
     for d in ("lower", "upper", "work", "root", "files"):
         os.mkdir(f"{stage}/{d}", 0o755)
+    if plan.overlays:
+        step("locking the overlays")
+        from . import overlay
+        overlay.take_locks(plan.overlays)        # held by the command: inherited, never closed
     step("mounting the image")
     lower = _mount_image(plan, cfg, f"{stage}/lower")
     reader = 0
@@ -148,11 +155,16 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
                                                         plan.env.get("PATH", "")))
     step("mounting the overlay")
     root = f"{stage}/root"
-    _mount_overlay(cfg, root, lower, stage)
+    persistent = False
+    if plan.overlays or plan.writable:
+        from . import overlay
+        persistent = overlay.build_root(plan, cfg, stage, lower, root, _system_program)
+    else:
+        _mount_overlay(cfg, root, lower, stage)
     for m in plan.mounts:
         step(f"mounting {m.target}")
         _apply_mount(m, root, lower, f"{stage}/files", plan)
-    if not plan.writable_tmpfs:
+    if not plan.writable_tmpfs and not persistent:
         step("making the root read-only")
         kernel.mount(None, root, None, kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV)
     return root, reader
@@ -262,7 +274,7 @@ def _write_id_maps(uid_map: str, gid_map: str, deny_setgroups: bool) -> None:
 
 def become_user(plan: LaunchPlan) -> None:
     """Rootless: nested user namespace mapping the caller's uid/gid onto the outer root."""
-    if plan.mode != "rootless":
+    if plan.mode != "rootless" or plan.fakeroot:
         return
     uid, gid = plan.identity.uid, plan.identity.gid
     kernel.unshare(kernel.CLONE_NEWUSER)

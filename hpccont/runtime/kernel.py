@@ -161,14 +161,16 @@ def locked_flags(path: str) -> int:
 _LOOP_CONFIG = "=II5Q4I64s64s32s2Q8Q"
 
 
-def _loop_config(image_fd: int, offset: int, size: int) -> bytes:
+def _loop_config(image_fd: int, offset: int, size: int, readonly: bool = True) -> bytes:
     import struct
     return struct.pack(_LOOP_CONFIG, image_fd, 0, 0, 0, 0, offset, size, 0, 0, 0,
-                       LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR, b"", b"", b"", 0, 0,
+                       (LO_FLAGS_READ_ONLY if readonly else 0) | LO_FLAGS_AUTOCLEAR,
+                       b"", b"", b"", 0, 0,
                        *([0] * 8))
 
 
-def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 20) -> tuple:
+def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 20,
+                readonly: bool = True) -> tuple:
     """Attach ``image_fd`` to a free loop device, read-only and autoclear.
 
     Returns (device path, open fd of the device): close the fd once the device is mounted.
@@ -184,9 +186,9 @@ def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 20) -> tu
         for _ in range(attempts):
             n = ioctl_int(ctl, LOOP_CTL_GET_FREE)
             dev = f"/dev/loop{n}"
-            fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(dev, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
             try:
-                fcntl.ioctl(fd, LOOP_CONFIGURE, _loop_config(image_fd, offset, size))
+                fcntl.ioctl(fd, LOOP_CONFIGURE, _loop_config(image_fd, offset, size, readonly))
                 return dev, fd
             except OSError as e:
                 os.close(fd)
@@ -195,3 +197,43 @@ def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 20) -> tu
         raise OSError(16, "no free loop device after retries")
     finally:
         os.close(ctl)
+
+
+# --- persistent overlays (runtime/overlay.py): the new mount API, capabilities -------------------
+# x86_64 and the generic table (aarch64, riscv64) share these numbers.
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_CAPSET = 428, 429, {"x86_64": 126, "aarch64": 91,
+                                                          "riscv64": 91, "ppc64le": 184}
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+MOVE_MOUNT_F_EMPTY_PATH = 4
+AT_FDCWD = -100
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
+CAP_SYS_ADMIN = 21
+SIGTERM = 15
+
+
+def open_tree(path: str, flags: int) -> int:
+    return _check(_libc.syscall(c_long(_SYS_OPEN_TREE), c_int(AT_FDCWD), path.encode(),
+                                c_ulong(flags)), f"open_tree {path}")
+
+
+def move_mount(from_fd: int, to_path: str) -> None:
+    """Attach the detached mount ``from_fd`` (from open_tree) at ``to_path``."""
+    _check(_libc.syscall(c_long(_SYS_MOVE_MOUNT), c_int(from_fd), b"", c_int(AT_FDCWD),
+                         to_path.encode(), c_ulong(MOVE_MOUNT_F_EMPTY_PATH)),
+           f"move_mount {to_path}")
+
+
+def keep_capability_across_exec(cap: int) -> None:
+    """Make ``cap`` ambient, so that a program this (non-root) process execs keeps it: every
+    capability we hold becomes inheritable, then ``cap`` is raised in the ambient set."""
+    import struct
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    full = (1 << (last + 1)) - 1
+    lo, hi = full & 0xFFFFFFFF, full >> 32
+    header = struct.pack("=Ii", 0x20080522, 0)          # _LINUX_CAPABILITY_VERSION_3
+    data = struct.pack("=6I", lo, lo, lo, hi, hi, hi)   # effective, permitted, inheritable x2
+    _check(_libc.syscall(c_long(_SYS_CAPSET[os.uname().machine]), header, data), "capset")
+    _check(_libc.prctl(c_int(PR_CAP_AMBIENT), c_ulong(PR_CAP_AMBIENT_RAISE), c_ulong(cap),
+                       c_ulong(0), c_ulong(0)), "prctl(PR_CAP_AMBIENT)")

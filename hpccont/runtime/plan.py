@@ -52,6 +52,13 @@ def make_plan(req: ContainerRequest, cfg: dict[str, dict], environ: dict[str, st
         cgroup, warning = plan_limits(req.cpus, req.memory, environ)
         if warning:
             warnings.append(warning)
+    overlays = []
+    if req.overlays or req.writable or image.kind == "sif":
+        from .writable import plan_overlays
+        overlays = plan_overlays(req.overlays, image, req.writable, req.writable_tmpfs)
+    if req.fakeroot:
+        from .fakeroot import plan_fakeroot
+        plan_fakeroot(req, env, overrides, warnings)
     return LaunchPlan(image=image, mode=mode, identity=ident, mounts=mounts, env=env,
                       env_overrides=overrides, env_dirs=env_dirs,
                       cwd=_workdir(req, mounts, cwd, ident.home), argv=_argv(req),
@@ -59,7 +66,8 @@ def make_plan(req: ContainerRequest, cfg: dict[str, dict], environ: dict[str, st
                       warnings=warnings, pid=req.pid, init=not req.no_init, ipc=req.ipc,
                       uts=req.uts or bool(req.hostname), hostname=req.hostname, net=req.net,
                       umask=0o022 if req.no_umask else None, action=req.action,
-                      message_level=req.message_level, cgroup=cgroup)
+                      message_level=req.message_level, cgroup=cgroup, overlays=overlays,
+                      writable=req.writable, fakeroot=req.fakeroot)
 
 
 def _check_namespaces(req: ContainerRequest, cfg: dict[str, dict]) -> None:

@@ -87,3 +87,8 @@ class LaunchPlan:
     action: str = "exec"
     message_level: int = 1
     cgroup: dict | None = None        # {"path": DIR, "files": {name: value}} to join first
+    # Persistent layers (runtime/writable.py plans them, runtime/overlay.py mounts them):
+    # {"kind": "dir"|"ext3", "path", "offset", "size", "readonly", "why"}, top layer first.
+    overlays: list = factory(list)
+    writable: bool = False            # --writable (a sandbox of the caller's, or an overlay)
+    fakeroot: bool = False            # --fakeroot: root inside through the user namespace

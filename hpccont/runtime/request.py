@@ -39,6 +39,9 @@ class ContainerRequest:
     home: str | None = None                  # --home SRC[:DST]
     pwd: str | None = None                   # --pwd inside the container
     writable_tmpfs: bool = False
+    overlays: list[str] = factory(list)       # --overlay PATH[:ro] (runtime/writable.py)
+    writable: bool = False                      # --writable: sandbox or SIF overlay partition
+    fakeroot: bool = False                      # --fakeroot: uid 0 inside (runtime/fakeroot.py)
     nv: bool = False
     nv_strict: bool = False
     mpi: str | None = None                   # None | "hybrid" | "bind"

@@ -45,6 +45,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "overlay": (str, "kernel"),       # kernel | fuse-overlayfs
         "root_mount": (str, "loop"),      # loop (kernel squashfs) | fuse
         "prefetch": (bool, True),         # read the command into the page cache while mounting
+        "share": (str, "ask"),            # never | ask (--share) | always (unless --no-share)
+        "share_idle_s": (int, 60),        # a shared container's keeper leaves after this idle
         "tmp_size": (str, "64m"),         # size of --writable-tmpfs and of the scratch tmpfs
         "state_dir": (str, "/run/hpccont"),     # joined containers (shared namespaces) when root
         "session_dir": (str, ""),         # staging mount point; "" = the one shipped in the package
@@ -85,6 +87,7 @@ CHOICES = {
     ("runtime", "squashfuse"): ("squashfuse", "squashfuse_ll"),
     ("runtime", "overlay"): ("kernel", "fuse-overlayfs"),
     ("runtime", "root_mount"): ("loop", "fuse"),
+    ("runtime", "share"): ("never", "ask", "always"),
     ("mpi", "default_mode"): ("hybrid", "bind"),
     ("build", "compression"): ("gzip", "xz", "lz4", "lzo", "zstd", "lzma"),
 }

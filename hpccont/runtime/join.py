@@ -183,11 +183,14 @@ def state_name(plan: LaunchPlan) -> str:
     return f"join-{digest}"
 
 
-def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = False) -> None:
+def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = False,
+                 linger_s: float = LINGER_S, watch_pid: int = 0, then=None) -> None:
     """Enter (creating if needed) the shared container for ``plan.join``, then exec.  No return.
 
     ``persistent``: a keeper created now stays until it is killed (``instance stop``) instead
-    of leaving with its last guest."""
+    of leaving with its last guest.  Otherwise it stays ``linger_s`` after its last guest,
+    less once ``watch_pid`` (a session leader) is gone (shared mounts, runtime/share.py).
+    ``then(plan, step, keeper_pid, state_dir_fd, name)`` execs in place of ``execute``."""
     from .apply import Step, execute
     d = state_dir(cfg)
     name = state_name(plan)
@@ -198,7 +201,9 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Fals
         guests = os.open(os.path.join(d, name + ".guests"), os.O_RDONLY | os.O_CREAT, 0o600)
         fcntl.flock(guests, fcntl.LOCK_SH)
         os.set_inheritable(guests, True)
-        pid, _ = _ensure_locked(plan, cfg, d, name, (lock, guests), persistent)
+        pid, _ = _ensure_locked(plan, cfg, d, name, (lock, guests), persistent, watch_pid,
+                                linger_s)
+        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if then else -1
         try:
             _enter(pid, plan)
         except OSError as e:
@@ -211,6 +216,8 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Fals
     except OSError as e:
         raise LaunchError(f"working directory {plan.cwd} is not usable in the container: "
                           f"{e.strerror}") from None
+    if then is not None:
+        then(plan, step, pid, dir_fd, name)
     execute(plan, step)
 
 
@@ -233,12 +240,13 @@ def ensure_keeper(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Tru
 
 
 def _ensure_locked(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,
-                   persistent: bool, watch_pid: int = 0) -> tuple[int, bool]:
+                   persistent: bool, watch_pid: int = 0,
+                   linger_s: float = LINGER_S) -> tuple[int, bool]:
     """Under ``.lock``: the live keeper, or a new one."""
     found = _live_keeper(os.path.join(d, name))
     if found is not None:
         return found
-    return _start_keeper(plan, cfg, d, name, fds, persistent, watch_pid)
+    return _start_keeper(plan, cfg, d, name, fds, persistent, watch_pid, linger_s)
 
 
 def _locked(path: str) -> int:
@@ -311,7 +319,8 @@ def _enter(pid: int, plan: LaunchPlan) -> None:
 
 
 def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,
-                  persistent: bool, watch_pid: int = 0) -> tuple[int, bool]:
+                  persistent: bool, watch_pid: int = 0,
+                  linger_s: float = LINGER_S) -> tuple[int, bool]:
     """Double-fork a keeper that builds the container; (its PID, env scripts) once it is ready."""
     rfd, wfd = os.pipe()
     child = os.fork()
@@ -325,7 +334,7 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            _keeper(plan, cfg, d, name, wfd, persistent, watch_pid)
+            _keeper(plan, cfg, d, name, wfd, persistent, watch_pid, linger_s)
         finally:
             os._exit(1)
     os.close(wfd)
@@ -343,7 +352,7 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
 
 
 def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
-            persistent: bool, watch_pid: int = 0) -> None:
+            persistent: bool, watch_pid: int = 0, linger_s: float = LINGER_S) -> None:
     from .apply import Step, _handle_fd, enter, env_scripts, setup
     from .prefetch import finish
     # Keep no terminal, output pipe or launcher socket of the job open: srun and mpirun wait
@@ -380,7 +389,7 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
             if watched and _start_time_or_none(watch_pid) != watched:
                 _remove_state(dir_fd, name)
                 os._exit(0)
-    _linger(dir_fd, name)
+    _linger(dir_fd, name, linger_s, watch_pid)
 
 
 def _close_all_but(keep: set) -> None:
@@ -393,8 +402,10 @@ def _close_all_but(keep: set) -> None:
     os.closerange(start, os.sysconf("SC_OPEN_MAX"))
 
 
-def _linger(dir_fd: int, name: str) -> None:
+def _linger(dir_fd: int, name: str, linger_s: float = LINGER_S, watch_pid: int = 0) -> None:
+    """Leave once no guest is left for ``linger_s`` (LINGER_S once ``watch_pid`` is gone)."""
     me = os.getpid()
+    watched = _start_time_or_none(watch_pid) if watch_pid else None
     guests = os.open(name + ".guests", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     lock = os.open(name + ".lock", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     empty_since = None
@@ -410,9 +421,14 @@ def _linger(dir_fd: int, name: str) -> None:
             empty_since, wait = None, RECHECK_S
         else:
             empty_since = empty_since or time.monotonic()
-            if time.monotonic() - empty_since >= LINGER_S:
+            idle = time.monotonic() - empty_since
+            if watched and _start_time_or_none(watch_pid) != watched:
+                linger_s = min(linger_s, LINGER_S)       # the session (or job) is over
+            if idle >= linger_s:
                 break
-            wait = 0.05     # empty: stay a moment for tasks of the same step starting late
+            # empty: stay a moment for tasks of the same step starting late, then check
+            # twice a second for the rest of a long linger
+            wait = 0.05 if idle < LINGER_S else 0.5
         fcntl.flock(lock, fcntl.LOCK_UN)
         fcntl.flock(guests, fcntl.LOCK_UN)
         time.sleep(wait)
@@ -426,6 +442,29 @@ def _remove_state(dir_fd: int, name: str) -> None:
             os.unlink(name + suffix, dir_fd=dir_fd)
         except OSError:
             pass
+    remove_recipes(dir_fd, os.getpid())
+
+
+def remove_recipes(dir_fd: int, keeper: int) -> None:
+    """The exec fast path's recipes (``fast-*``, runtime/share.py) that name ``keeper``."""
+    mine = b"p%d" % keeper
+    try:
+        names = [n for n in os.listdir(dir_fd) if n.startswith("fast-")]
+    except OSError:
+        return
+    for n in names:
+        try:
+            fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                data = os.read(fd, 1 << 20)
+            finally:
+                os.close(fd)
+            head, _, rest = data.partition(b"\n")
+            fields = rest[int(head.split()[1]):].split(b"\0")
+            if mine in fields:
+                os.unlink(n, dir_fd=dir_fd)
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 def _start_time_or_none(pid: int) -> str | None:

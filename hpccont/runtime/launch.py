@@ -29,8 +29,10 @@ def current_dir() -> str:
     return real
 
 
-def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None) -> int:
-    """Plan ``req`` and exec it; returns only for --dry-run (0), otherwise raises on failure."""
+def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) -> int:
+    """Plan ``req`` and exec it; returns only for --dry-run (0), otherwise raises on failure.
+
+    ``share``: --share (True) / --no-share (False) / neither (None), see runtime/share.py."""
     from .. import config
     from .plan import make_plan
     cfg = cfg if cfg is not None else config.load()
@@ -44,15 +46,23 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None) -> int:
         Step(debug=True)("plan made (interpreter, imports, parsing, config, image, planning)")
     for w in plan.warnings if req.message_level > -3 else ():   # -s: errors only
         sys.stderr.write(f"hpccont: warning: {w}\n")
+    from . import share as S
     if req.dry_run or req.debug:
         import json
-        text = json.dumps(plan.to_dict(), indent=2) + "\n"
+        shown = plan.to_dict()
+        info = S.describe(plan, cfg, environ, share)
+        if info is not None:
+            shown["share"] = info
+        text = json.dumps(shown, indent=2) + "\n"
         (sys.stdout if req.dry_run else sys.stderr).write(text)
         if req.dry_run:
             return 0
     if plan.join:
         from .join import apply_joined
         apply_joined(plan, cfg)
+    key, _ = S.decide(plan, cfg, environ, share)
+    if key is not None:
+        S.launch_shared(plan, cfg, key, req, environ)
     from .apply import apply
     apply(plan, cfg, debug=req.debug)
     return 255  # not reached: apply execs or raises

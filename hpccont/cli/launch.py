@@ -34,6 +34,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "--mpi": ("mpi", "value"),
     "--app": ("app", "value"),
     "--join": ("join", "value"),
+    "--share": ("share", "flag"), "--no-share": ("no_share", "flag"),
     "--dry-run": ("dry_run", "flag"),
     "-d": ("debug", "flag"), "--debug": ("debug", "flag"),
     "-p": ("pid", "flag"), "--pid": ("pid", "flag"), "--no-pid": ("no_pid", "flag"),
@@ -109,6 +110,8 @@ Options:
   --mpi hybrid|bind             MPI mode (bind: host MPI libraries replace the image's)
   --app NAME                    SCIF app of the image
   --join KEY                    tasks with the same KEY share one container on this node
+  --share, --no-share           join (or leave) a container mounted for the same plan in this
+                                job or session (site: runtime.share; also $HPCCONT_SHARE=1|0)
   -p, --pid                     a new PID namespace (the command under a small init; --no-init: as PID 1)
   -i, --ipc                     a new IPC namespace
   --uts, --hostname NAME        a new UTS namespace (with that host name)
@@ -316,4 +319,10 @@ def main(action: str, argv: list[str]) -> int:
         # the step's PMIx directories are bound as for the plugin's own tasks.
         from ..schedulers.slurm.task import step_binds_of_environment
         req.scheduler_binds += step_binds_of_environment(os.environ)
-    return launch(req)
+    return launch(req, share=share_choice(action, argv))
+
+
+def share_choice(action: str, argv: list[str]):
+    """--share (True), --no-share (False, and it wins) or neither (None)."""
+    _, values = parse(action, argv)
+    return False if values.get("no_share") else True if values.get("share") else None

@@ -491,6 +491,13 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
     layout expects.  ``reader`` (the page-cache reader started by setup) is waited for first:
     the exec then finds the program in the cache, and no child of ours is left to the command.
     """
+    path, argv, env = exec_target(plan, step, reader)
+    exec_command(plan, step, path, argv, env, reader)
+
+
+def exec_target(plan: LaunchPlan, step: Step, reader: int = 0) -> tuple[str, list, dict]:
+    """What ``execute`` execs, decided inside the container: (program path, argv, environment).
+    runtime/share.py records it as a recipe for the exec fast path."""
     argv = _action_fallback(plan, list(plan.argv), reader)
     env = dict(plan.env)
     if argv[0] == "/bin/sh" and len(argv) == 1 and os.path.exists("/bin/bash"):
@@ -509,6 +516,12 @@ def execute(plan: LaunchPlan, step: Step, reader: int = 0) -> None:
             path = "/bin/sh"
     if path is None:
         path = _which(argv[0], env.get("PATH", ""))
+    return path, argv, env
+
+
+def exec_command(plan: LaunchPlan, step: Step, path: str, argv: list, env: dict,
+                 reader: int = 0) -> None:
+    """Exec ``exec_target``'s answer.  Never returns."""
     if reader:
         step("waiting for the page-cache reader")
         prefetch.finish(reader)

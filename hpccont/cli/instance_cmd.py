@@ -51,6 +51,7 @@ def start(argv: list, cfg: dict) -> int:
         raise LaunchError(f"instance {name!r} is already running (image {existing['image']})")
     req = build_request("start", launch_argv)
     req.join = instances.join_key(name)
+    req.env.update(instances.instance_env(name))
     plan = make_plan(req, cfg, os.environ, current_dir())
     logdir = os.path.join(os.path.expanduser("~"), ".local", "share", "hpccont", "instances")
     os.makedirs(logdir, exist_ok=True)

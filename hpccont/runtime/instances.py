@@ -54,7 +54,13 @@ def attach(req, cfg: dict):
         raise LaunchError(f"no running instance named {name!r} (see 'hpccont instance list')")
     req.image = entry["image"]
     req.join = join_key(name)
+    req.env.update(instance_env(name))
     return req
+
+
+def instance_env(name: str) -> dict:
+    """What Apptainer sets in an instance's processes (the startscript and exec instance://)."""
+    return {"APPTAINER_INSTANCE": name, "SINGULARITY_INSTANCE": name}
 
 
 def record(cfg: dict, name: str, image: str, keeper: int, logs: dict) -> dict:

@@ -290,9 +290,16 @@ def _live_keeper(path: str) -> tuple[int, bool] | None:
         pid, start = int(fields[0]), fields[1]
         if _start_time(pid) != start or os.stat(f"/proc/{pid}").st_uid != os.getuid():
             return None
+        if _state(pid) in ("Z", "X"):        # killed, not yet reaped: its namespaces are gone
+            return None
         return pid, fields[2:3] == ["env"]
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def _start_time(pid: int) -> str:

@@ -1,0 +1,228 @@
+"""Shared mounts within a scope (runtime/share.py) and the exec fast path (launcher/fast.c).
+
+Launches of one user with the same mount plan join one container; a repeat launch joins it
+from C, applying the recipe Python wrote, with the same environment, directory, ids and mounts
+as the Python path.  Everything runs as the unprivileged test user.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import helpers
+
+pytestmark = pytest.mark.timeout(300)
+
+PROBE = ('echo "ns=$(readlink /proc/self/ns/mnt)"; echo "pwd=$(pwd)"; echo "id=$(id)"; '
+         'env | sort | sed "s/^/env:/"; cut -d" " -f5 /proc/self/mountinfo | sort | '
+         'sed "s/^/mnt:/"')
+
+
+@pytest.fixture(scope="module")
+def fast(install, world_tmp, test_user):
+    """launcher/fast.c built in front of this run's Python entry points: {'dir': a directory
+    with hpccont and run-singularity, 'strict': the same names built with no Python behind
+    them (a launch that works there took the C path)}."""
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler")
+    out = {}
+    for name, bindir in (("dir", install["bin"]), ("strict", "/nonexistent")):
+        d = world_tmp / f"fast-{name}"
+        d.mkdir(exist_ok=True)
+        subprocess.run(["make", "-s", "-C", str(helpers.REPO / "launcher"), f"O={d}",
+                        f"PY_BINDIR={bindir}"], check=True)
+        for n in ("hpccont", "run-singularity"):
+            (d / n).unlink(missing_ok=True)
+            (d / n).symlink_to(d / "hpccont-fast")
+        subprocess.run(["chmod", "-R", "a+rX", str(d)], check=True)
+        out[name] = d
+    return out
+
+
+@pytest.fixture
+def image(busybox_squashfs, shared_tmp):
+    """A private copy of the image: its keepers are this test's alone."""
+    p = shared_tmp / "img.sqsh"
+    shutil.copy(busybox_squashfs, p)
+    p.chmod(0o644)
+    yield p
+    _stop_keepers(p)
+
+
+def _keepers(image):
+    """PIDs of the FUSE servers holding ``image`` open and of their parents, the keepers."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(image):
+                    found.append(int(pid))
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                    found.append(int(stat.rsplit(")", 1)[1].split()[1]))
+                    break
+        except OSError:
+            continue
+    return found
+
+
+def _stop_keepers(image):
+    for pid in _keepers(image):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _run(hpccont_user, *args, env=None, cwd=None):
+    r = hpccont_user(*args, env=env, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _field(out, name):
+    return next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith(name + "="))
+
+
+def _dry(hpccont_user, image, *opts, env=None, cwd=None):
+    import json
+    return json.loads(_run(hpccont_user, "exec", "--share", "--dry-run", *opts, image,
+                           "/bin/true", env=env, cwd=cwd)).get("share")
+
+
+def test_same_plan_joins_different_binds_do_not(hpccont_user, image, shared_tmp):
+    assert _dry(hpccont_user, image)["would_join"] is False
+    a = _run(hpccont_user, "exec", "--share", image, "sh", "-c", PROBE)
+    b = _run(hpccont_user, "exec", "--share", "--env", "X=1", image, "sh", "-c", PROBE)
+    assert _field(a, "ns") == _field(b, "ns")          # joined, though env and argv differ
+    assert "env:X=1" in b and "env:X=1" not in a
+    info = _dry(hpccont_user, image)
+    assert info["would_join"] is True and info["keeper"] in _keepers(image)
+    c = _run(hpccont_user, "exec", "--share", "-B", f"{shared_tmp}:/mnt", image, "sh", "-c", PROBE)
+    assert _field(c, "ns") != _field(a, "ns")
+    d = _run(hpccont_user, "exec", "--no-share", image, "sh", "-c", PROBE)
+    assert _field(d, "ns") != _field(a, "ns")
+    assert _dry(hpccont_user, image, "--no-share") == {"share": False, "why": "--no-share"}
+
+
+def test_off_unless_asked_and_site_switch(hpccont_user, image, shared_tmp):
+    a = _run(hpccont_user, "exec", image, "readlink", "/proc/self/ns/mnt")
+    assert not _keepers(image)                          # runtime.share: ask (the default)
+    cfg = shared_tmp / "never.yaml"
+    cfg.write_text("runtime:\n  share: never\n")
+    cfg.chmod(0o644)
+    assert _dry(hpccont_user, image, env={"HPCCONT_CONFIG": str(cfg)})["share"] is False
+    _run(hpccont_user, "exec", "--share", image, "true", env={"HPCCONT_CONFIG": str(cfg)})
+    assert not _keepers(image)
+    assert a.startswith("mnt:")
+
+
+def test_another_user_never_joins(hpccont_user, install, image):
+    other = helpers.ensure_test_user("hpcshare2")
+    a = _run(hpccont_user, "exec", "--share", image, "readlink", "/proc/self/ns/mnt")
+    r = helpers.as_user([install["hpccont"], "exec", "--share", str(image), "readlink",
+                         "/proc/self/ns/mnt"], user=other.pw_name)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout != a
+    owners = {os.stat(f"/proc/{p}").st_uid for p in _keepers(image)}
+    assert owners == {_uid("hpcuser"), other.pw_uid}
+
+
+def _uid(name):
+    import pwd
+    return pwd.getpwnam(name).pw_uid
+
+
+def test_idle_keeper_exits_and_killed_keeper_is_replaced(hpccont_user, image, shared_tmp):
+    cfg = shared_tmp / "idle.yaml"
+    cfg.write_text("runtime:\n  share: always\n  share_idle_s: 2\n")
+    cfg.chmod(0o644)
+    env = {"HPCCONT_CONFIG": str(cfg)}
+    _run(hpccont_user, "exec", image, "true", env=env)
+    keeper = _dry(hpccont_user, image, env=env)["keeper"]
+    assert keeper
+    os.kill(keeper, signal.SIGKILL)
+    out = _run(hpccont_user, "exec", image, "echo", "ok", env=env)
+    assert out == "ok\n"
+    again = _dry(hpccont_user, image, env=env)["keeper"]
+    assert again and again != keeper
+    deadline = time.time() + 15
+    while time.time() < deadline and _keepers(image):
+        time.sleep(0.2)
+    assert not _keepers(image), "the idle keeper (share_idle_s: 2) is still there"
+    assert not helpers.mounts_mentioning(str(image))
+
+
+def test_32_concurrent_first_launches_make_one_mount(install, image, test_user, shared_tmp):
+    script = shared_tmp / "many.sh"
+    script.write_text(
+        "#!/bin/sh\ni=0\nwhile [ $i -lt 32 ]; do\n"
+        f"  {install['hpccont']} exec --share {image} readlink /proc/self/ns/mnt "
+        f"> {shared_tmp}/out.$i 2>&1 &\n  i=$((i+1))\ndone\nwait\n")
+    script.chmod(0o755)
+    r = helpers.as_user([str(script)], timeout=240)
+    assert r.returncode == 0, r.stderr
+    outs = {(shared_tmp / f"out.{i}").read_text() for i in range(32)}
+    assert len(outs) == 1 and next(iter(outs)).startswith("mnt:["), outs
+    keepers = _keepers(image)
+    assert len(keepers) == 2, keepers           # one FUSE server, one keeper: one mount
+
+
+def _pairs(out):
+    return sorted(line for line in out.splitlines() if not line.startswith("env:_="))
+
+
+def test_c_path_gives_the_python_paths_results(fast, image, test_user, shared_tmp):
+    """Same environment, working directory, ids and mounts; the strict launcher (no Python
+    behind it) proves the second launch took the C path."""
+    work = shared_tmp / "work"
+    work.mkdir()
+    work.chmod(0o777)
+    env = {"HPCCONT_SHARE": "1", "FOO": "a b"}
+    cmd = ["exec", str(image), "sh", "-c", PROBE]
+
+    def run(entry):
+        r = helpers.as_user(["sh", "-c", 'cd "$0" && exec "$@"', str(work), str(entry), *cmd],
+                            env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    python = run(fast["dir"] / "hpccont")                   # no recipe yet: Python, recording
+    c = run(fast["strict"] / "hpccont")
+    assert _pairs(c) == _pairs(python)
+    assert _field(c, "pwd") == str(work) and "uid=" in _field(c, "id")
+    alone = helpers.as_user(["sh", "-c", 'cd "$0" && exec "$@"', str(work),
+                             str(fast["dir"] / "hpccont"), "exec", "--no-share", str(image),
+                             "sh", "-c", PROBE], env=env)
+    strip = [line for line in _pairs(python) if not line.startswith("ns=")]
+    assert [line for line in _pairs(alone.stdout) if not line.startswith("ns=")] == strip
+    # a different environment has no recipe: the strict launcher cannot take the C path
+    r = helpers.as_user(["sh", "-c", 'cd "$0" && exec "$@"', str(work),
+                         str(fast["strict"] / "hpccont"), *cmd], env={**env, "FOO": "b"})
+    assert r.returncode == 127 and "cannot execute /nonexistent/hpccont" in r.stderr
+
+
+def test_executable_image_in_a_loop_takes_the_c_path(fast, busybox_sif, test_user, shared_tmp):
+    """./tool.sif in a shell loop: after the first start, no Python (the recipe the first
+    start wrote is never rewritten, as every Python launch would)."""
+    img = shared_tmp / "tool.sif"
+    shutil.copy(busybox_sif, img)
+    img.chmod(0o755)
+    env = {"HPCCONT_SHARE": "1", "PATH": f"{fast['dir']}:/usr/bin:/bin"}
+    loop = ["sh", "-c", 'cd "$0" && for f in a b c; do ./tool.sif echo "$f"; done',
+            str(shared_tmp)]
+    try:
+        r = helpers.as_user(loop, env=env)
+        assert r.stdout.splitlines() == [f"runscript args: echo {f}" for f in "abc"], r.stderr
+        recipes = {p: p.stat().st_ino for p in Path(f"/tmp/hpccont-{_uid('hpcuser')}").glob(
+            "fast-*") if str(img).encode() in p.read_bytes()}
+        assert len(recipes) == 1
+        r = helpers.as_user(loop, env=env)
+        assert r.stdout.splitlines() == [f"runscript args: echo {f}" for f in "abc"], r.stderr
+        assert {p: p.stat().st_ino for p in recipes} == recipes
+    finally:
+        _stop_keepers(img)

@@ -30,6 +30,11 @@ install:
 	cd / && $(PY) -m hpccont.cli.launchers $(VENV)/bin >/dev/null
 	chmod -R a+rX $(PREFIX)
 	for f in hpccont container-exec run-singularity; do ln -sf $(VENV)/bin/$$f /usr/local/bin/$$f; done
+	# The exec fast path (launcher/): in front of hpccont and run-singularity when it builds;
+	# without a C compiler the links stay on the Python entry points.
+	if $(MAKE) -s -C launcher O=$(VENV)/bin PY_BINDIR=$(VENV)/bin; then \
+		for f in hpccont run-singularity; do ln -sf $(VENV)/bin/hpccont-fast /usr/local/bin/$$f; done; \
+	fi
 
 # The main job: build a small image and run a program in it, as root, as an unprivileged user,
 # and under Slurm.

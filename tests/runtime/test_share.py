@@ -226,3 +226,27 @@ def test_executable_image_in_a_loop_takes_the_c_path(fast, busybox_sif, test_use
         assert {p: p.stat().st_ino for p in recipes} == recipes
     finally:
         _stop_keepers(img)
+
+
+def test_a_jobs_end_takes_its_keepers(submit, install, image, shared_tmp):
+    """On the Slurm test cluster: two launches in a batch job share one keeper, which the
+    job's end removes with its FUSE server (the job's cgroup), idle time or not."""
+    script = shared_tmp / "job.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"{install['hpccont']} exec --share {image} readlink /proc/self/ns/mnt\n"
+        f"{install['hpccont']} exec --share {image} readlink /proc/self/ns/mnt\n"
+        f"{install['hpccont']} exec --share --dry-run {image} true | grep '\"keeper\"'\n")
+    script.chmod(0o755)
+    out = shared_tmp / "job.out"
+    r = submit("sbatch", "--wait", "-o", str(out), str(script), timeout=180)
+    assert r.returncode == 0, r.stderr + out.read_text()
+    lines = out.read_text().splitlines()
+    assert lines[0] == lines[1] and lines[0].startswith("mnt:["), lines
+    keeper = int(lines[2].split(":")[1].strip().rstrip(","))
+    deadline = time.time() + 20
+    while time.time() < deadline and (os.path.exists(f"/proc/{keeper}") or _keepers(image)):
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{keeper}") or \
+        Path(f"/proc/{keeper}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    assert not _keepers(image)

@@ -95,21 +95,14 @@ def split_argv(argv: List[str], environ: Mapping[str, str]) -> Tuple[List[str], 
     return opts, image, command
 
 
-def _start_time(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "0"
-
-
 def job_identity(environ: Mapping[str, str]) -> Optional[str]:
     for names in JOB_IDENTITY:
         if all(environ.get(n) for n in names):
             return "|".join(f"{n}={environ[n]}" for n in names)
     if any(v in environ for v in ("PMI_RANK", "PMI_FD", "HYDI_CONTROL_FD")):
         ppid = os.getppid()
-        return f"parent={ppid}@{_start_time(ppid)}"
+        from ..runtime.join import start_time_or_none
+        return f"parent={ppid}@{start_time_or_none(ppid) or '0'}"
     return None
 
 

@@ -205,7 +205,7 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Fals
                                 linger_s)
         dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if then else -1
         try:
-            _enter(pid, plan)
+            enter_keeper(pid, plan)
         except OSError as e:
             raise LaunchError(f"cannot join container {plan.join!r} (keeper {pid}): "
                               f"{e.strerror}") from None
@@ -288,7 +288,7 @@ def _live_keeper(path: str) -> tuple[int, bool] | None:
         with open(path) as f:
             fields = f.read().split()
         pid, start = int(fields[0]), fields[1]
-        if _start_time(pid) != start or os.stat(f"/proc/{pid}").st_uid != os.getuid():
+        if start_time(pid) != start or os.stat(f"/proc/{pid}").st_uid != os.getuid():
             return None
         if _state(pid) in ("Z", "X"):        # killed, not yet reaped: its namespaces are gone
             return None
@@ -302,24 +302,24 @@ def _state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def _start_time(pid: int) -> str:
+def start_time(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[19]
 
 
-def _enter(pid: int, plan: LaunchPlan) -> None:
-    from . import kernel as K
+def enter_keeper(pid: int, plan: LaunchPlan) -> None:
+    from . import kernel
     mnt = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     if plan.mode != "rootless":
-        K.setns(mnt, K.CLONE_NEWNS)
+        kernel.setns(mnt, kernel.CLONE_NEWNS)
         os.close(mnt)
         return
     nested = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    outer = K.ioctl_int(nested, K.NS_GET_PARENT)
+    outer = kernel.ioctl_int(nested, kernel.NS_GET_PARENT)
     try:
-        K.setns(outer, K.CLONE_NEWUSER)
-        K.setns(mnt, K.CLONE_NEWNS)
-        K.setns(nested, K.CLONE_NEWUSER)
+        kernel.setns(outer, kernel.CLONE_NEWUSER)
+        kernel.setns(mnt, kernel.CLONE_NEWNS)
+        kernel.setns(nested, kernel.CLONE_NEWUSER)
     finally:
         for fd in (outer, mnt, nested):
             os.close(fd)
@@ -353,7 +353,7 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
     pid = int(msg.split()[1])
     scripts = msg.split()[2:3] == ["env"]
     with open(os.path.join(d, name + ".tmp"), "w") as f:
-        f.write(f"{pid} {_start_time(pid)} {'env' if scripts else 'plain'}\n")
+        f.write(f"{pid} {start_time(pid)} {'env' if scripts else 'plain'}\n")
     os.replace(os.path.join(d, name + ".tmp"), os.path.join(d, name))
     return pid, scripts
 
@@ -390,10 +390,10 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
     os.write(wfd, f"ready {os.getpid()} {'env' if scripts else 'plain'}".encode())
     os.close(wfd)
     if persistent:       # an instance or a Slurm step: lives until stopped ...
-        watched = _start_time(watch_pid) if watch_pid else None
+        watched = start_time(watch_pid) if watch_pid else None
         while True:      # ... or until the process it serves is gone
             time.sleep(1.0 if watched else 3600)
-            if watched and _start_time_or_none(watch_pid) != watched:
+            if watched and start_time_or_none(watch_pid) != watched:
                 _remove_state(dir_fd, name)
                 os._exit(0)
     _linger(dir_fd, name, linger_s, watch_pid)
@@ -412,7 +412,7 @@ def _close_all_but(keep: set) -> None:
 def _linger(dir_fd: int, name: str, linger_s: float = LINGER_S, watch_pid: int = 0) -> None:
     """Leave once no guest is left for ``linger_s`` (LINGER_S once ``watch_pid`` is gone)."""
     me = os.getpid()
-    watched = _start_time_or_none(watch_pid) if watch_pid else None
+    watched = start_time_or_none(watch_pid) if watch_pid else None
     guests = os.open(name + ".guests", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     lock = os.open(name + ".lock", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     empty_since = None
@@ -429,7 +429,7 @@ def _linger(dir_fd: int, name: str, linger_s: float = LINGER_S, watch_pid: int =
         else:
             empty_since = empty_since or time.monotonic()
             idle = time.monotonic() - empty_since
-            if watched and _start_time_or_none(watch_pid) != watched:
+            if watched and start_time_or_none(watch_pid) != watched:
                 linger_s = min(linger_s, LINGER_S)       # the session (or job) is over
             if idle >= linger_s:
                 break
@@ -474,9 +474,9 @@ def remove_recipes(dir_fd: int, keeper: int) -> None:
             continue
 
 
-def _start_time_or_none(pid: int) -> str | None:
+def start_time_or_none(pid: int) -> str | None:
     try:
-        return _start_time(pid)
+        return start_time(pid)
     except (OSError, IndexError):
         return None
 

@@ -71,8 +71,8 @@ def start(root: str, wanted: list[list[str]]) -> int:
         return 0
     if pid == 0:
         try:
-            from . import kernel as K
-            K.prctl(K.PR_SET_PDEATHSIG, K.SIGKILL)
+            from . import kernel
+            kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGKILL)
             if os.getppid() == parent:
                 Reader(rootfd).run(wanted)
         except BaseException:

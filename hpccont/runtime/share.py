@@ -197,7 +197,7 @@ def _exec_and_record(plan, step, keeper: int, dir_fd: int, name: str, material: 
 
 
 def _record(plan, keeper, dir_fd, state, material, host_cwd, argv, env, cmd) -> None:
-    from .join import _start_time
+    from .join import start_time
     from .recipe import encode
     words = [os.fsencode(a) for a in argv]
     if plan.umask is not None or len(words) < len(cmd) or (
@@ -206,7 +206,7 @@ def _record(plan, keeper, dir_fd, state, material, host_cwd, argv, env, cmd) -> 
     prefix = words[:len(words) - len(cmd)]
     if not cmd and not prefix:
         return
-    fields = [("m", plan.mode), ("p", str(keeper)), ("t", _start_time(keeper)),
+    fields = [("m", plan.mode), ("p", str(keeper)), ("t", start_time(keeper)),
               ("h", host_cwd), ("w", plan.cwd), ("x", "")]
     fields += [("a", w) for w in prefix]
     fields += [("K", "")] + [("s", f"{k}={v}") for k, v in env.items()]

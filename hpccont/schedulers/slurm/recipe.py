@@ -113,7 +113,7 @@ def prepare_step(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[st
             prefix = shell_prefix(plan)
     d = join.state_dir(cfg)
     name = join.state_name(plan)
-    return Recipe(mode=plan.mode, keeper=pid, keeper_start=join._start_time(pid),
+    return Recipe(mode=plan.mode, keeper=pid, keeper_start=join.start_time(pid),
                   host_cwd=os.getcwd(), cwd=plan.cwd, prefix=prefix, env=delta,
                   state_files=[os.path.join(d, name + s) for s in ("", ".lock", ".guests")])
 
@@ -130,7 +130,7 @@ def _evaluated_environment(keeper: int, plan) -> Optional[Dict[str, str]]:
     if child == 0:
         try:
             os.close(r)
-            join._enter(keeper, plan)
+            join.enter_keeper(keeper, plan)
             os.chdir(plan.cwd)
             env = image_environment(plan, plan.env)
             if env is not None:

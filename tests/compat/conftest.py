@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import helpers
+from compatlib import compat_env
 
 WF_VENV = Path(os.environ.get("HPCCONT_WF_VENV", "/var/cache/hpccont-test/wf-venv"))
 WF_PACKAGES = ("snakemake", "cwltool")
@@ -29,12 +30,6 @@ def compat_bin(install, world_tmp):
     assert r.returncode == 0, r.stderr
     subprocess.run(["chmod", "-R", "a+rX", str(d)], check=True)
     return d
-
-
-def compat_env(compat_bin, extra=None):
-    env = {"PATH": f"{compat_bin}:/usr/local/bin:/usr/bin:/bin"}
-    env.update(extra or {})
-    return env
 
 
 @pytest.fixture(scope="session")

@@ -83,7 +83,7 @@ def test_contain_does_not_bind_home_and_containall(as_apptainer, bash_sif, test_
 def test_no_umask(compat_bin, bash_sif, test_user):
     """The caller's umask is passed on (Apptainer's default); --no-umask gives 0022."""
     import helpers
-    from conftest import compat_env
+    from compatlib import compat_env
 
     def umask_inside(*flags):
         r = helpers.as_user(["sh", "-c", 'umask 027; exec "$@"', "sh", "apptainer", "exec",

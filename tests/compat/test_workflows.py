@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 import helpers
-from conftest import compat_env
+from compatlib import compat_env
 
 pytestmark = pytest.mark.rootless
 

@@ -55,8 +55,8 @@ def no_storm_left(workdir):
 
 def test_counts_and_image_needs_far_fewer_metadata_operations(storm_ready, shared_tmp, tmp_path):
     out = tmp_path / "storm.json"
-    r = subprocess.run(storm_argv(storm_ready, shared_tmp, "--n", "2", "--delay-ms", "0.2", "--threads", "4",
-                                  "--variants", "tree-slow,sif-slow,tree-local",
+    r = subprocess.run(storm_argv(storm_ready, shared_tmp, "--n", "2", "--delay-ms", "0.2",
+                                  "--threads", "4", "--variants", "tree-slow,sif-slow,tree-local",
                                   "--json", str(out), "--quiet"),
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]

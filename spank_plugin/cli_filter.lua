@@ -120,6 +120,27 @@ local function check_typed(options)
    end
 end
 
+-- Container options without an image do nothing: say so once, in the client, and run.
+local function warn_without_image(options)
+   if getenv(GUARD) then return end   -- the re-executed client warns, not both passes
+   local given = options.spank and options.spank[PLUGIN]
+   if type(given) ~= "table" or given[OPTION] ~= nil then return end
+   if options.container ~= nil and options.container ~= "" then return end
+   if getenv("HPCCONT_CONTAINER") or getenv(spank_var(PLUGIN, OPTION))
+         or getenv("SLURM_SPANK_" .. spank_var(PLUGIN, OPTION)) then
+      return   -- the job's image is inherited
+   end
+   local names = {}
+   -- Slurm lists every flag option, "set" or "unset"; options with a value only when given.
+   for name, value in pairs(given) do
+      if value ~= nil and value ~= "unset" then names[#names + 1] = "--" .. name end
+   end
+   if #names > 0 then
+      table.sort(names)
+      say("hpccont: warning: " .. table.concat(names, " ") .. " has no effect without --container")
+   end
+end
+
 -- Route (a): never returns when it works.
 local function reexec(options, value)
    if not have_posix or getenv(GUARD) then return false end
@@ -164,6 +185,7 @@ local function route(options)
       setenv(GUARD, nil)
    end
    check_typed(options)
+   warn_without_image(options)
    local value = options.container
    if value == nil or value == "" then return end
    if is_oci_bundle(value) then return end

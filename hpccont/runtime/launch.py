@@ -46,11 +46,11 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) 
         Step(debug=True)("plan made (interpreter, imports, parsing, config, image, planning)")
     for w in plan.warnings if req.message_level > -3 else ():   # -s: errors only
         sys.stderr.write(f"hpccont: warning: {w}\n")
-    from . import share as S
+    from . import share as sharing
     if req.dry_run or req.debug:
         import json
         shown = plan.to_dict()
-        info = S.describe(plan, cfg, environ, share)
+        info = sharing.describe(plan, cfg, environ, share)
         if info is not None:
             shown["share"] = info
         text = json.dumps(shown, indent=2) + "\n"
@@ -60,9 +60,9 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) 
     if plan.join:
         from .join import apply_joined
         apply_joined(plan, cfg)
-    key, _ = S.decide(plan, cfg, environ, share)
+    key, _ = sharing.decide(plan, cfg, environ, share)
     if key is not None:
-        S.launch_shared(plan, cfg, key, req, environ)
+        sharing.launch_shared(plan, cfg, key, req, environ)
     from .apply import apply
     apply(plan, cfg, debug=req.debug)
     return 255  # not reached: apply execs or raises

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from ..errors import BindError, ImageError, PolicyError, UsageError
-from . import mounts as M
+from . import mounts as mount_rules
 from .environment import container_environment
 from .identity import current_identity
 from .plan_types import HostAdditions, ImageSource, LaunchPlan, Mount
@@ -121,7 +121,7 @@ def _home(req: ContainerRequest):
     dst = dst or src
     if not dst.startswith("/"):
         raise UsageError(f"--home {req.home!r}: the home directory inside must be an absolute path")
-    M.refuse_climbing(dst)
+    mount_rules.refuse_climbing(dst)
     return os.path.abspath(src), os.path.normpath(dst)
 
 
@@ -134,7 +134,7 @@ def _check_home_source(mcfg: dict, src: str, dst: str) -> None:
     if not mcfg["user_binds"]:
         raise PolicyError(f"--home {src}: user bind mounts are disabled by the site "
                           "configuration (only your own home directory may be used)")
-    M.check_bind_source(Bind(src=src, dst=dst), mcfg["user_bind_denylist"])
+    mount_rules.check_bind_source(Bind(src=src, dst=dst), mcfg["user_bind_denylist"])
     if not os.path.isdir(src):
         raise BindError(f"--home {src}: not a directory")
 
@@ -196,14 +196,14 @@ def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) 
     contain = req.contain or req.containall
     skip = _no_mount(req, additions)
     out = []
-    for m in M.default_mounts(mcfg, contain=contain):
+    for m in mount_rules.default_mounts(mcfg, contain=contain):
         if any(m.target in NO_MOUNT_TARGETS.get(name, ()) for name in skip):
             continue
         if m.why == "default: host file" and ("bind-paths" in skip or m.target in skip):
             continue
         if m.target == "/proc" and req.pid:
             m = Mount(kind="proc", target="/proc", why="--pid: /proc of the PID namespace")
-        if m.target in M.CONTAINED_TMP and contain and req.workdir:
+        if m.target in mount_rules.CONTAINED_TMP and contain and req.workdir:
             m = Mount(kind="bind", target=m.target, source=_workdir_sub(
                 req.workdir, "tmp" if m.target == "/tmp" else "var_tmp", 0o1777),
                 why="--workdir with --contain")
@@ -218,19 +218,19 @@ def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) 
     elif contain or not req.mount_home or "home" in skip:
         out.append(Mount(kind="tmpfs", target=ident.home, why="private home (no host home)"))
     if (mcfg["cwd"] and not contain and "cwd" not in skip and cwd not in ("/",) and not any(
-            m.kind == "bind" and M.under(cwd, m.target) and m.source == m.target for m in out)):
+            m.kind == "bind" and mount_rules.under(cwd, m.target) and m.source == m.target for m in out)):
         out.append(Mount(kind="bind", target=cwd, source=cwd, why="default: working directory"))
     for spec in mcfg["binds"]:
-        for b in M.parse_binds([spec]):
+        for b in mount_rules.parse_binds([spec]):
             if "bind-paths" in skip or b.dst in skip:
                 continue
-            out.append(M.Mount(kind="bind", target=b.dst, source=b.src, readonly=b.readonly,
+            out.append(mount_rules.Mount(kind="bind", target=b.dst, source=b.src, readonly=b.readonly,
                                optional=True, why="site config: mounts.binds"))
     for d in req.scratch:
         target = os.path.normpath(d)
         if not target.startswith("/"):
             raise UsageError(f"--scratch {d!r}: must be an absolute path")
-        M.refuse_climbing(target)
+        mount_rules.refuse_climbing(target)
         if req.workdir:
             base = _workdir_sub(req.workdir, "scratch", 0o750)
             out.append(Mount(kind="bind", target=target, source=_workdir_sub(
@@ -240,14 +240,14 @@ def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) 
     if req.binds and not mcfg["user_binds"]:
         raise PolicyError("user bind mounts are disabled by the site configuration")
     for b in req.binds:
-        M.check_bind_source(b, mcfg["user_bind_denylist"])
-        out.append(M.bind_mount(b, "user -B"))
+        mount_rules.check_bind_source(b, mcfg["user_bind_denylist"])
+        out.append(mount_rules.bind_mount(b, "user -B"))
     for b in req.scheduler_binds:
-        out.append(M.bind_mount(b, "batch system: step files"))
+        out.append(mount_rules.bind_mount(b, "batch system: step files"))
     out += additions.mounts
     out.append(Mount(kind="passwd", target="/etc/passwd", why="identity: user entry"))
     out.append(Mount(kind="group", target="/etc/group", why="identity: group entry"))
-    return M.dedupe(out)
+    return mount_rules.dedupe(out)
 
 
 def _workdir_sub(workdir: str, name: str, mode: int) -> str:
@@ -269,7 +269,7 @@ def _workdir(req: ContainerRequest, mounts: list[Mount], cwd: str, home: str) ->
         if not req.pwd.startswith("/"):
             raise UsageError(f"--pwd must be an absolute path, not {req.pwd!r}")
         return req.pwd
-    visible = any(m.kind == "bind" and m.source == m.target and M.under(cwd, m.target)
+    visible = any(m.kind == "bind" and m.source == m.target and mount_rules.under(cwd, m.target)
                   and m.target not in ("/proc", "/sys", "/dev") for m in mounts)
     return cwd if visible else home
 

@@ -237,6 +237,10 @@ def run_account(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
         raise SchedulerError("'hpccont slurm account' is run by slurmstepd as root")
     if ident is None:
         raise SchedulerError("'hpccont slurm account' needs --user from the SPANK plugin")
+    # Before anything is written there (the digest cache too): root's files, root's directory.
+    log_dir = os.path.dirname(os.path.abspath(args.accounting))
+    os.makedirs(log_dir, mode=0o755, exist_ok=True)
+    _root_only_dir(log_dir)
     rec = make_entry(step, args, spank, accounting_environ(jobenv), ident)
     if rec is None:
         return 0

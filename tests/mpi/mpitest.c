@@ -7,6 +7,9 @@
  *   mpitest shm         ranks of one node share a window (MPI_Win_allocate_shared): each
  *                       writes its rank into its slot, then reads all slots directly
  *   mpitest version     MPI_Get_library_version, first line
+ *   mpitest pingpong [REPS]  ranks 0 and 1 (bench/mpi): per repetition rank 0 prints
+ *                       "lat8 US" (one-way latency of 8-byte messages, microseconds) and
+ *                       "bw1m MIBS" (bandwidth of 1 MiB messages, MiB/s); other ranks wait
  */
 #include <mpi.h>
 #include <stdio.h>
@@ -96,6 +99,37 @@ static int shm(int rank) {
     return ok ? 0 : 1;
 }
 
+static double pingpong_loop(char *buf, int bytes, int iters, int rank) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = MPI_Wtime();
+    for (int i = 0; i < iters; i++) {
+        if (rank == 0) {
+            MPI_Send(buf, bytes, MPI_CHAR, 1, 9, MPI_COMM_WORLD);
+            MPI_Recv(buf, bytes, MPI_CHAR, 1, 9, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        } else if (rank == 1) {
+            MPI_Recv(buf, bytes, MPI_CHAR, 0, 9, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            MPI_Send(buf, bytes, MPI_CHAR, 0, 9, MPI_COMM_WORLD);
+        }
+    }
+    return MPI_Wtime() - t0;
+}
+
+static int pingpong(int rank, int size, int reps) {
+    const int big = 1 << 20, lat_iters = 1000, bw_iters = 20;
+    char *buf = calloc(1, big);
+    if (!buf || size < 2) return 1;
+    pingpong_loop(buf, 8, 100, rank);       /* warm-up: connections, first-touch of buffers */
+    pingpong_loop(buf, big, 4, rank);
+    for (int r = 0; r < reps; r++) {
+        double t = pingpong_loop(buf, 8, lat_iters, rank);
+        if (rank == 0) printf("lat8 %.3f\n", t / (2.0 * lat_iters) * 1e6);
+        t = pingpong_loop(buf, big, bw_iters, rank);
+        if (rank == 0) printf("bw1m %.1f\n", 2.0 * bw_iters * (big / 1048576.0) / t);
+    }
+    free(buf);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int rank, size, rc = 2;
     const char *what = argc > 1 ? argv[1] : "allreduce";
@@ -107,6 +141,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(what, "bigring")) rc = bigring(rank, size);
     else if (!strcmp(what, "maps")) rc = maps(rank);
     else if (!strcmp(what, "shm")) rc = shm(rank);
+    else if (!strcmp(what, "pingpong")) rc = pingpong(rank, size, argc > 2 ? atoi(argv[2]) : 10);
     else if (!strcmp(what, "version")) {
         char v[MPI_MAX_LIBRARY_VERSION_STRING];
         int len;

@@ -118,6 +118,9 @@ def launch_shared(plan, cfg: dict, key: str, req, environ) -> None:
     """Join (or start) the shared container for ``key`` and exec; a recipe for the fast path is
     written on the way when this launch can be repeated without Python.  No return."""
     from .join import apply_joined, state_dir
+    # Everything the joined side runs is imported here, before the container is entered: the
+    # package itself (under /opt, say) is not visible inside it.
+    from . import apply, recipe  # noqa: F401
     plan.join = "share:" + key
     fast = _fast_inputs(req)
     then = None

@@ -250,3 +250,15 @@ def test_a_jobs_end_takes_its_keepers(submit, install, image, shared_tmp):
     assert not os.path.exists(f"/proc/{keeper}") or \
         Path(f"/proc/{keeper}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     assert not _keepers(image)
+
+
+def test_joining_works_when_hpccont_is_installed_where_containers_do_not_see(
+        site_install, image, test_user, site_tmp):
+    """As at a site: the package under /opt-like paths outside every default bind (the test
+    install under /tmp would be visible inside and hide a late import)."""
+    env = {"PATH": "/usr/bin:/bin"}
+    for _ in range(2):
+        r = helpers.as_user([site_install["hpccont"], "exec", "--share", str(image), "cat",
+                             "/etc/hostname"], env=env, cwd=site_tmp)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["container"]

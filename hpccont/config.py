@@ -19,6 +19,17 @@ from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/hpccont/hpccont.yaml"
 
+# The one spelling of yes and no in variables and arguments (HPCCONT_SHARE, plugstack and hook
+# arguments, job option variables); YAML values are booleans already.
+YES = ("1", "yes", "true", "on")
+NO = ("0", "no", "false", "off")
+
+
+def yes_no(value: str) -> "bool | None":
+    """True, False, or None when ``value`` is neither (the caller says which setting it was)."""
+    v = value.strip().lower()
+    return True if v in YES else False if v in NO else None
+
 # section -> key -> (type, default).  ``list`` means a list of strings; ``dict`` an open mapping.
 SCHEMA: dict[str, dict[str, tuple]] = {
     "mounts": {

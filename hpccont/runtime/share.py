@@ -15,7 +15,6 @@ joins without a Python interpreter.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 
@@ -26,8 +25,6 @@ FAST_MAGIC = b"hpccont-fast-1"
 FAST_KINDS = ("hpccont", "run-singularity")
 ACTIONS = ("exec", "run", "shell", "test")
 MAX_RECIPES = 64
-TRUE = ("1", "yes", "true", "on")
-FALSE = ("0", "no", "false", "off")
 
 
 def decide(plan, cfg: dict, environ, choice: bool | None = None) -> tuple[str | None, str]:
@@ -37,12 +34,13 @@ def decide(plan, cfg: dict, environ, choice: bool | None = None) -> tuple[str | 
     ``runtime.share``: never | ask (only with --share or HPCCONT_SHARE=1) | always (unless
     --no-share or HPCCONT_SHARE=0)."""
     setting = cfg["runtime"].get("share", "ask")
-    env_choice = (environ.get("HPCCONT_SHARE") or "").strip().lower()
-    if choice is False or (choice is None and env_choice in FALSE):
+    from ..config import yes_no
+    env_choice = yes_no(environ.get("HPCCONT_SHARE") or "")
+    if choice is False or (choice is None and env_choice is False):
         return None, "--no-share"
     if setting == "never":
         return None, "shared mounts are off at this site (runtime.share: never)"
-    if not (choice or env_choice in TRUE or setting == "always"):
+    if not (choice or env_choice or setting == "always"):
         return None, "not asked for (runtime.share: ask; --share or HPCCONT_SHARE=1)"
     why = _unshareable(plan)
     if why:
@@ -83,6 +81,7 @@ def share_key(plan, scope_text: str) -> str:
         data.pop(name, None)
     image = stamp(plan.image.path).decode()
     text = repr((scope_text, image, sorted(data.items())))
+    import hashlib      # here: every launch imports this module, few share (~4 ms)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 

@@ -14,6 +14,7 @@ TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at r
 if TYPE_CHECKING:
     from typing import Dict, List, Mapping, Optional, Tuple
 
+from ..config import yes_no  # noqa: F401 (the schedulers' spelling is the config's)
 from ..errors import ImageError, UsageError
 from ..record import factory, record
 
@@ -56,17 +57,6 @@ class JobOptions:
     @property
     def wanted(self) -> bool:
         return self.image is not None and self.image.lower() not in NO_CONTAINER
-
-
-# The one spelling of yes and no, for options, job variables and plugstack/hook arguments.
-YES = ("1", "yes", "true", "on")
-NO = ("0", "no", "false", "off")
-
-
-def yes_no(value: str) -> Optional[bool]:
-    """True, False, or None when ``value`` is neither (the caller says which setting it was)."""
-    v = value.strip().lower()
-    return True if v in YES else False if v in NO else None
 
 
 # A program that already is a container launch is never wrapped again: basename -> the

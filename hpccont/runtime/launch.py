@@ -46,9 +46,9 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) 
         Step(debug=True)("plan made (interpreter, imports, parsing, config, image, planning)")
     for w in plan.warnings if req.message_level > -3 else ():   # -s: errors only
         sys.stderr.write(f"hpccont: warning: {w}\n")
-    from . import share as sharing
     if req.dry_run or req.debug:
         import json
+        from . import share as sharing
         shown = plan.to_dict()
         info = sharing.describe(plan, cfg, environ, share)
         if info is not None:
@@ -60,9 +60,12 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) 
     if plan.join:
         from .join import apply_joined
         apply_joined(plan, cfg)
-    key, _ = sharing.decide(plan, cfg, environ, share)
-    if key is not None:
-        sharing.launch_shared(plan, cfg, key, req, environ)
+    if share or cfg["runtime"].get("share", "ask") == "always" or environ.get("HPCCONT_SHARE"):
+        # Only then can the launch share (runtime/share.py decides): the others skip its import.
+        from . import share as sharing
+        key, _ = sharing.decide(plan, cfg, environ, share)
+        if key is not None:
+            sharing.launch_shared(plan, cfg, key, req, environ)
     from .apply import apply
     apply(plan, cfg, debug=req.debug)
     return 255  # not reached: apply execs or raises

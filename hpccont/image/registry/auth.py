@@ -50,14 +50,7 @@ def _keys_for(host: str) -> List[str]:
 
 
 def read_auths(path: str) -> Dict[str, dict]:
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise RegistryError(f"{path}: cannot read registry credentials: {e}") from None
-    auths = doc.get("auths") if isinstance(doc, dict) else None
+    auths = _load_doc(path).get("auths")
     return auths if isinstance(auths, dict) else {}
 
 

@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from typing import Optional
 
+from ..sif import is_sif
+from ..source import SQUASHFS_MAGIC
 from .errors import RegistryError
 
 
@@ -28,15 +30,20 @@ def partial_path(out: str) -> str:
     return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.partial-{os.getpid()}")
 
 
+def _publish(partial: str, out: str) -> None:
+    """Mode 0755 less the umask (like Apptainer's pulls), then renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o755 & ~umask)
+    os.replace(partial, out)
+
+
 def place(src: str, out: str) -> None:
     """Copy ``src`` to ``out`` atomically (mode 0755 less the umask, like Apptainer's pulls)."""
     partial = partial_path(out)
     try:
         shutil.copyfile(src, partial)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(partial, 0o755 & ~umask)
-        os.replace(partial, out)
+        _publish(partial, out)
     except BaseException as e:
         _unlink(partial)
         if isinstance(e, OSError):
@@ -132,12 +139,9 @@ def download_url(url: str, out: str, *, quiet: bool = False, environ=os.environ)
             progress.finish()
         with open(partial, "rb") as f:
             head = f.read(64)
-        if head[32:41] != b"SIF_MAGIC" and head[:4] != b"hsqs":
+        if not is_sif(head) and head[:4] != SQUASHFS_MAGIC:
             raise RegistryError(f"{url}: the download is not a SIF or squashfs image")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(partial, 0o755 & ~umask)
-        os.replace(partial, out)
+        _publish(partial, out)
     except BaseException as e:
         _unlink(partial)
         if isinstance(e, OSError):

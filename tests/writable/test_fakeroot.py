@@ -9,14 +9,6 @@ import helpers
 pytestmark = pytest.mark.rootless
 
 
-@pytest.fixture
-def user_dir(shared_tmp, test_user):
-    d = shared_tmp / "u"
-    d.mkdir()
-    os.chown(d, test_user.pw_uid, test_user.pw_gid)
-    return d
-
-
 def _subuid_start(user="hpcuser"):
     for line in open("/etc/subuid"):
         name, start, _ = line.strip().split(":")

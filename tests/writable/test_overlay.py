@@ -12,14 +12,6 @@ import helpers
 pytestmark = pytest.mark.rootless
 
 
-@pytest.fixture
-def user_dir(shared_tmp, test_user):
-    d = shared_tmp / "u"
-    d.mkdir()
-    os.chown(d, test_user.pw_uid, test_user.pw_gid)
-    return d
-
-
 def _user_sif(busybox_sif, user_dir, test_user, name="w.sif"):
     out = user_dir / name
     shutil.copy(busybox_sif, out)

@@ -77,8 +77,23 @@ class Step:
     def __call__(self, name: str) -> "Step":
         if self.debug:
             os.write(2, f"hpccont: [{since_process_start():6.1f} ms] {name}\n".encode())
+            _stop_if_asked(name)
         self.name = name
         return self
+
+
+# With --debug, HPCCONT_DEBUG_STOP_AT=STEP makes the launch stop itself (SIGSTOP) just before
+# the step whose name starts with STEP: the fault tests (tests/faults/) kill it, or its FUSE
+# server, at an exact phase.  Only --debug reads it, so a plain launch pays nothing; a process
+# can only stop itself, which its owner could do anyway.
+STOP_AT_VAR = "HPCCONT_DEBUG_STOP_AT"
+SIGSTOP = 19     # the same on every architecture kernel.py knows; no signal import here
+
+
+def _stop_if_asked(name: str) -> None:
+    at = os.environ.get(STOP_AT_VAR)
+    if at and name.startswith(at):
+        os.kill(os.getpid(), SIGSTOP)
 
 
 _origin: list = []

@@ -30,6 +30,9 @@ def yes_no(value: str) -> "bool | None":
     v = value.strip().lower()
     return True if v in YES else False if v in NO else None
 
+# mounts.dev as Apptainer's ``mount dev = yes|no|minimal``: a boolean, or the word minimal.
+DEV = "bool or minimal"
+
 # section -> key -> (type, default).  ``list`` means a list of strings; ``dict`` an open mapping.
 SCHEMA: dict[str, dict[str, tuple]] = {
     "mounts": {
@@ -39,7 +42,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "cwd": (bool, True),              # bind the working directory when it is outside $HOME
         "proc": (bool, True),
         "sys": (bool, True),
-        "dev": (bool, True),
+        "dev": (DEV, True),               # true: host /dev; "minimal": Apptainer's minimal /dev
         "hostfiles": (list, ["/etc/hosts", "/etc/localtime", "/etc/resolv.conf"]),
         "user_binds": (bool, True),       # may users add their own -B binds?
         "user_bind_denylist": (list, ["/etc/shadow", "/etc/gshadow", "/root"]),
@@ -146,6 +149,10 @@ def _check(value: object, typ: type, where: str) -> object:
     if typ is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if typ == DEV:
+        if not isinstance(value, bool) and value != "minimal":
+            raise ConfigError(f"{where} must be true, false or minimal, not {value!r}")
         return value
     if typ is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):

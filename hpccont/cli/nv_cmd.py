@@ -39,7 +39,7 @@ def main(name: str, argv: list) -> int:
     from ..config import load
     from ..host.nvidia import discover
     config = load(os.environ)
-    private_dev = args.private_dev or not config["mounts"]["dev"]
+    private_dev = args.private_dev or config["mounts"]["dev"] is not True
     report = discover(config, os.environ, private_dev=private_dev)
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)

@@ -431,8 +431,10 @@ def nv_additions(request, config: dict, environ, nvml=None, dev_root: str = "/de
     No driver: one warning and no GPU support (silent when only the site's ``nvidia.always``
     asked, so CPU nodes stay quiet); --nv-strict turns every problem into HostError.
     """
-    # The host's /dev shows every GPU node; only a container without it sees just ours.
-    private_dev = not config.get("mounts", {}).get("dev", True)
+    # The host's /dev shows every GPU node; only a container without it (no /dev, a minimal
+    # one, --contain) sees just ours.
+    private_dev = (config.get("mounts", {}).get("dev", True) is not True
+                   or bool(getattr(request, "contain", False) or getattr(request, "containall", False)))
     report = discover(config, environ, nvml=nvml, dev_root=dev_root, private_dev=private_dev)
     problems = report.problems()
     if request.nv_strict and problems:

@@ -397,7 +397,7 @@ def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) 
         m = _identity_file(m, lower, files, plan)
     elif m.kind == "file":
         m = _generated_file(m, files)
-    if m.kind == "bind" and m.optional and not os.path.exists(m.source):
+    if m.kind in ("bind", "dev") and m.optional and not os.path.exists(m.source):
         return
     # The image's /etc/passwd may be a link climbing out: covered where the container's own
     # lookup (clamped at its root) finds it.  Other destinations that climb are refused.
@@ -409,7 +409,19 @@ def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) 
         return
     if m.kind == "tmpfs":
         os.makedirs(host_target, exist_ok=True)
-        kernel.mount("tmpfs", host_target, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=0755")
+        kernel.mount("tmpfs", host_target, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV,
+                     m.options or "mode=0755")
+        return
+    if m.kind == "fs":
+        # devpts and mqueue may be mounted by root of a user namespace (FS_USERNS_MOUNT);
+        # mqueue shows the queues of the IPC namespace we are in, a private one (--ipc).
+        os.makedirs(host_target, exist_ok=True)
+        kernel.mount(m.source, host_target, m.source, kernel.MS_NOSUID | kernel.MS_NOEXEC
+                     | (kernel.MS_NODEV if m.source != "devpts" else 0), m.options or None)
+        return
+    if m.kind == "symlink":
+        if not os.path.lexists(host_target):
+            os.symlink(m.source, host_target)
         return
     _make_mountpoint(host_target, os.path.isdir(m.source), files)
     kernel.mount(m.source, host_target, None, kernel.MS_BIND | kernel.MS_REC)

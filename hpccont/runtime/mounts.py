@@ -27,6 +27,18 @@ DEFAULT_MOUNTS: tuple[tuple[str, str, str, str, str], ...] = (
 # --contain replaces the host's /tmp and /var/tmp with private tmpfs.
 CONTAINED_TMP = ("/tmp", "/var/tmp")
 
+# Apptainer's minimal /dev (--contain, --containall, site ``mounts.dev: minimal``, its
+# ``mount dev = minimal``): a fresh tmpfs holding only these host nodes, so a contained
+# program sees no disks, no GPUs and no other users' terminals.  Devices asked for (--nv,
+# --rocm, -B /dev/X) are bound in after it.
+MINIMAL_DEV_NODES = ("/dev/tty", "/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
+# The links every Linux /dev has; they point through /proc, as the kernel's own do.
+MINIMAL_DEV_LINKS = (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
+                     ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"))
+# A private devpts instance: the container's terminals, not the host's.  No gid= option:
+# under a user namespace the host's tty group is not mapped (Apptainer leaves it out too).
+DEVPTS_OPTIONS = "newinstance,ptmxmode=0666,mode=0620"
+
 OPTIONS = {"ro": True, "rw": False}
 
 
@@ -90,10 +102,15 @@ def check_bind_source(bind: Bind, denylist: list[str] = ()) -> None:
         raise BindError(f"bind source {bind.src}: permission denied")
 
 
-def default_mounts(cfg: dict[str, object], *, contain: bool) -> list[Mount]:
+def default_mounts(cfg: dict[str, object], *, contain: bool, ipc: bool = False,
+                   devpts: bool = True, console: str | None = None) -> list[Mount]:
     out = []
     for target, kind, source, switch, why in DEFAULT_MOUNTS:
         if not cfg.get(switch, True):
+            continue
+        if target == "/dev" and (contain or cfg.get(switch) == "minimal"):
+            out += minimal_dev("--contain" if contain else "mounts.dev: minimal", ipc=ipc,
+                               devpts=devpts, console=console)
             continue
         if contain and target in CONTAINED_TMP:
             out.append(Mount(kind="tmpfs", target=target, why="--contain: private tmpfs"))
@@ -104,6 +121,45 @@ def default_mounts(cfg: dict[str, object], *, contain: bool) -> list[Mount]:
             out.append(Mount(kind="bind", target=f, source=f, readonly=True, optional=True,
                              why="default: host file"))
     return out
+
+
+def minimal_dev(why: str, *, ipc: bool, devpts: bool, console: str | None) -> list[Mount]:
+    """The mounts of a minimal /dev, in order (Apptainer's list).
+
+    ``ipc``: a new IPC namespace gets its own POSIX message queues at /dev/mqueue (an mqueue
+    mount shows the queues of the mounter's IPC namespace, so only a private one is safe).
+    ``console``: the caller's terminal, bound at /dev/console as Apptainer does.
+    """
+    why = f"{why}: minimal /dev"
+    out = [Mount(kind="tmpfs", target="/dev", why=why, options="mode=0755"),
+           Mount(kind="tmpfs", target="/dev/shm", why=why, options="mode=1777")]
+    if ipc:
+        out.append(Mount(kind="fs", target="/dev/mqueue", source="mqueue", why=why))
+    if devpts:
+        out.append(Mount(kind="fs", target="/dev/pts", source="devpts", why=why,
+                         options=DEVPTS_OPTIONS))
+        out.append(Mount(kind="symlink", target="/dev/ptmx", source="pts/ptmx", why=why))
+    if console:
+        out.append(Mount(kind="dev", target="/dev/console", source=console, optional=True,
+                         why=why))
+    out += [Mount(kind="dev", target=p, source=p, optional=True, why=why)
+            for p in MINIMAL_DEV_NODES]
+    out += [Mount(kind="symlink", target=t, source=link, why=why)
+            for t, link in MINIMAL_DEV_LINKS]
+    return out
+
+
+def caller_terminal() -> str | None:
+    """The terminal on the caller's stdin, stdout or stderr, if any (for /dev/console)."""
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                path = os.ttyname(fd)
+                if os.path.exists(path):
+                    return path
+        except OSError:
+            continue
+    return None
 
 
 def bind_mount(b: Bind, why: str) -> Mount:

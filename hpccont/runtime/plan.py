@@ -190,14 +190,19 @@ def _no_mount(req: ContainerRequest, additions: HostAdditions) -> set:
 
 def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) -> list[Mount]:
     """The mount list.  As Apptainer: --contain (and --containall) give a private, empty
-    $HOME (unless --home names one) and private /tmp and /var/tmp (from --workdir when given),
-    and no working-directory bind; --pid mounts a /proc of the new PID namespace."""
+    $HOME (unless --home names one), private /tmp and /var/tmp (from --workdir when given), a
+    minimal /dev (mounts.minimal_dev) and no working-directory bind; --pid mounts a /proc of
+    the new PID namespace."""
     mcfg = cfg["mounts"]
     contain = req.contain or req.containall
     skip = _no_mount(req, additions)
     out = []
-    for m in mount_rules.default_mounts(mcfg, contain=contain):
-        if any(m.target in NO_MOUNT_TARGETS.get(name, ()) for name in skip):
+    minimal = contain or mcfg["dev"] == "minimal"
+    for m in mount_rules.default_mounts(
+            mcfg, contain=contain, ipc=req.ipc, devpts="devpts" not in skip,
+            console=mount_rules.caller_terminal() if minimal else None):
+        if any(mount_rules.under(m.target, t) for name in skip
+               for t in NO_MOUNT_TARGETS.get(name, ())):
             continue
         if m.why == "default: host file" and ("bind-paths" in skip or m.target in skip):
             continue

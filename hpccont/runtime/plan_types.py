@@ -19,6 +19,8 @@ class Mount:
       "tmpfs"  a fresh tmpfs at ``target``
       "file"   ``content`` written to a private file and bound over ``target``
       "dev"    a device node from the host bound at ``target`` (same as bind, but kept nodev-free)
+      "fs"     a fresh kernel filesystem of type ``source`` (devpts, mqueue) with ``options``
+      "symlink" a symbolic link at ``target`` whose text is ``source`` (in a fresh tmpfs)
       "passwd" the container's /etc/passwd: the image's entries plus the caller's (identity.py)
       "group"  the same for /etc/group
     target is always an absolute path inside the container.
@@ -30,6 +32,7 @@ class Mount:
     optional: bool = False        # skip silently when the source does not exist
     why: str = ""                 # shown by --dry-run: "default", "user -B", "nv: libcuda.so.1"...
     content: str | None = None
+    options: str = ""             # mount data of "tmpfs" and "fs" ("mode=1777", devpts options)
 
 
 @record

@@ -206,13 +206,18 @@ def parse(action: str, argv: list[str], environ=None) -> tuple[ContainerRequest,
 def _options_from_environment(values: dict, given: set, environ, action: str) -> None:
     """APPTAINER_<KEY> (else SINGULARITY_<KEY>) for each option, as Apptainer's command line
     reads them: blank values are ignored, booleans parse as Go's strconv.ParseBool."""
+    # One pass over the environment (usually none of these is set) instead of two lookups per
+    # option key: os.environ encodes every key it is asked for.
+    present = {k: v for k, v in environ.items() if k.startswith(("APPTAINER_", "SINGULARITY_"))}
+    if not present:
+        return
     for attr, (keys, how) in ENV_KEYS.items():
         if action not in ONLY_FOR.get(attr, (action,)):
             continue
         for key in keys:
-            raw = environ.get(f"APPTAINER_{key}")
+            raw = present.get(f"APPTAINER_{key}")
             if raw is None:
-                raw = environ.get(f"SINGULARITY_{key}")
+                raw = present.get(f"SINGULARITY_{key}")
             if raw is None or not raw.strip():
                 continue
             if how == "set" and attr in given:
@@ -232,6 +237,12 @@ def _options_from_environment(values: dict, given: set, environ, action: str) ->
 
 
 def build_request(action: str, argv: list[str], environ=os.environ) -> ContainerRequest:
+    return request_and_share(action, argv, environ)[0]
+
+
+def request_and_share(action: str, argv: list[str], environ=os.environ):
+    """The request, and the launch's --share (True) / --no-share (False, it wins) / neither
+    (None) choice, from one pass over the command line."""
     from ..runtime.environment import parse_env_assignment, read_env_file
     from ..runtime.mounts import parse_binds
     req, values = parse(action, argv, environ)
@@ -254,7 +265,7 @@ def build_request(action: str, argv: list[str], environ=os.environ) -> Container
     req.fakeroot = bool(values.get("fakeroot"))
     from .main import MESSAGE_LEVEL
     req.message_level = MESSAGE_LEVEL[0]
-    return req
+    return req, False if values.get("no_share") else True if values.get("share") else None
 
 
 def parse_mount(spec: str) -> list:
@@ -313,16 +324,10 @@ def _split_env_list(item: str) -> list[str]:
 
 def main(action: str, argv: list[str]) -> int:
     from ..runtime.launch import launch
-    req = build_request(action, argv)
+    req, share = request_and_share(action, argv)
     if "SLURM_STEP_ID" in os.environ:
         # Run as a task of a Slurm step (``srun container-exec ...``, ``srun hpccont exec``):
         # the step's PMIx directories are bound as for the plugin's own tasks.
         from ..schedulers.slurm.task import step_binds_of_environment
         req.scheduler_binds += step_binds_of_environment(os.environ)
-    return launch(req, share=share_choice(action, argv))
-
-
-def share_choice(action: str, argv: list[str]):
-    """--share (True), --no-share (False, and it wins) or neither (None)."""
-    _, values = parse(action, argv)
-    return False if values.get("no_share") else True if values.get("share") else None
+    return launch(req, share=share)

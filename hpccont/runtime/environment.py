@@ -100,8 +100,9 @@ def injected(environ: dict[str, str]) -> dict[str, str]:
     """HPCCONT_ENV_K (and the Apptainer spellings) -> {K: value}; APPTAINERENV_ wins over
     SINGULARITYENV_ (as in Apptainer), HPCCONT_ENV_ over both."""
     out: dict[str, str] = {}
+    items = [(k, v) for k, v in environ.items() if k.startswith(INJECT_PREFIXES)]
     for prefix in INJECT_PREFIXES:
-        for k, v in environ.items():
+        for k, v in items:
             if k.startswith(prefix) and len(k) > len(prefix):
                 out[k[len(prefix):]] = v
     return out

@@ -36,7 +36,9 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) 
     from .. import config
     from .plan import make_plan
     cfg = cfg if cfg is not None else config.load()
-    environ = os.environ if environ is None else environ
+    # A plain dict: planning reads the environment many times, and each os.environ lookup
+    # encodes its key and decodes the value again.
+    environ = dict(os.environ) if environ is None else environ
     if req.image.startswith("instance://"):
         from .instances import attach
         req = attach(req, cfg)

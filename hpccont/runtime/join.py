@@ -355,7 +355,69 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
     with open(os.path.join(d, name + ".tmp"), "w") as f:
         f.write(f"{pid} {start_time(pid)} {'env' if scripts else 'plain'}\n")
     os.replace(os.path.join(d, name + ".tmp"), os.path.join(d, name))
+    sweep_dead(d, name)
     return pid, scripts
+
+
+def sweep_dead(d: str, mine: str) -> None:
+    """Remove the state of keepers that died without cleaning up (kill -9, a job's end killing
+    its cgroup, a node crash): their state file, ``.lock``, ``.guests``, ``.tmp`` and recipes.
+    Run when a keeper starts, so the files of dead keepers never pile up in the state
+    directory.  A name is only removed while its ``.lock`` is ours and its ``.guests`` free
+    (taken without waiting: a task entering or a guest still running keeps it), as the keeper
+    itself removes its state."""
+    try:
+        names = {n.split(".", 1)[0] for n in os.listdir(d) if n.startswith("join-")}
+    except OSError:
+        return
+    names.discard(mine)
+    dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in sorted(names):
+            _sweep_one(d, dir_fd, name)
+    finally:
+        os.close(dir_fd)
+
+
+def _sweep_one(d: str, dir_fd: int, name: str) -> None:
+    held = []
+    try:
+        for suffix in (".lock", ".guests"):
+            try:
+                fd = os.open(name + suffix, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+            held.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _live_keeper(os.path.join(d, name)) is not None:
+            return
+        dead = _recorded_pid(dir_fd, name)
+        for suffix in ("", ".tmp", ".guests", ".lock"):
+            try:
+                os.unlink(name + suffix, dir_fd=dir_fd)
+            except OSError:
+                pass
+        if dead:
+            remove_recipes(dir_fd, dead)
+    except OSError:          # BlockingIOError: in use; anything else: leave it for later
+        return
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _recorded_pid(dir_fd: int, name: str) -> int:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return 0
+    try:
+        return int(os.read(fd, 200).split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    finally:
+        os.close(fd)
 
 
 def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,

@@ -232,10 +232,10 @@ def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) 
             out.append(mount_rules.Mount(kind="bind", target=b.dst, source=b.src, readonly=b.readonly,
                                optional=True, why="site config: mounts.binds"))
     for d in req.scratch:
-        target = os.path.normpath(d)
-        if not target.startswith("/"):
+        if not d.startswith("/"):
             raise UsageError(f"--scratch {d!r}: must be an absolute path")
-        mount_rules.refuse_climbing(target)
+        mount_rules.refuse_climbing(d)      # before normpath, which would clamp /../x to /x
+        target = os.path.normpath(d)
         if req.workdir:
             base = _workdir_sub(req.workdir, "scratch", 0o750)
             out.append(Mount(kind="bind", target=target, source=_workdir_sub(

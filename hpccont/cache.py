@@ -49,7 +49,7 @@ def read(kind: str, key: str, stamp: list):
         with os.fdopen(fd, "r") as f:
             fd = -1
             data = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     finally:
         if fd >= 0:

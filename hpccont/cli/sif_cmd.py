@@ -40,7 +40,11 @@ def readable_size(size: int) -> str:
 
 
 def go_time(ts: int) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+    except (ValueError, OverflowError, OSError):
+        # a time a damaged or hostile header holds, outside the calendar Python can print
+        return f"{ts} seconds from 1970 (out of range)"
 
 
 def aligned(rows: list, padding: int) -> str:

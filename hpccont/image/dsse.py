@@ -62,7 +62,7 @@ def parse_envelope(data: bytes, where: str) -> Envelope:
         sigs = [(s.get("keyid", ""), base64.b64decode(s["sig"], validate=True))
                 for s in doc["signatures"]]
         return Envelope(doc["payloadType"], base64.b64decode(doc["payload"], validate=True), sigs)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise SignatureError(f"{where}: malformed DSSE envelope") from None
 
 

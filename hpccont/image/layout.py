@@ -380,7 +380,7 @@ def parse_labels(raw: Optional[bytes]) -> Dict[str, str]:
         return {}
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):   # RecursionError: nested too deep
         return {}
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()} \
         if isinstance(data, dict) else {}
@@ -556,7 +556,7 @@ def _stored_metadata(image, sif) -> Optional[Metadata]:
             continue
         try:
             doc = json.loads(image.read_object(d))
-        except ValueError:
+        except (ValueError, RecursionError):   # RecursionError: nested too deep
             return None
         return metadata_from_document(doc)
     return None

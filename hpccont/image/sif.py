@@ -405,6 +405,7 @@ def parse(raw: bytes, path: str, file_size: int, fd: int | None = None
         d = Descriptor.unpack(raw, pos)
         _check_descriptor(d, path, file_size)
         descriptors.append(d)
+    _check_layout(h, descriptors, path)
     return h, descriptors
 
 
@@ -439,6 +440,32 @@ def _check_descriptor(d: Descriptor, path: str, file_size: int) -> None:
     if d.offset + d.size > file_size:
         raise SifError(f"{path}: truncated SIF file (object {d.id} ends at byte "
                        f"{d.offset + d.size}, file has {file_size})")
+
+
+def _check_layout(h: Header, descriptors: list[Descriptor], path: str) -> None:
+    """Objects lie after the descriptor table, never share a byte, and have distinct ids.
+
+    The reference writer never makes anything else, and anything else is an attack on whoever
+    trusts one object for another: a signature covers object data by id and extent, so an
+    object overlapping a signed one (or the header), or a second object with a signed one's
+    id, would be read as vouched-for bytes it is not.
+    """
+    table_end = h.descriptors_offset + h.descriptors_size
+    ids: set[int] = set()
+    spans = []
+    for d in descriptors:
+        if d.id in ids:
+            raise SifError(f"{path}: corrupted SIF: two objects with id {d.id}")
+        ids.add(d.id)
+        if d.size:
+            if d.offset < table_end:
+                raise SifError(f"{path}: corrupted SIF descriptor {d.id} (object at byte "
+                               f"{d.offset}, inside the header or descriptor table)")
+            spans.append((d.offset, d.offset + d.size, d.id))
+    spans.sort()
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise SifError(f"{path}: corrupted SIF: objects {first} and {second} overlap")
 
 
 class SifImage:

@@ -124,7 +124,7 @@ def check_metadata(image: sif.SifImage, group: int, payload: bytes, where: str,
         md = json.loads(payload)
         header_digest = md["header"]["digest"]
         signed = {int(o["relativeId"]): o for o in md["objects"]}
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         raise SignatureError(f"{where}: malformed signed metadata") from None
     if md.get("version") != METADATA_VERSION:
         raise SignatureError(f"{where}: unsupported signed metadata version {md.get('version')!r}")

@@ -385,7 +385,7 @@ def read_stamp(modulefile: str) -> Optional[dict]:
         if pos >= 0:
             try:
                 data = json.loads(line[pos + len(STAMP_PREFIX):])
-            except ValueError:
+            except (ValueError, RecursionError):
                 return None
             return data if isinstance(data, dict) else None
     return None

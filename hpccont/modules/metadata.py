@@ -147,7 +147,7 @@ def read_metadata(path: str) -> ImageMetadata:
     if raw:
         try:
             labels = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):   # RecursionError: nested too deep
             labels = {}
         if isinstance(labels, dict):
             meta.labels = {str(k): str(v) for k, v in labels.items()}

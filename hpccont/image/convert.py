@@ -17,6 +17,7 @@ from .. import __version__
 from ..errors import BuildError
 from .source import ImageSource
 from . import layout, sif, squashfs, times
+from .leftovers import die_with_parent, work_prefix
 from .source import open_image
 
 INSPECT_METADATA_NAME = "inspect-metadata.json"
@@ -55,7 +56,7 @@ def image_from_source(out: str, src: str, *, sandbox: bool = False, force: bool 
     deffile = deffile_text if deffile_text is not None else \
         f"bootstrap: localimage\nfrom: {source.path}\n"
     parent = os.path.dirname(out)
-    work = tempfile.mkdtemp(prefix=".hpccont-build-", dir=parent)
+    work = tempfile.mkdtemp(prefix=work_prefix(hidden=True), dir=parent)
     try:
         if clamp is not None and clamp.since_ns is None:
             clamp = dataclasses.replace(clamp, since_ns=times.fs_clock(work))
@@ -107,7 +108,8 @@ def _unpack(source: ImageSource, root: str) -> None:
     if source.kind == "sandbox":
         os.mkdir(root)
         r = subprocess.run(["cp", "-a", "--reflink=auto", source.path + "/.", root],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=die_with_parent)
         if r.returncode != 0:
             raise BuildError(f"copying {source.path} failed: {_last_line(r.stderr)}")
         return

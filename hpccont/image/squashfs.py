@@ -93,7 +93,9 @@ def mksquashfs(src: str, out: str, *, comp: Optional[str] = None,
         if not any(a in TIME_OPTIONS for a in extra_args):
             extra_args = ["-mkfs-time", str(mkfs_time), *extra_args]
     argv = mksquashfs_argv(src, out, comp=comp, extra_args=extra_args, all_root=all_root)
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    from .leftovers import die_with_parent     # a killed build takes mksquashfs with it
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                       preexec_fn=die_with_parent)
     if r.returncode != 0:
         raise BuildError(f"mksquashfs failed: {_last_line(r.stderr or r.stdout)}")
 

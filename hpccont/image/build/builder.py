@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ...errors import BuildError
 from .. import times
+from ..leftovers import work_prefix
 from . import agents, deffile, fakeroot, output, scif, sections
 from .deffile import Definition, Section, Stage
 from .progress import Progress
@@ -103,6 +104,8 @@ def _check_tmpdir(tmpdir: str) -> None:
         raise BuildError(f"--tmpdir {tmpdir}: not a directory")
     if not os.access(tmpdir, os.W_OK | os.X_OK):
         raise BuildError(f"--tmpdir {tmpdir}: not writable")
+    from ..leftovers import sweep
+    sweep(tmpdir)               # work directories of killed builds (leftovers.py)
 
 
 def load_definition(source: BuildSource, opts: BuildOptions) -> Definition:
@@ -217,7 +220,7 @@ class BuildJob:
     def run(self) -> None:
         # SIGTERM (scancel, timeout) must clean up like ^C does.
         signal.signal(signal.SIGTERM, _raise_interrupt)
-        work = tempfile.mkdtemp(prefix="hpccont-build-", dir=self.opts.tmpdir)
+        work = tempfile.mkdtemp(prefix=work_prefix(hidden=False), dir=self.opts.tmpdir)
         os.environ["HPCCONT_BUILD_WORK"] = work
         try:
             # Anything modified from now on was written by the build (times.py).  Read from

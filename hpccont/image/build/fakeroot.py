@@ -221,6 +221,9 @@ def _fakeroot_child(func, plan, ready_w, go_r, res_w) -> None:
         os.setresuid(0, 0, 0)
         if plan.use_helpers:
             os.setgroups([])
+        # After the id changes, which clear it: a build killed with -9 takes this child along.
+        from ..leftovers import die_with_parent
+        die_with_parent()
         os.environ["HOME"] = "/root" if not os.environ.get("HOME") else os.environ["HOME"]
         func()
         payload = {"ok": True}

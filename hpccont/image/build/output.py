@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from ...errors import BuildError
+from ..leftovers import partial_name, sweep
 
 
 def check_out(out: Path, *, force: bool, update: bool, sandbox: bool) -> None:
@@ -22,6 +23,7 @@ def check_out(out: Path, *, force: bool, update: bool, sandbox: bool) -> None:
         if out.is_dir() and not sandbox:
             raise BuildError(f"{out}: is a directory; build a SIF elsewhere or use --sandbox")
     parent = out.parent
+    sweep(str(parent))          # what killed builds left here (leftovers.py)
     if not parent.is_dir():
         raise BuildError(f"{out}: parent directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -29,7 +31,7 @@ def check_out(out: Path, *, force: bool, update: bool, sandbox: bool) -> None:
 
 
 def partial_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial-{os.getpid()}"
+    return out.parent / partial_name(out.name)
 
 
 def remove(path: Path) -> None:

@@ -104,10 +104,11 @@ def _unsquashfs(image: str, offset: int, args: Sequence[str], binary: bool = Fal
                 timeout: Optional[float] = None):
     """The one place unsquashfs runs (inspect, modules, MPI discovery, builds all come here)."""
     argv = [_tool("unsquashfs"), "-o", str(offset), *args]
+    from .leftovers import die_with_parent     # a killed build or inspect takes it along
     try:
         return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=not binary, errors=None if binary else "replace",
-                              timeout=timeout)
+                              timeout=timeout, preexec_fn=die_with_parent)
     except subprocess.TimeoutExpired:
         raise ImageError(f"unsquashfs on {image} took longer than {timeout:.0f} s") from None
 

@@ -118,10 +118,14 @@ def _one_line(r):
 
 @pytest.mark.parametrize("damage", [d.__name__ for d in DAMAGES])
 def test_refused_as_user(hpccont_user, damaged, damage):
+    """exec refuses every one; the commands that read the structure only (sif list, inspect,
+    verify) may list a file whose only fault is inside its squashfs, without a traceback."""
     img = damaged[damage]
-    for cmd in (["exec", img, "true"], ["inspect", img], ["sif", "list", img],
-                ["verify", img]):
-        _one_line(hpccont_user(*cmd))
+    _one_line(hpccont_user("exec", img, "true"))
+    for cmd in (["inspect", img], ["sif", "list", img], ["verify", img]):
+        r = hpccont_user(*cmd)
+        if damage != "short_partition" or r.returncode != 0:
+            _one_line(r)
 
 
 @pytest.mark.root

@@ -83,6 +83,10 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "liblist": (str, ""),             # nvliblist.conf; "" = the one shipped in site-config/
         "ldconfig": (str, "/sbin/ldconfig"),
     },
+    "rocm": {
+        "liblist": (str, ""),             # rocmliblist.conf; "" = the one shipped in site-config/
+        "ldconfig": (str, ""),            # "" = nvidia.ldconfig (the host's one cache)
+    },
     "mpi": {
         "installations": (list, []),      # host MPI prefixes (e.g. /usr/lib/x86_64-linux-gnu/openmpi)
         "extra_libs": (list, []),         # more libraries to bind in bind mode (globs)

@@ -98,6 +98,7 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize("args,allowed", [
     (["exec", "{img}", "/bin/true"], ()),
     (["exec", "--nv", "{img}", "/bin/true"], ()),
+    (["exec", "--rocm", "--contain", "{img}", "/bin/true"], ()),
     # the per-user MPI discovery cache is JSON
     (["exec", "--mpi", "hybrid", "{img}", "/bin/true"], ("json",)),
     (["slurm", "task", "--step", "7.0", "--opt", "hpccont-image={img}", "--", "/bin/true"], ()),

@@ -43,9 +43,6 @@ def make_plan(req: ContainerRequest, cfg: dict[str, dict], environ: dict[str, st
         env["APPTAINER_SHELL"] = env["SINGULARITY_SHELL"] = req.shell
     env_dirs = ["/.singularity.d/env"] + ([f"/scif/apps/{req.app}/scif/env"] if req.app else [])
     warnings = list(additions.warnings)
-    if req.rocm:
-        warnings.append("--rocm: AMD GPU support is not available in this hpccont; "
-                        "nothing of the host's ROCm stack is bound")
     cgroup = None
     if req.cpus or req.memory:
         from .limits import plan_limits
@@ -153,6 +150,9 @@ def _host_additions(req: ContainerRequest, cfg, environ, image: ImageSource) -> 
     if req.nv or cfg["nvidia"]["always"]:
         from ..host.nvidia import nv_additions
         add.extend(nv_additions(req, cfg, environ))
+    if req.rocm:
+        from ..host.rocm import rocm_additions
+        add.extend(rocm_additions(req, cfg, environ))
     if req.mpi in ("bind", "hybrid"):   # hybrid: launcher/container pairing checks only
         from ..host.mpi import mpi_additions
         add.extend(mpi_additions(req, cfg, environ, image))

@@ -192,6 +192,14 @@ def test_shell_flag_and_fallbacks(as_apptainer, bash_sif, busybox_rootfs, world_
     assert "No runscript" not in r.stderr
 
 
-def test_rocm_says_it_binds_nothing(as_apptainer, bash_sif):
-    r = as_apptainer("exec", "--rocm", bash_sif, "true")
-    assert r.returncode == 0 and "--rocm" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+def test_rocm_on_a_host_without_rocm(as_apptainer, bash_sif):
+    """No ROCm here: the container runs, saying what is missing (the binding itself is tested
+    against a synthetic ROCm tree in tests/rocm/)."""
+    r = as_apptainer("exec", "--rocm", bash_sif, "sh", "-c", "ls -A /.singularity.d/libs | wc -l")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [
+        "hpccont: warning: rocm: no ROCm runtime (libamdhip64.so or libhsa-runtime64.so) in the ldconfig "
+        "cache; the host's ROCm stack is not bound",
+        "hpccont: warning: rocm: no AMD GPU device (/dev/kfd, /dev/dri/card* and renderD* missing); "
+        "running without GPU access"], r.stderr
+    assert r.stdout.strip() == "0"          # nothing bound (not even this host's libdrm, libelf)

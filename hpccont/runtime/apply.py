@@ -572,6 +572,10 @@ def exec_command(plan: LaunchPlan, step: Step, path: str, argv: list, env: dict,
         raise CommandNotExecutable(f"{plan.argv[0]}: cannot execute: {e.strerror}") from None
 
 
+# A FUSE server killed (OOM, kill -9) leaves its mount answering ENOTCONN; a truncated image
+# answers EIO: not "command not found", which would send the user looking in the wrong place.
+IMAGE_GONE = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
+
 RUNSCRIPT = "/.singularity.d/runscript"
 TESTSCRIPT = "/.singularity.d/test"
 
@@ -624,7 +628,15 @@ def _which(cmd: str, path: str) -> str:
         return cmd
     for d in path.split(":"):
         candidate = f"{d or '.'}/{cmd}"
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        try:
+            mode = os.stat(candidate).st_mode
+        except OSError as e:
+            if e.errno in IMAGE_GONE:
+                raise LaunchError(f"{cmd}: cannot search the container: {e.strerror} "
+                                  "(the image's FUSE server has died, or the image file "
+                                  "changed under it)") from None
+            continue
+        if mode & 0o170000 == 0o100000 and os.access(candidate, os.X_OK):
             return candidate
     # (Apptainer's wording in parentheses: clients such as cwltool look for it)
     raise CommandNotFound(f"{cmd}: command not found in the container "

@@ -1,0 +1,101 @@
+"""kill -9 of the runtime at each phase of a launch, and of its FUSE server, as the test user
+(rootless: squashfuse) and as root (a loop device and a kernel squashfs mount).
+
+Each launch is stopped at its phase by apply.py's --debug hook (HPCCONT_DEBUG_STOP_AT): the kill
+lands exactly there.  Afterwards nothing may remain: no mount naming the image on the host, no
+process or descriptor holding the container's mount namespace, no process holding the image
+(FUSE server, page-cache reader), no loop device backed by it, no new file in the user's state
+or cache directory; and the next launch works.  The time the kernel took to let everything go
+is printed (pytest -s): docs/security.md quotes it.
+"""
+import pytest
+
+import faultlib
+from faultlib import Launch, leftovers, new_files, snapshot, wait_clean
+
+pytestmark = [pytest.mark.rootless, pytest.mark.root, pytest.mark.timeout(300)]
+
+# Phase -> the step the launch is stopped before (apply.py's Step names); None: the command
+# runs (sh in place of the runtime).
+PHASES = {
+    "after unshare": "making / private",
+    "after mount": "mounting the overlay",      # image mounted, FUSE server and reader started
+    "after pivot": "mapping back",              # in the container root, host tree detached
+    "during the command": None,
+}
+# A request in flight when the server dies is aborted (ECONNABORTED); later ones find no
+# connection (ENOTCONN).
+FUSE_GONE = ("Transport endpoint is not connected", "Software caused connection abort")
+LOOP = ("while cat /etc/hostname >/dev/null; do sleep 0.05; done; "
+        "echo image-gone; exit 7")
+
+
+def _start(install, image, who, phase):
+    at = PHASES[phase]
+    argv = ["sh", "-c", LOOP] if at is None else ["cat", "/etc/hostname"]
+    launch = Launch(install["hpccont"], image, argv, user=who.pw, stop_at=at, env=who.env)
+    if at is None:
+        launch.running_command("sh")
+    return launch
+
+
+def _next_launch_works(install, image, who):
+    rc, out, err = Launch(install["hpccont"], image, ["cat", "/etc/hostname"], user=who.pw,
+                          env=who.env).finish()
+    assert (rc, out) == (0, "container\n"), err
+
+
+def _messages(err):
+    """What the user sees on stderr, without the --debug trace and plan."""
+    return [line for line in err.splitlines()
+            if line.startswith("hpccont") and not line.startswith("hpccont: [")]
+
+
+def _assert_clean(image, launch, since, who, before):
+    took, left = wait_clean(str(image), launch.ns, since)
+    assert took is not None, f"left after 10 s: {left}"
+    assert not new_files(before), new_files(before)
+    return took
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_runtime_killed(install, private_image, who, phase):
+    _next_launch_works(install, private_image, who)       # caches written once, before
+    before = snapshot(who.dirs)
+    launch = _start(install, private_image, who, phase)
+    assert launch.ns and leftovers(str(private_image), launch.ns)   # the container was there
+    since = launch.kill()
+    rc, _, err = launch.finish()
+    assert rc == -9, err
+    took = _assert_clean(private_image, launch, since, who, before)
+    print(f"\nruntime killed {phase} ({who.name}): everything gone after {took * 1000:.1f} ms")
+    _next_launch_works(install, private_image, who)
+
+
+@pytest.mark.parametrize("phase", ["after mount", "after pivot", "during the command"])
+def test_fuse_server_killed(install, private_image, test_user, fault_dir, phase):
+    who = faultlib_who(test_user, fault_dir)
+    _next_launch_works(install, private_image, who)
+    before = snapshot(who.dirs)
+    launch = _start(install, private_image, who, phase)
+    since = launch.kill(launch.fuse_server())
+    if PHASES[phase]:
+        launch.cont()
+    rc, out, err = launch.finish()
+    messages = _messages(err)
+    assert "Traceback" not in err
+    if phase == "during the command":      # the command sees the error and goes on
+        assert (rc, out) == (7, "image-gone\n"), err
+        assert "Transport endpoint is not connected" in err
+    else:                                  # one line saying why the launch failed
+        assert rc != 0 and len(messages) == 1, err
+        assert any(why in messages[0] for why in FUSE_GONE), err
+    took = _assert_clean(private_image, launch, since, who, before)
+    print(f"\nFUSE server killed {phase}: rc {rc}, {messages or err.splitlines()[-1:]}, "
+          f"everything gone after {took * 1000:.1f} ms")
+    _next_launch_works(install, private_image, who)
+
+
+def faultlib_who(pw, fault_dir):
+    from conftest import make_who
+    return make_who(pw, fault_dir, "fuse")

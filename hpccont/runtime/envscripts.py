@@ -201,21 +201,31 @@ class Parser:
         return t
 
     def skip_separators(self) -> None:
-        while self.peek() in (";", "\n"):
+        """Newlines, and one ';' where a command ended: ';' with no command before it is a
+        syntax error for every shell (which then stops sourcing the script)."""
+        if self.peek() == ";":
             self.i += 1
+        self.skip_newlines_only()
 
     def body(self, ends: tuple) -> list:
         """Commands up to (not including) one of the keywords ``ends``."""
         out = []
+        self.skip_newlines_only()
         while True:
-            self.skip_separators()
+            if self.peek() == ";":
+                raise Unsupported("';' without a command")
             if self.peek() is None:
                 if ends:
                     raise Unsupported(f"missing {ends[-1]}")
                 return out
             if self.keyword() in ends:
+                if ends and not out:
+                    # 'then fi', 'do done': a syntax error for every shell, which then stops
+                    # sourcing; evaluating it anyway would give an environment sh never gives
+                    raise Unsupported(f"empty list before {self.keyword()!r}")
                 return out
             out.append(self.and_or())
+            self.skip_separators()
 
     def and_or(self) -> list:
         """[(None, cmd), ("&&", cmd), ("||", cmd) ...]"""
@@ -297,7 +307,10 @@ class Parser:
 
 
 def parse(text: str) -> list:
-    return Parser(tokenize(text)).body(())
+    try:
+        return Parser(tokenize(text)).body(())
+    except RecursionError:
+        raise Unsupported("nested deeper than the interpreter's stack") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,11 +342,18 @@ class Shell:
             raise Unsupported(f"cannot read {path}") from None
         self.depth += 1
         try:
-            self.run(parse(text))
+            self._run(parse(text))
         finally:
             self.depth -= 1
 
     def run(self, commands: list) -> None:
+        """Run parsed commands.  Nesting deeper than Python's stack is left to the shell."""
+        try:
+            self._run(commands)
+        except RecursionError:
+            raise Unsupported("nested deeper than the interpreter's stack") from None
+
+    def _run(self, commands: list) -> None:
         for and_or in commands:
             self.run_and_or(and_or)
 
@@ -349,17 +369,17 @@ class Shell:
             self.simple(cmd[1])
         elif kind == "if":
             for cond, block in cmd[1]:
-                self.run(cond)
+                self._run(cond)
                 if self.status == 0:
-                    self.run(block)
+                    self._run(block)
                     return
             self.status = 0
-            self.run(cmd[2])
+            self._run(cmd[2])
         elif kind == "for":
             self.status = 0
             for value in [v for w in cmd[2] for v in self.fields(w)]:
                 self.vars[cmd[1]] = value
-                self.run(cmd[3])
+                self._run(cmd[3])
         else:
             raise Unsupported(cmd[1])
 
@@ -514,25 +534,45 @@ def pathname_expansion(pattern: str) -> list[str]:
 
 
 def match(pattern: str, name: str) -> bool:
-    """fnmatch for one path component: ``*``, ``?``, ``[set]``, ``[!set]``, ranges."""
-    if not pattern:
-        return not name
-    head = pattern[0]
-    if head == "*":
-        return any(match(pattern[1:], name[i:]) for i in range(len(name) + 1))
-    if not name:
-        return False
+    """fnmatch for one path component: ``*``, ``?``, ``[set]``, ``[!set]``, ranges.
+
+    Iterative, going back only to the last ``*`` on a mismatch: at most len(pattern) x
+    len(name) steps.  Trying every split at every ``*`` is exponential, and an image's
+    ``for f in /x/*a*a*a*...`` would hang every launch."""
+    p = n = 0
+    star, resume = -1, 0
+    while n < len(name):
+        if p < len(pattern) and pattern[p] == "*":
+            star, resume = p, n
+            p += 1
+            continue
+        step = _one(pattern, p, name[n]) if p < len(pattern) else 0
+        if step:
+            p, n = p + step, n + 1
+        elif star >= 0:
+            p, resume = star + 1, resume + 1
+            n = resume
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
+
+
+def _one(pattern: str, p: int, c: str) -> int:
+    """How much of ``pattern`` (from ``p``) one character ``c`` matches: 0 when it does not."""
+    head = pattern[p]
     if head == "?":
-        return match(pattern[1:], name[1:])
+        return 1
     if head == "[":
-        end = pattern.find("]", 2)
+        end = pattern.find("]", p + 2)
         if end > 0:
-            body = pattern[1:end]
+            body = pattern[p + 1:end]
             negate = body[:1] == "!"
             body = body[1:] if negate else body
-            hit = any(lo <= name[0] <= hi for lo, hi in _ranges(body))
-            return hit != negate and match(pattern[end + 1:], name[1:])
-    return head == name[0] and match(pattern[1:], name[1:])
+            hit = any(lo <= c <= hi for lo, hi in _ranges(body))
+            return end - p + 1 if hit != negate else 0
+    return 1 if head == c else 0
 
 
 def _ranges(body: str) -> list[tuple[str, str]]:
@@ -668,8 +708,11 @@ def evaluate(scripts: list[str], environ: dict[str, str]) -> dict[str, str]:
     Raises Unsupported when a script needs a real shell (the caller then runs /bin/sh).
     """
     sh = Shell(environ)
-    for path in scripts:
-        sh.source(path)
+    try:
+        for path in scripts:
+            sh.source(path)
+    except RecursionError:
+        raise Unsupported("nested deeper than the interpreter's stack") from None
     return sh.environment()
 
 

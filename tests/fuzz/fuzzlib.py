@@ -168,3 +168,30 @@ def mutate_text(seed: str, tape: bytes, tokens) -> str:
         else:
             lines.insert(line, tape[i:i + 1 + b % 12].decode("latin-1"))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- shell text
+# The shell syntax environment scripts and env files use, and what the interpreter must refuse.
+SHELL_TOKENS = ["$", "$X", "${X}", "${X:-d}", "${X-d}", "${X:+s}", "${X:=v}", "${X#p}", "${",
+                "${X", "}", "${1}", "$1", "$@", "$*", "$?", "$$", "$(", "$((1))", "`", "'", '"',
+                "\\", "\\\n", ";", ";;", "&&", "||", "|", "&", "(", ")", "<", ">", "<<", "<<EOF",
+                "if", "then", "else", "elif", "fi", "for", "in", "do", "done", "while", "case",
+                "esac", "{", "function", "!", "export", "export -p", "unset", "unset -f", ".",
+                ". ./x", "[", "]", "test", "-z", "-n", "-e", "-d", "-f", "=", "!=", "-eq", "-lt",
+                "true", "false", ":", "echo", "exit", "*", "?", "[a-z]", "~", "~/x", "#", "\n",
+                " ", "\t", "A=1", "PATH=/bin", "IFS=:", "HOME=/x", "X=", "0X=1", "é", "\r",
+                "$D/*.sh", "$D/*", "/*"]
+SHELL_SEEDS = [
+    '#!/bin/sh\nif [ -z "${LD_LIBRARY_PATH:-}" ]; then\n    LD_LIBRARY_PATH=/.singularity.d/libs\n'
+    'else\n    LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/.singularity.d/libs"\nfi\nPS1="Apptainer> "\n'
+    'export LD_LIBRARY_PATH PS1\n',
+    '#!/bin/sh\nif [ -n "${SING_USER_DEFINED_PREPEND_PATH:-}" ]; then\n'
+    '    PATH="${SING_USER_DEFINED_PREPEND_PATH}:${PATH}"\nfi\nunset SING_USER_DEFINED_PATH\n'
+    'export PATH\n',
+    '#!/bin/sh\nexport A="quote \\" and \\\\ backslash" B=\'single\' C=${HOME}/bin\n'
+    'export PATH="/opt/app/bin:$PATH"\nX=1; Y=${X:+set}; export X Y\n',
+    '#!/bin/sh\nfor f in "$D"/*.sh; do\n  if [ -f "$f" ]; then . "$f"; fi\ndone\n'
+    'if [ "$A" = "1" ] && [ "$B" != x ] || [ 1 -lt 2 ]; then Z=yes; fi\nexport Z\n',
+    'A=1\nexport B=2\nC="x y"\nif [ -n "$HOME" ]; then D=$HOME; else D=none; fi\n# comment\n'
+    'E=${UNSET:-default}\n',
+]

@@ -1,0 +1,114 @@
+"""Fuzzing the env-script interpreter (hpccont/runtime/envscripts.py), which evaluates an
+image's /.singularity.d/env/*.sh at every launch without a shell.
+
+Inputs: the layout's scripts and typical image scripts damaged with shell syntax spliced in
+(expansions, quotes, operators, keywords, redirections, globs, nested sourcing), and raw text.
+Allowed outcomes: an environment, or Unsupported, which makes the launch run the scripts with
+/bin/sh instead (the interpreter's contract: it never guesses).  Nothing else, and no hang.
+A sample of the scripts it evaluated is then run by dash, in one process, and must give the
+same environment (tests/runtime/test_envscripts.py holds the hand-written comparisons).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fuzzlib import (SHELL_SEEDS, SHELL_TOKENS, Outcomes, fuzz_settings, kind,  # noqa: E402
+                     mutate_text, outcome)
+
+from hpccont.runtime import envscripts  # noqa: E402
+from hpccont.runtime.envscripts import Unsupported  # noqa: E402
+
+SHELL_OWN = ("PWD", "SHLVL", "OLDPWD", "_")
+COMPARED = 300          # evaluated scripts re-run by dash
+
+
+@pytest.fixture(scope="module")
+def scripts_dir(tmp_path_factory):
+    """$D: scripts the fuzzed ones source and glob, and a name that makes patterns work."""
+    d = tmp_path_factory.mktemp("envd")
+    (d / "10-a.sh").write_text("A=1\nexport A\n")
+    (d / "20-b.sh").write_text('export B="${A:-none}-b"\n')
+    (d / "x").write_text("X2=from-x\n")
+    (d / ("long" + "a" * 200 + ".sh")).write_text("L=1\n")
+    return d
+
+
+def evaluate(path: str, environ: dict):
+    env = envscripts.evaluate([path], dict(environ))
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    return env
+
+
+def test_fuzz_env_scripts(tmp_path, scripts_dir):
+    seen = Outcomes()
+    script = tmp_path / "fuzz.sh"
+    environ = {"D": str(scripts_dir), "HOME": "/home/u", "PATH": "/usr/bin:/bin",
+               "X": "a b", "EMPTY": "", "LD_LIBRARY_PATH": "/opt/lib"}
+    evaluated = []
+
+    @fuzz_settings()
+    @given(st.binary(min_size=1, max_size=60))
+    def one(case):
+        choice, tape = case[0] % 8, case[1:]
+        if choice == 7:
+            text = tape.decode("utf-8", "surrogateescape")
+        else:
+            text = mutate_text(SHELL_SEEDS[choice % len(SHELL_SEEDS)], tape, SHELL_TOKENS)
+        script.write_bytes(text.encode("utf-8", "surrogateescape"))
+        result = outcome(evaluate, str(script), environ, allowed=(Unsupported,))
+        seen.add(kind(result))
+        if isinstance(result, dict) and len(evaluated) < COMPARED and "\0" not in text:
+            evaluated.append((text, result))
+
+    one()
+    seen.check_volume()
+    assert seen.counts.get("ok") and seen.counts.get("Unsupported"), seen.counts
+    print(f"env scripts: {seen.total} inputs: {seen.counts}")
+    same_as_dash(tmp_path, evaluated, environ)
+
+
+def same_as_dash(tmp_path, evaluated: list, environ: dict) -> None:
+    """Each evaluated script sourced by dash in a subshell of one dash process."""
+    if not os.path.exists("/bin/dash"):
+        return
+    body = []
+    for n, (text, _) in enumerate(evaluated):
+        p = tmp_path / f"cmp-{n}.sh"
+        p.write_bytes(text.encode("utf-8", "surrogateescape"))
+        body.append(f'( . "{p}"; exec /usr/bin/env -0 ); printf "\\001"')
+    r = subprocess.run(["/bin/dash", "-c", "\n".join(body)], env=environ, capture_output=True,
+                       cwd=tmp_path, timeout=120)
+    outputs = r.stdout.split(b"\1")[:-1]
+    assert len(outputs) == len(evaluated), r.stderr
+    for (text, want), out in zip(evaluated, outputs):
+        got = dict(item.split(b"=", 1) for item in out.split(b"\0") if item)
+        got = {k.decode(errors="surrogateescape"): v.decode(errors="surrogateescape")
+               for k, v in got.items() if k.decode(errors="replace") not in SHELL_OWN}
+        want = {k: v for k, v in want.items() if k not in SHELL_OWN}
+        assert got == want, text
+
+
+@pytest.mark.parametrize("text", [
+    "if true; then " * 400 + ":" + "; fi" * 400,
+    "for x in 1; do " * 400 + ":" + "; done" * 400,
+    "X=" + "${A:-" * 600 + "}" * 600,
+])
+def test_deep_nesting_needs_the_shell(tmp_path, text):
+    """Nesting deeper than Python's stack: the shell's business (Unsupported), not a crash."""
+    p = tmp_path / "deep.sh"
+    p.write_text(text + "\n")
+    with pytest.raises(Unsupported):
+        envscripts.evaluate([str(p)], {})
+
+
+def test_patterns_with_many_stars_do_not_hang(tmp_path, scripts_dir):
+    """``*a*a*a...`` against a long name is exponential for a naive matcher."""
+    p = tmp_path / "stars.sh"
+    p.write_text(f'for f in {scripts_dir}/{"*a" * 30}*b; do X="$f"; done\nexport X\n')
+    env = outcome(envscripts.evaluate, [str(p)], {}, allowed=(Unsupported,))
+    assert isinstance(env, dict) and env["X"].endswith("*b")

@@ -188,8 +188,10 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Fals
     """Enter (creating if needed) the shared container for ``plan.join``, then exec.  No return.
 
     ``persistent``: a keeper created now stays until it is killed (``instance stop``) instead
-    of leaving with its last guest.  Otherwise it stays ``linger_s`` after its last guest,
-    less once ``watch_pid`` (a session leader) is gone (shared mounts, runtime/share.py).
+    of leaving with its last guest; with ``watch_pid`` (an instance's slurmstepd) it ends, and
+    kills what is left in its container, once that process is gone.  Otherwise it stays
+    ``linger_s`` after its last guest, less once ``watch_pid`` (a session leader) is gone
+    (shared mounts, runtime/share.py).
     ``then(plan, step, keeper_pid, state_dir_fd, name)`` execs in place of ``execute``."""
     from .apply import Step, execute
     d = state_dir(cfg)
@@ -452,13 +454,31 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
     os.write(wfd, f"ready {os.getpid()} {'env' if scripts else 'plain'}".encode())
     os.close(wfd)
     if persistent:       # an instance or a Slurm step: lives until stopped ...
+        import _signal
+
+        def stopped(signum, frame):       # instance stop: leave no state behind
+            _remove_state(dir_fd, name)
+            os._exit(0)
+        _signal.signal(_signal.SIGTERM, stopped)
         watched = start_time(watch_pid) if watch_pid else None
         while True:      # ... or until the process it serves is gone
             time.sleep(1.0 if watched else 3600)
             if watched and start_time_or_none(watch_pid) != watched:
                 _remove_state(dir_fd, name)
+                _kill_guests(os.getpid())      # nothing it served may outlive it
                 os._exit(0)
     _linger(dir_fd, name, linger_s, watch_pid)
+
+
+def _kill_guests(me: int) -> None:
+    """SIGKILL every other process in our mount namespace (the FUSE servers, our children,
+    get their death signal when we exit)."""
+    for pid in members(me):
+        if pid != me and _parent(pid) != me:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
 
 
 def _close_all_but(keep: set) -> None:

@@ -78,6 +78,11 @@ def build(opts: BuildOptions) -> None:
             raise BuildError("--update needs a definition file as SRC")
         return convert(opts, out, source, progress)
     definition = load_definition(source, opts)
+    if definition.final.headerless and not opts.update:
+        # Apptainer refuses to build a header-less file too: there is nothing to start from.
+        raise BuildError(f"{definition.path}: no 'Bootstrap:' header: a definition of sections "
+                         "only is applied to an existing sandbox (hpccont build --update "
+                         "SANDBOX DEF), or needs e.g. 'Bootstrap: localimage' and 'From: IMAGE'")
     run_definition(opts, definition, out, progress)
 
 
@@ -370,7 +375,8 @@ def build_labels(stage: Stage, opts: BuildOptions) -> Dict[str, str]:
     from ..sif import host_arch
     with _epoch(opts):
         labels = base_labels(host_arch())
-    labels["org.label-schema.usage.singularity.deffile.bootstrap"] = stage.bootstrap
+    if stage.bootstrap:
+        labels["org.label-schema.usage.singularity.deffile.bootstrap"] = stage.bootstrap
     if stage.header.get("from"):
         labels["org.label-schema.usage.singularity.deffile.from"] = stage.header["from"]
     return labels

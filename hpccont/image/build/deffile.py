@@ -3,6 +3,10 @@
 A file is a list of stages; each stage starts with a ``Bootstrap:`` line, then ``Keyword: value``
 header lines, then ``%section [args]`` blocks.  ``%arguments`` and ``{{ var }}`` templating are
 resolved first (templating.py).  Every error names file:line and what was expected.
+
+A file without any ``Bootstrap:`` line (only comments or blank lines before its first %section)
+is one header-less stage, as Apptainer's parser reads it (its header is nil): the sections
+alone, to be applied to an image that already exists (``hpccont build --update SANDBOX``).
 """
 import re
 import shlex
@@ -90,7 +94,12 @@ class Stage:
 
     @property
     def bootstrap(self) -> str:
-        return self.header["bootstrap"].lower()
+        """The agent; "" for a header-less stage (sections only)."""
+        return self.header.get("bootstrap", "").lower()
+
+    @property
+    def headerless(self) -> bool:
+        return "bootstrap" not in self.header
 
     def get(self, name: str) -> Optional[Section]:
         return next((s for s in self.sections if s.name == name), None)
@@ -145,6 +154,13 @@ def from_reference(agent: str, ref: str) -> Definition:
     return Definition(f"{agent}:{ref}", text, [stage])
 
 
+def _continued(value: str) -> str:
+    """A header value continued on the next line: the backslash goes, and a ``\\n`` just
+    before it is a newline (Apptainer's multi-line values, e.g. a ProductPGP key block)."""
+    value = value[:-1]
+    return value[:-2] + "\n" if value.endswith("\\n") else value
+
+
 class _Parser:
     def __init__(self, path: str):
         self.path = path
@@ -158,6 +174,9 @@ class _Parser:
         return BuildError(f"{self.path}:{n}: {message}")
 
     def run(self, lines: List[str]) -> List[Stage]:
+        # No Bootstrap line anywhere: the sections form one stage without a header.  With one,
+        # sections above it belong to no stage (Apptainer: every stage needs a header).
+        self.headerless = not any(BOOTSTRAP_RE.match(raw) for raw in lines)
         for n, raw in enumerate(lines, 1):
             if BOOTSTRAP_RE.match(raw):
                 self.close_section()
@@ -172,8 +191,8 @@ class _Parser:
                 self.header_line(n, raw)
         self.close_section()
         if not self.stages:
-            raise self.fail(1, "no 'Bootstrap:' header (expected e.g. "
-                            "'Bootstrap: docker-archive' and 'From: image.tar')")
+            raise self.fail(1, "empty definition file: no 'Bootstrap:' header and no %section "
+                            "(expected e.g. 'Bootstrap: docker-archive' and 'From: image.tar')")
         for stage in self.stages:
             self.check_stage(stage)
         return self.stages
@@ -196,7 +215,7 @@ class _Parser:
             value = stage.header[key] + raw.strip()
             if value.endswith("\\"):
                 self.continued = (stage, key)
-                value = value[:-1]
+                value = _continued(value)
             stage.header[key] = value
             return
         m = HEADER_RE.match(raw)
@@ -214,7 +233,7 @@ class _Parser:
             raise self.fail(n, f"duplicate header keyword {m.group(1)!r} "
                             f"(first on line {stage.header_lines[key]})")
         if value.endswith("\\"):        # continued on the next line
-            value = value[:-1]
+            value = _continued(value)
             self.continued = (stage, key)
         elif not value and key in HEADER_KEYS:
             raise self.fail(n, f"header keyword {m.group(1)!r} needs a value")
@@ -230,8 +249,11 @@ class _Parser:
         if name == "arguments":
             self.section = Section(name, n, args=args)   # consumed by templating; kept for order
             return
+        if not self.stages and self.headerless:
+            self.stages.append(Stage(index=1, line=n))
         if not self.stages:
-            raise self.fail(n, f"section %{name} before the 'Bootstrap:' header")
+            raise self.fail(n, f"section %{name} before the first 'Bootstrap:' header (every "
+                            "stage of a file with several needs its own header)")
         args = args.split("#", 1)[0].strip()    # a trailing comment, as Apptainer trims it
         section = Section(name, n, args=args)
         words = self.split_args(n, args)
@@ -285,6 +307,9 @@ class _Parser:
         stage.sections.append(section)
 
     def check_stage(self, stage: Stage) -> None:
+        if stage.headerless:
+            self.check_sections(stage, set())
+            return
         n = stage.header_lines.get("bootstrap", stage.line)
         agent = stage.bootstrap
         if agent not in BOOTSTRAP_AGENTS and agent not in NETWORK_AGENTS:
@@ -300,6 +325,9 @@ class _Parser:
         earlier = {s.name for s in self.stages[:stage.index - 1]}
         if name is not None and name in earlier:
             raise self.fail(stage.header_lines["stage"], f"duplicate stage name {name!r}")
+        self.check_sections(stage, earlier)
+
+    def check_sections(self, stage: Stage, earlier: set) -> None:
         for section in stage.sections:
             if section.from_stage is not None and section.from_stage not in earlier:
                 raise self.fail(section.line, f"%{section.name} from {section.from_stage}: no "

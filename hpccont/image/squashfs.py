@@ -97,7 +97,11 @@ def mksquashfs(src: str, out: str, *, comp: Optional[str] = None,
     r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                        preexec_fn=die_with_parent)
     if r.returncode != 0:
-        raise BuildError(f"mksquashfs failed: {_last_line(r.stderr or r.stdout)}")
+        text = r.stderr or r.stdout
+        if "No space left on device" in text:      # its last line only says "failed to write"
+            raise BuildError(f"mksquashfs failed: no space left on device in "
+                             f"{os.path.dirname(os.path.abspath(out))}")
+        raise BuildError(f"mksquashfs failed: {_last_line(text)}")
 
 
 def _unsquashfs(image: str, offset: int, args: Sequence[str], binary: bool = False,

@@ -10,7 +10,6 @@ is printed (pytest -s): docs/security.md quotes it.
 """
 import pytest
 
-import faultlib
 from faultlib import Launch, leftovers, new_files, snapshot, wait_clean
 
 pytestmark = [pytest.mark.rootless, pytest.mark.root, pytest.mark.timeout(300)]

@@ -299,3 +299,38 @@ def test_instance_ends_with_its_job_step_daemon(hc, install, svc_sif, shared_tmp
         assert _listed(hc, name) == []
     finally:
         hc("instance", "stop", "--force", name)
+
+
+@pytest.mark.slurm
+def test_instance_in_a_batch_job_is_gone_after_the_job(submit, install, hc, svc_sif, shared_tmp):
+    """On the Slurm test cluster: an instance started in an sbatch job serves the job's
+    steps, and the job's end takes it with everything it ran and mounted."""
+    name = _name("sb")
+    script = shared_tmp / "job.sh"
+    h = install["hpccont"]
+    script.write_text(
+        "#!/bin/sh\n"
+        "cd /tmp\n"
+        f"{h} instance start {svc_sif} {name} in-job || exit 1\n"
+        f"{h} instance list --json {name} > {shared_tmp}/listed.json\n"
+        f"srun {h} exec instance://{name} sh -c 'echo step sees $APPTAINER_INSTANCE'\n"
+        # the instance's processes, as the job leaves them
+        f"k=$(sed -n 's/.*\"pid\": \\([0-9]*\\).*/\\1/p' {shared_tmp}/listed.json)\n"
+        'ns=$(readlink /proc/$k/ns/mnt)\n'
+        'for p in /proc/[0-9]*; do [ "$(readlink $p/ns/mnt 2>/dev/null)" = "$ns" ] && '
+        f'echo ${{p#/proc/}}; done > {shared_tmp}/members.txt\n'
+        "exit 0\n")
+    script.chmod(0o755)
+    out = shared_tmp / "job.out"
+    r = submit("sbatch", "--wait", "-o", str(out), str(script), timeout=180)
+    assert r.returncode == 0, r.stderr + out.read_text()
+    assert f"step sees {name}" in out.read_text(), out.read_text()
+    [e] = json.loads((shared_tmp / "listed.json").read_text())["instances"]
+    assert open(e["logOutPath"]).read().endswith("start args: in-job\n")
+    members = [int(p) for p in (shared_tmp / "members.txt").read_text().split()]
+    assert e["pid"] in members and len(members) >= 3, members   # keeper, squashfuse, script
+    try:
+        _all_gone(members, svc_sif)
+        assert _listed(hc, name) == []
+    finally:
+        hc("instance", "stop", "--force", name)

@@ -1,0 +1,141 @@
+"""Many launches of one image at once, as two users, and what they leave: shared by bench/load
+(500 launches, 50 at a time) and tests/faults/test_load.py (a small version of it).
+
+A launch is one ``hpccont exec IMG /bin/true`` or one ``srun --container=IMG /bin/true`` (a
+job of its own: allocation, step, plugin, container), timed from the caller's side.  Users
+alternate launch by launch.  Leaks are counted around the whole run, once everything had
+time to settle: mounts naming the image, processes holding it (FUSE servers, keepers,
+readers), loop devices backed by it, processes of the two users, descriptors of the Slurm
+daemons, files under each user's state and cache directories and the Slurm spool.
+"""
+import os
+import statistics
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from faultlib import host_mounts, image_holders, loop_devices, tree
+
+
+class LoadUser:
+    """One of the two users: ids, a login-like environment with its own state and cache
+    directories (so that their content is this run's alone)."""
+
+    def __init__(self, pw, base: Path, extra_env=None):
+        self.pw = pw
+        self.name = pw.pw_name if pw else "root"
+        base.mkdir(parents=True, exist_ok=True)
+        base.chmod(0o755)
+        home = base / self.name
+        run, cache = home / "run", home / "cache"
+        for d in (home, run, cache):
+            d.mkdir(mode=0o700, exist_ok=True)
+            if pw:
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+        self.dirs = [str(run), str(cache)]
+        self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+                    "HOME": pw.pw_dir if pw else "/root", "USER": self.name,
+                    "LOGNAME": self.name, "XDG_RUNTIME_DIR": str(run),
+                    "XDG_CACHE_HOME": str(cache), **(extra_env or {})}
+        self.ids = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[]) if pw else {}
+
+    def run(self, argv, cwd):
+        t = time.perf_counter()
+        r = subprocess.run(argv, env=self.env, cwd=cwd, capture_output=True, text=True,
+                           timeout=600, **self.ids)
+        return time.perf_counter() - t, r
+
+
+def exec_argv(hpccont, image):
+    return [str(hpccont), "exec", str(image), "/bin/true"]
+
+
+def srun_argv(image):
+    return ["srun", "-n", "1", "--oversubscribe", f"--container={image}", "/bin/true"]
+
+
+def processes_of(uids) -> list:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                st = os.stat(f"/proc/{pid}")
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if st.st_uid in uids and state not in ("Z", "X"):
+                found.append(int(pid))
+    return found
+
+
+def fd_count(names) -> int:
+    """Open descriptors of the processes called ``names`` (the Slurm daemons)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() in names:
+                total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+    return total
+
+
+def snapshot(image, users, extra_dirs=(), daemons=()) -> dict:
+    uids = {u.pw.pw_uid for u in users if u.pw}
+    files = {}
+    for d in [*(d for u in users for d in u.dirs), *map(str, extra_dirs)]:
+        files[d] = tree(d)
+    return {"mounts": len(host_mounts(str(image))), "holders": len(image_holders(str(image))),
+            "loops": len(loop_devices(str(image))), "processes": len(processes_of(uids)),
+            "fds": fd_count(daemons), "files": files}
+
+
+def leaks(before: dict, after: dict) -> dict:
+    """What grew: counts, and the files that were not there before."""
+    out = {k: after[k] - before[k] for k in ("mounts", "holders", "loops", "processes", "fds")
+           if after[k] > before[k]}
+    new = {d: sorted(after["files"][d] - before["files"].get(d, set()))
+           for d in after["files"]}
+    new = {d: f for d, f in new.items() if f}
+    if new:
+        out["files"] = new
+    return out
+
+
+def settle(image, users, seconds=15.0, extra_dirs=(), daemons=(), baseline=None):
+    """A snapshot once nothing holds the image and (given ``baseline``) nothing is left over
+    it, or the last one taken after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        snap = snapshot(image, users, extra_dirs, daemons)
+        done = snap["holders"] == 0 and (baseline is None or not leaks(baseline, snap))
+        if done or time.monotonic() > deadline:
+            return snap
+        time.sleep(0.2)
+
+
+def run_load(argv, users, total, parallel, cwd) -> dict:
+    """``total`` launches of ``argv``, ``parallel`` at a time, users taking turns."""
+    def one(i):
+        return users[i % len(users)].run(argv, cwd)
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        results = list(pool.map(one, range(total)))
+    times = sorted(t for t, _ in results)
+    failures = [r for _, r in results if r.returncode != 0]
+    return {"launches": total, "parallel": parallel, "failures": len(failures),
+            "first_failure": (failures[0].stderr.strip().splitlines() or ["?"])[-1]
+            if failures else None,
+            "median_s": statistics.median(times),
+            "p99_s": times[min(len(times) - 1, int(round(0.99 * (len(times) - 1))))],
+            "max_s": times[-1]}
+
+
+def warm(argv, users, cwd) -> None:
+    """One launch per user first: caches written once are not leaks."""
+    for u in users:
+        t, r = u.run(argv, cwd)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} as {u.name} failed: {r.stderr.strip()}")

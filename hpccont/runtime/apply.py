@@ -157,10 +157,11 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
             f"mode=0755,size={cfg['runtime']['tmp_size']}")
     for d in ("lower", "upper", "work", "root", "files"):
         os.mkdir(f"{stage}/{d}", 0o755)
+    locks = []
     if plan.overlays:
         step("locking the overlays")
         from . import overlay
-        overlay.take_locks(plan.overlays)        # held by the command: inherited, never closed
+        locks = overlay.take_locks(plan.overlays)   # inherited by the FUSE servers below
     step("mounting the image")
     lower = _mount_image(plan, cfg, f"{stage}/lower")
     reader = 0
@@ -179,6 +180,10 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
     for m in plan.mounts:
         step(f"mounting {m.target}")
         _apply_mount(m, root, lower, f"{stage}/files", plan)
+    if locks:
+        step("handing the overlay locks to their holder")
+        from . import overlay
+        overlay.hold_locks(locks)
     if not plan.writable_tmpfs and not persistent:
         step("making the root read-only")
         kernel.mount(None, root, None, kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV)

@@ -83,6 +83,7 @@ _ST_TO_MS = ((ST_RDONLY, MS_RDONLY), (ST_NOSUID, MS_NOSUID), (ST_NODEV, MS_NODEV
 
 # <sys/prctl.h>
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 SIGKILL = 9   # without importing signal (and enum) on the hot path
 

@@ -3,11 +3,12 @@
 Called by ``apply.setup`` in the container's mount namespace, before pivot_root, when the plan
 has overlays or a writable sandbox.  Everything mounted here lives in that namespace only.
 
-Locks.  Each overlay is flock'ed through a descriptor the command inherits (and the FUSE
-servers with it): exclusive for the writable one, shared for ``:ro`` layers.  So two
-containers never write one overlay, any number read one, and a writer waits (LOCK_WAIT_S, two seconds) for
-a container that is just ending: its fuse2fs still writes the last blocks back while it holds
-the lock.
+Locks.  Each overlay is flock'ed through a descriptor that the FUSE servers inherit and a
+holder process keeps (hold_locks): exclusive for the writable one, shared for ``:ro`` layers.
+So two containers never write one overlay, any number read one, and a writer waits
+(LOCK_WAIT_S, two seconds) for a container that is just ending: its fuse2fs still writes the
+last blocks back while it holds the lock.  The command itself never holds them: a directory
+descriptor is a way out of the container (see hold_locks).
 
 ext3 without root.  fuse2fs reports the owners stored in the image (the user's real uid, as
 Apptainer's ``overlay create`` writes them), but our user namespace maps only root, to the
@@ -44,11 +45,50 @@ def take_locks(overlays: list) -> list:
     return fds
 
 
+def hold_locks(fds: list) -> None:
+    """Pass the lock descriptors to a holder process that ends with the command.
+
+    A directory overlay's lock is a descriptor of a host directory.  Left to the command, it
+    is a way out of the container: ``/proc/self/fd/N/..`` walks up the host's tree, which the
+    container's root does not contain (seen: ``cat /proc/self/fd/3/../../../etc/hostname``
+    printed the host's).  The holder is forked before the command's own user namespace and
+    made non-dumpable, so the command cannot open ``/proc/HOLDER/fd/N`` either (the kernel's
+    ptrace access check: a non-dumpable process is reachable only with CAP_SYS_PTRACE in the
+    namespace it was exec'd in, the host's).  PR_SET_PDEATHSIG ends it, and releases the
+    locks, when the process that becomes the command ends, however it ends.
+    """
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGKILL)
+            kernel.prctl(kernel.PR_SET_DUMPABLE, 0)
+            if os.getppid() != parent:      # the launch died before prctl took effect
+                os._exit(0)
+            keep = set(fds)
+            for name in os.listdir("/proc/self/fd"):
+                if int(name) not in keep:
+                    try:
+                        os.close(int(name))     # not the command's output, nor its files
+                    except OSError:
+                        pass
+            import _signal
+            while True:
+                _signal.pause()
+        except BaseException:
+            pass
+        os._exit(0)
+    for fd in fds:
+        os.close(fd)
+
+
 def _lock(o: dict) -> int:
     path = o["path"]
     flags = os.O_RDONLY | (os.O_DIRECTORY if o["kind"] == "dir" else 0)
-    fd = os.open(path, flags)
-    os.set_inheritable(fd, True)
+    fd = os.open(path, flags | os.O_CLOEXEC)
+    # fuse2fs, which writes an ext3 overlay back as it ends, keeps that one's lock; no program
+    # gets a directory's (hold_locks says why), which only the holder keeps.
+    os.set_inheritable(fd, o["kind"] != "dir")
     mode = fcntl.LOCK_SH if o["readonly"] else fcntl.LOCK_EX
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:

@@ -134,8 +134,11 @@ def run_load(argv, users, total, parallel, cwd) -> dict:
 
 
 def warm(argv, users, cwd) -> None:
-    """One launch per user first: caches written once are not leaks."""
+    """One launch per user first (caches written once are not leaks), which also proves that
+    the command runs in the container: the image's /etc/hostname, not the host's."""
+    probe = argv[:-1] + ["cat", "/etc/hostname"]
     for u in users:
-        t, r = u.run(argv, cwd)
-        if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} as {u.name} failed: {r.stderr.strip()}")
+        t, r = u.run(probe, cwd)
+        if r.returncode != 0 or r.stdout != "container\n":
+            raise RuntimeError(f"{' '.join(probe)} as {u.name}: {r.stdout.strip()!r} "
+                               f"{r.stderr.strip()}")

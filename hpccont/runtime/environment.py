@@ -60,6 +60,9 @@ def read_env_file(path: str, environ=None, image: str = "") -> dict[str, str]:
             text = f.read()
     except OSError as e:
         raise UsageError(f"--env-file {path}: {e.strerror}")
+    if "\0" in text:
+        # no variable can hold a NUL byte (execve would refuse the environment)
+        raise UsageError(f"--env-file {path}: contains a NUL byte (not a text file)")
     from .envscripts import Unsupported, parse
     base = dict(environ or {})
     if image:

@@ -47,6 +47,9 @@ class Word:
 
 def tokenize(text: str) -> list:
     """Words and operator strings; comments dropped.  Unterminated quotes raise."""
+    if "\0" in text:
+        # no variable can hold a NUL byte, and what each shell makes of one differs
+        raise Unsupported("a NUL byte in the script")
     out: list = []
     i, n = 0, len(text)
     while i < n:
@@ -183,6 +186,10 @@ def _dollar(text: str, i: int, parts: list, quoted: bool) -> int:
 # ---------------------------------------------------------------------------------------------
 # Parsing: a script is a list of and-or lists; compound commands hold lists of their own.
 
+# Reserved words that only close or continue a compound command.
+RESERVED = ("then", "else", "elif", "fi", "do", "done", "in", "esac", "}")
+
+
 class Parser:
     def __init__(self, tokens: list):
         self.toks = tokens
@@ -247,6 +254,9 @@ class Parser:
             return self.for_clause()
         if kw in ("while", "until", "case", "{", "function", "!"):
             raise Unsupported(f"'{kw}'")
+        if kw in RESERVED:
+            # where a command should start, a syntax error for sh, even in a branch not taken
+            raise Unsupported(f"'{kw}' where a command was expected")
         words = []
         while isinstance(self.peek(), Word):
             words.append(self.take())
@@ -315,6 +325,13 @@ def parse(text: str) -> list:
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation.
+
+# Variables a shell gives itself when the environment has none, each shell its own values
+# (dash: PS1 '# ' for root, busybox: a prompt with the directory; PPID...): reading or
+# exporting one of them unset is left to the shell that will actually run.
+SHELL_VARIABLES = frozenset(("IFS", "OPTIND", "PATH", "PPID", "PS1", "PS2", "PS4", "PWD",
+                             "HOSTNAME", "LINENO", "FUNCNAME", "SHLVL"))
+
 
 class Shell:
     """Variables, which of them are exported, and the last status, as /bin/sh would keep them
@@ -458,6 +475,8 @@ class Shell:
         if name == "?":
             return str(self.status)
         value = self.vars.get(name)
+        if value is None and name in SHELL_VARIABLES:
+            raise Unsupported(f"${name} unset: the shell has a value of its own")
         if not op:
             return value or ""
         empty = value is None or (op.startswith(":") and value == "")
@@ -612,6 +631,8 @@ def _export(sh: Shell, words: list) -> None:
         name = sh.expand(w)
         if not name or name.startswith("-") or not all(c in NAME_CHARS for c in name):
             raise Unsupported(f"export {name}")
+        if name not in sh.vars and name in SHELL_VARIABLES:
+            raise Unsupported(f"export {name} unset: the shell has a value of its own")
         sh.exported.add(name)
     sh.status = 0
 

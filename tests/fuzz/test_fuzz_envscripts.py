@@ -112,3 +112,20 @@ def test_patterns_with_many_stars_do_not_hang(tmp_path, scripts_dir):
     p.write_text(f'for f in {scripts_dir}/{"*a" * 30}*b; do X="$f"; done\nexport X\n')
     env = outcome(envscripts.evaluate, [str(p)], {}, allowed=(Unsupported,))
     assert isinstance(env, dict) and env["X"].endswith("*b")
+
+
+def test_nul_byte_needs_the_shell(tmp_path):
+    """An image script with a NUL byte: no value may carry one into execve."""
+    p = tmp_path / "nul.sh"
+    p.write_bytes(b"export A=x\0y\n")
+    with pytest.raises(Unsupported):
+        envscripts.evaluate([str(p)], {})
+
+
+@pytest.mark.parametrize("text", ["export PS1", "X=$PPID; export X", "X=${IFS}; export X"])
+def test_the_shells_own_variables_need_the_shell(tmp_path, text):
+    """Unset, PS1, PPID, IFS... have the running shell's own values (dash and busybox differ)."""
+    p = tmp_path / "own.sh"
+    p.write_text(text + "\n")
+    with pytest.raises(Unsupported):
+        envscripts.evaluate([str(p)], {"PATH": "/bin"})

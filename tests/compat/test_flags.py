@@ -144,7 +144,12 @@ def test_cpus_memory_warn_once_where_no_cgroup_is_delegated(as_apptainer, bash_s
 
 
 def test_limits_through_a_delegated_cgroup(tmp_path):
-    """The cgroup v2 path, planned against a cgroup tree laid out as the kernel does."""
+    """The cgroup v2 plan for memory and cpu, against a cgroup tree laid out as the kernel does.
+
+    A fake tree because this host cannot have a cgroup v2 with those controllers: it is hybrid,
+    and memory and cpu stay bound to their (busy) cgroup v1 hierarchies.  The delegation itself
+    (moving in, enabling controllers, writing a limit) runs on the real kernel, with the one v2
+    controller this host has, in tests/runtime/test_cgroup_delegation.py."""
     from hpccont.runtime import limits
     root = tmp_path / "cg"
     mine = root / "user.slice/user-1001.slice/session-1.scope"
@@ -157,7 +162,12 @@ def test_limits_through_a_delegated_cgroup(tmp_path):
     spec, warning = limits.plan_limits("1.5", "1g", {}, root=str(root), proc_self=str(proc))
     assert warning is None
     assert spec["files"] == {"cpu.max": "150000 100000", "memory.max": str(1 << 30)}
-    assert spec["path"].startswith(str(mine) + "/hpccont-")
+    assert spec["path"].startswith(str(mine) + "/hpccont-") and spec["enable"] == str(mine)
+    # a hybrid host: the v2 root lacks the controllers, whatever the user's cgroup says
+    (root / "cgroup.controllers").write_text("hugetlb\n")
+    assert "not in this host's cgroup v2 hierarchy" in limits.plan_limits(
+        "1", "1g", {}, root=str(root), proc_self=str(proc))[1]
+    (root / "cgroup.controllers").write_text("cpu memory pids\n")
     (mine / "cgroup.controllers").write_text("memory\n")
     spec, warning = limits.plan_limits("2", None, {"SLURM_JOB_ID": "9"}, root=str(root),
                                        proc_self=str(proc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..image.registry import is_reference as is_registry_reference
 from .request import ContainerRequest
 
 
@@ -42,6 +43,8 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) 
     if req.image.startswith("instance://"):
         from .instances import attach
         req = attach(req, cfg)
+    elif is_registry_reference(req.image):
+        req.image = pulled(req, environ)
     plan = make_plan(req, cfg, environ, cwd if cwd is not None else current_dir())
     if req.debug:
         from .apply import Step
@@ -71,3 +74,12 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) 
     from .apply import apply
     apply(plan, cfg, debug=req.debug)
     return 255  # not reached: apply execs or raises
+
+
+def pulled(req: ContainerRequest, environ) -> str:
+    """``exec docker://...`` (or oras://), as in Apptainer: the image is pulled into the cache
+    (once: later launches and concurrent ones use the cached SIF, see image/registry/cache.py)
+    and the launch runs that SIF.  Progress only on a terminal and without -q/-s."""
+    from ..image.registry import pull_to_cache
+    quiet = req.message_level < 1 or req.dry_run or not sys.stderr.isatty()
+    return pull_to_cache(req.image, quiet=quiet, environ=environ)

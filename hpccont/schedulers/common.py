@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 from ..config import yes_no  # noqa: F401 (the schedulers' spelling is the config's)
 from ..errors import ImageError, UsageError
+# Image references a registry serves: pulled into the cache, then run as SIFs.
+from ..image.registry import is_reference as is_registry_ref
 from ..record import factory, record
 
 # option name -> (JobOptions attribute, takes a value)
@@ -146,14 +148,6 @@ def options_from_env(environ: Mapping[str, str]) -> Dict[str, Optional[str]]:
         if var in environ:
             found[name] = environ[var]
     return found
-
-
-# Image references a registry serves (image/registry): pulled into the cache, then run as SIFs.
-REGISTRY_SCHEMES = ("docker://", "oras://")
-
-
-def is_registry_ref(image: str) -> bool:
-    return image.startswith(REGISTRY_SCHEMES)
 
 
 def resolve_image(image: str, submit_dir: str, image_dirs: List[str],

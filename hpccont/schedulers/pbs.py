@@ -33,8 +33,8 @@ from ..errors import (ConfigError, HpccontError, ImageError, PolicyError, Privse
 from ..runtime.policy import under_any
 from ..runtime import cleanup
 from ..runtime.mounts import parse_binds
-from .common import (JobOptions, launch_argv, options_from_env, parse_options, resolve_image,
-                     starts_own_container)
+from .common import (JobOptions, is_registry_ref, launch_argv, options_from_env, parse_options,
+                     resolve_image, starts_own_container)
 
 # Custom PBS resource -> job option (common.OPTION_TABLE).  PBS resource names may not hold
 # dashes in every release, so resources use underscores.
@@ -364,6 +364,8 @@ def open_job_image(request: str, submit: str, image_dirs: List[str], binds: List
     user: a file the user cannot read is never read for them, a FIFO or device is refused
     without blocking, a symlink is followed with the user's rights only."""
     sources = [b.src for b in parse_binds(list(binds))]
+    if is_registry_ref(request):
+        return _registry_image(request, sources, creds)
 
     def work():
         try:
@@ -399,6 +401,33 @@ def open_job_image(request: str, submit: str, image_dirs: List[str], binds: List
         img.close()
         raise
     return img
+
+
+def _registry_image(ref: str, sources: List[str], creds: Optional[Credentials]) -> OpenedImage:
+    """A ``docker://``/``oras://`` job image: nothing to open here.  A hook must not pull (it
+    runs as root, under MoM's alarm): the task's own ``hpccont exec REF`` pulls it as the user,
+    into the user's cache, once per job (image/registry/pull.py pins the tag for the job)."""
+    from ..image.registry import reference
+    reference.parse(ref)                    # a bad reference is refused before the job starts
+    text, _ = with_user_rights(creds, lambda: ("\0".join(
+        os.path.realpath(s) if os.path.isabs(s) else s for s in sources), []))
+    return OpenedImage(path=ref, real="", fd=-1, bind_sources=text.split("\0") if text else [])
+
+
+def registry_policy(img: OpenedImage, site: dict) -> None:
+    """The site's rules for a registry image, checked before the job starts: the allowed
+    registries, no allowed_dirs (a pulled image lives in the user's
+    cache), no required signatures (nothing is there to verify before the pull)."""
+    from ..image.registry import reference
+    from ..image.registry.pull import check_allowed
+    images = site.get("images", {})
+    if images.get("allowed_dirs"):
+        raise PolicyError(f"container image {img.path}: this site allows images only from "
+                          f"{', '.join(images['allowed_dirs'])}, not from a registry")
+    if site.get("signatures", {}).get("require", False):
+        raise SignatureError(f"container image {img.path}: this site requires signed SIF images; "
+                             "pull it, check its signature and name the SIF instead")
+    check_allowed(reference.parse(img.path), site.get("registry") or {})
 
 
 # ---------------------------------------------------------------- site policy
@@ -541,6 +570,9 @@ def _image_policy(img: OpenedImage, kind: str, images: dict) -> None:
 def check_opened_image(img: OpenedImage, hook_cfg: HookConfig, site: dict, *,
                        verify: bool = True) -> str:
     """Site policy for an image opened as the user.  Returns the image kind."""
+    if img.fd < 0:
+        registry_policy(img, site)
+        return "sif"
     kind = image_kind(img)
     _image_policy(img, kind, site.get("images", {}))
     if verify and site.get("signatures", {}).get("require", False):
@@ -706,6 +738,15 @@ def job_images(ctx: JobContext, hook_cfg: HookConfig, site: dict) -> List[str]:
         if not opts.wanted:
             return []
         dirs = site.get("images", {}).get("image_dirs", [])
+        if is_registry_ref(opts.image or ""):
+            # The SIF the job's tasks ran, from the user's cache without the network (the tag
+            # as the job pinned it), found by a child that is the user.
+            from ..image.registry import pull_to_cache
+            env = dict(ctx.env if ctx.env is not None else ctx.variables or {},
+                       PBS_JOBID=ctx.job_id)
+            text, _ = with_user_rights(job_credentials(ctx), lambda: (pull_to_cache(
+                opts.image or "", offline=True, environ=env), []))
+            return [text]
         text, _ = with_user_rights(job_credentials(ctx),
                                    lambda: (resolve_image(opts.image or "", submit_dir(ctx), dirs), []))
         return [text]

@@ -149,7 +149,9 @@ def test_digest_mismatch_keeps_nothing(run_root, fake, root_env, tmp_path):
     _no_output(tmp_path)
     cache_is_clean(tmp_path / "cache")
     assert not list((tmp_path / "cache" / "tmp").iterdir())
-    assert len(list((tmp_path / "cache" / "blob" / "sha256").iterdir())) == 2  # manifest, config
+    # The manifest, and the config unless the mismatch stopped its download first (blobs are
+    # fetched in parallel); never the bad layer (cache_is_clean checked each digest).
+    assert 1 <= len(list((tmp_path / "cache" / "blob" / "sha256").iterdir())) <= 2
 
 
 def test_interrupted_download_gives_up_cleanly(run_root, fake, root_env, tmp_path):

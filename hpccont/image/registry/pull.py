@@ -94,7 +94,16 @@ def registry_config(environ=os.environ) -> dict:
 
 
 def in_job(environ=os.environ) -> bool:
-    return bool(environ.get("SLURM_JOB_ID") or environ.get("PBS_JOBID"))
+    return bool(job_of(environ))
+
+
+def job_of(environ=os.environ) -> str:
+    return environ.get("SLURM_JOB_ID") or environ.get("PBS_JOBID") or ""
+
+
+def job_pin_key(job: str, ref: Reference, arch: Optional[str]) -> str:
+    """The cache's tag record for a tag as one job first resolved it."""
+    return f"job {job} {ref} {arch or ''}"
 
 
 def check_allowed(ref: Reference, cfg: dict) -> None:
@@ -315,12 +324,13 @@ def convert(fetched: Fetched, cache: Cache, *, quiet: bool = True,
 def pull_to_cache(ref, *, arch: Optional[str] = None, nohttps: bool = False,
                   quiet: bool = True, cache_dir: Optional[str] = None,
                   tmpdir: Optional[str] = None, job: Optional[bool] = None,
-                  environ=os.environ) -> str:
+                  offline: Optional[bool] = None, environ=os.environ) -> str:
     """Path of the cached SIF for ``ref`` (``docker://...``, ``oras://...`` or a Reference).
 
     Downloads and converts only what no cache (the site's, then the user's) has.  ``job``
     (default: inside a Slurm/PBS job) applies the site's ``registry.compute_node_pulls``:
-    when false, only cached images are used (a tag resolves to the digest it last had).
+    when false, only cached images are used (a tag resolves to the digest it last had);
+    ``offline=True`` asks for that whatever the site says (a job-end hook finding the image).
     Concurrent callers (tasks, nodes sharing the cache directory) wait for one another: each
     blob is downloaded once and each image converted once.  Raises RegistryError/PolicyError.
     """
@@ -328,15 +338,24 @@ def pull_to_cache(ref, *, arch: Optional[str] = None, nohttps: bool = False,
         ref = reference.parse(ref)
     cfg = registry_config(environ)
     check_allowed(ref, cfg)
-    offline = (job if job is not None else in_job(environ)) and \
-        not cfg.get("compute_node_pulls", True)
+    if offline is None:
+        offline = (job if job is not None else in_job(environ)) and \
+            not cfg.get("compute_node_pulls", True)
     cache = open_cache(cache_dir, cfg, environ)
     if ref.scheme == "oras":
         from . import oras
         return oras.pull_to_cache(ref, nohttps=nohttps, quiet=quiet, cache=cache,
                                   offline=offline, environ=environ)
-    fetched = fetch_image(ref, arch=arch, nohttps=nohttps, quiet=quiet, cache=cache,
-                          offline=offline, environ=environ)
+    # Within a job, a tag is resolved once: every later task, step and node of the job (sharing
+    # the cache) runs the digest the first one got, without asking the registry again (a
+    # 1000-task job must not spend 1000 of Docker Hub's manifest requests), and a tag moved
+    # while the job runs cannot give its tasks different images.
+    job = job_of(environ) if not ref.digest else ""
+    pinned = cache.lookup_ref(job_pin_key(job, ref, arch)) if job else None
+    fetched = fetch_image(ref.pinned(pinned) if pinned else ref, arch=arch, nohttps=nohttps,
+                          quiet=quiet, cache=cache, offline=offline, environ=environ)
+    if job and not pinned:
+        cache.record_ref(job_pin_key(job, ref, arch), fetched.manifest_digest)
     return convert(fetched, cache, quiet=quiet, tmpdir=tmpdir, environ=environ)
 
 

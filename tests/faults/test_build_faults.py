@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -116,7 +115,7 @@ def test_a_build_of_another_host_or_a_live_one_is_left_alone(install, busybox_ro
     out.mkdir()
     host = os.uname().nodename
     keep = [f".hpccont-build-{host}x-1-abc", f".img.sif.partial-{host}-{os.getpid()}",
-            f".hpccont-build-other-node-99999999-abc"]
+            ".hpccont-build-other-node-99999999-abc"]
     gone = [f".hpccont-build-{host}-99999999-abc", f".img.sif.partial-{host}-99999998"]
     for name in keep + gone:
         (out / name).mkdir()
@@ -125,3 +124,27 @@ def test_a_build_of_another_host_or_a_live_one_is_left_alone(install, busybox_ro
     assert nxt.returncode == 0, err
     assert sorted(p.name for p in out.iterdir()) == sorted(keep + ["small.sif"])
     assert helpers.REPO.exists()
+
+
+def test_build_killed_during_post(install, busybox_sif, builder, fault_dir):
+    """A definition build killed while %post runs: the section (PID 1 of its own PID
+    namespace, image/build/fakeroot.py) and everything it started go with the build."""
+    pw, out = builder
+    marker = f"sleep 3{7 if pw else 8}"
+    deffile = out / "post.def"
+    deffile.write_text(f"Bootstrap: localimage\nFrom: {busybox_sif}\n%post\n"
+                       f"  {marker} &\n  {marker}\n")
+    deffile.chmod(0o644)
+    build = _build(install, pw, *(["--fakeroot"] if pw else []), out / "post.sif", deffile)
+
+    def two_sleeps():
+        found = [p for p in _descendants(build.pid) if comm(p) == "sleep"]
+        return found if len(found) == 2 else None
+    sleeps = wait_for(two_sleeps, 60, "the two sleeps of %post")
+    os.kill(build.pid, 9)
+    since = time.monotonic()
+    build.communicate()
+    for p in sleeps:
+        wait_for(lambda: proc_state(p) in ("Z", "X", "gone"), 10, f"{marker} to die")
+    print(f"\nbuild killed during %post ({'user, --fakeroot' if pw else 'root'}): "
+          f"its processes gone after {(time.monotonic() - since) * 1000:.0f} ms")

@@ -29,8 +29,10 @@ from ... import errors
 from ...errors import BuildError
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 MS_RDONLY = 0x1
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
@@ -387,6 +389,25 @@ def _prepare_mountpoints(run: ScriptRun) -> List[str]:
     return created
 
 
+def _exec_as_pid_one(run: ScriptRun) -> None:
+    """Fork PID 1 of the new PID namespace to exec the section; stay outside, exit as it did."""
+    pid = os.fork()
+    if pid == 0:
+        from ..leftovers import die_with_parent
+        die_with_parent()
+        if ("proc", "/proc") in run.binds:
+            # the namespace's own /proc, in place of the host's: /proc/$$ is the script
+            try:
+                mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            except OSError:
+                pass             # the host's stays: only /proc/$$ (1 here) is then wrong
+        os.execve(run.argv[0], run.argv, run.env)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # ^C reaches the group: PID 1 answers
+    _, status = os.waitpid(pid, 0)
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status)
+             else 128 + os.WTERMSIG(status))
+
+
 def _script_child(run: ScriptRun, out_w: int, err_w: int) -> None:
     step = "set up the section's container"
     try:
@@ -399,7 +420,13 @@ def _script_child(run: ScriptRun, out_w: int, err_w: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.setpgid(0, 0)
-        unshare(CLONE_NEWNS)
+        # The section runs as PID 1 of a PID namespace of its own, this process outside it:
+        # when the build is killed (-9: no cleanup runs) this process dies with it, PID 1 with
+        # this process, and the kernel kills everything left in the namespace, so that no
+        # %post (an apt-get, say) goes on in a work directory the next build removes.
+        from ..leftovers import die_with_parent
+        die_with_parent()
+        unshare(CLONE_NEWNS | CLONE_NEWPID)
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         for inside, host in run.binds:
             step = f"bind {host} into the image"
@@ -414,7 +441,7 @@ def _script_child(run: ScriptRun, out_w: int, err_w: int) -> None:
         step = f"change to directory {run.cwd} in the image"
         os.chdir(run.cwd)
         step = f"run {run.argv[0]} in the image"
-        os.execve(run.argv[0], run.argv, run.env)
+        _exec_as_pid_one(run)
     except OSError as e:
         os.write(err_w, f"cannot {step}: {e.strerror or e}".encode())
     except BaseException as e:  # noqa: BLE001

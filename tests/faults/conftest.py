@@ -38,6 +38,7 @@ class Who:
         self.pw = pw
         self.name = pw.pw_name if pw else "root"
         base.mkdir(mode=0o700)
+        self.home = base
         if pw:
             os.chown(base, pw.pw_uid, pw.pw_gid)
         runtime, cache = base / "run", base / "cache"
@@ -66,3 +67,11 @@ def who(request, fault_dir):
     """Each fault as the unprivileged test user (rootless: squashfuse) and as root (loop)."""
     pw = request.getfixturevalue("test_user") if request.param == "user" else None
     return make_who(pw, fault_dir, request.param)
+
+
+@pytest.fixture
+def who_for_mode(request, fault_dir):
+    def make(mode):
+        pw = request.getfixturevalue("test_user") if mode == "user" else None
+        return make_who(pw, fault_dir, f"between-{mode}")
+    return make

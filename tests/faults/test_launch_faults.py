@@ -98,3 +98,38 @@ def test_fuse_server_killed(install, private_image, test_user, fault_dir, phase)
 def faultlib_who(pw, fault_dir):
     from conftest import make_who
     return make_who(pw, fault_dir, "fuse")
+
+
+# Between two kernel steps, where no Step hook is: strace delivers SIGKILL as the launch enters
+# the system call (which then never runs).  Root: the loop device is attached (autoclear) but
+# not mounted yet.  Rootless: the FUSE mount is made but its server not forked yet.
+BETWEEN = {
+    "root": ("mount", 3, "squashfs"),          # / private, staging tmpfs, then the image
+    "user": ("clone,clone3", 1, "clone"),      # the FUSE server's fork
+}
+
+
+@pytest.mark.parametrize("mode", list(BETWEEN))
+def test_killed_between_kernel_steps(install, private_image, who_for_mode, mode):
+    import shutil
+    import subprocess
+    import time
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed")
+    who = who_for_mode(mode)
+    calls, when, expect = BETWEEN[mode]
+    log = who.home / "strace.log"
+    argv = ["strace", "-o", str(log), "-e", f"trace=mount,{calls}",
+            "-e", f"inject={calls}:signal=SIGKILL:when={when}",
+            str(install["hpccont"]), "exec", str(private_image), "true"]
+    env = {"PATH": "/usr/bin:/bin", **who.env}
+    ids = dict(user=who.pw.pw_uid, group=who.pw.pw_gid, extra_groups=[]) if who.pw else {}
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, **ids)
+    since = time.monotonic()
+    last = [line for line in log.read_text().splitlines() if not line.startswith("+++")][-1]
+    assert expect in last and last.endswith("= ?"), last      # killed entering that call
+    took, left = wait_clean(str(private_image), None, since)
+    assert took is not None, left
+    _next_launch_works(install, private_image, who)
+    print(f"\nkilled entering {expect} ({who.name}): rc {r.returncode}, nothing left "
+          f"after {took * 1000:.1f} ms")

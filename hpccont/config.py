@@ -196,7 +196,23 @@ def parse_file(path: str) -> dict[str, dict[str, object]]:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"site config {path}{where}: not valid YAML")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"site config {path}: not UTF-8 text (byte {e.start})") from None
+    except ValueError as e:        # a scalar the YAML resolver takes for a date that is none
+        raise ConfigError(f"site config {path}: not valid YAML ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"site config {path}: not valid YAML (nested too deep)") from None
     return validate(raw, path)
+
+
+def _cached(path: str, stamp: list):
+    """The cached copy, if it is exactly what validating it gives: a damaged or hand-edited
+    entry (the user can write it) is recomputed from the file, never half used."""
+    cfg = cache.read("config", path, stamp)
+    try:
+        return cfg if isinstance(cfg, dict) and validate(cfg, path) == cfg else None
+    except ConfigError:
+        return None
 
 
 def load(environ=os.environ, use_cache: bool = True) -> dict[str, dict[str, object]]:
@@ -212,7 +228,7 @@ def load(environ=os.environ, use_cache: bool = True) -> dict[str, dict[str, obje
         raise ConfigError(f"cannot read site config {path}: {e.strerror}")
     stamp = cache.stat_stamp(st)
     if use_cache:
-        cfg = cache.read("config", path, stamp)
+        cfg = _cached(path, stamp)
         if cfg is not None:
             return cfg
     cfg = parse_file(path)

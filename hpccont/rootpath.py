@@ -129,3 +129,85 @@ def read_in_root(root, path: str, limit: int = 16 << 20) -> bytes | None:
         return None
     finally:
         os.close(data)
+
+
+def open_mountpoint(root: str, path: str, is_dir: bool, *, escape: str = "refuse",
+                    error=ValueError) -> int:
+    """An O_PATH descriptor of mount point ``path`` inside ``root``, made when missing (its
+    missing parents as directories, itself a directory or, ``is_dir`` false, an empty file).
+
+    The walk is open_in_root's: one component at a time, relative to its parent's descriptor,
+    never following a link (links are resolved as inside the root; ``..`` above the root is
+    refused, or stays at the root with ``escape="clamp"``).  The caller mounts onto
+    ``/proc/self/fd/N``, so what is mounted on is the very directory found here, even if the
+    tree changes meanwhile: as root, in a sandbox its owner can write, a directory swapped for
+    a link to a host path between a check and a mount by name would have put root's mount,
+    and the mount point root creates, on the host.  A directory moved away mid-walk takes the
+    mount with it, outside the container's root, where the container never sees it.
+    Raises ``error`` for escapes and loops, OSError for what the filesystem refuses.
+    """
+    import errno
+    import stat
+    todo = components(path)
+    stack = [os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
+    links = 0
+    try:
+        while todo:
+            part = todo.pop(0)
+            if part == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                elif escape == "refuse":
+                    raise error(f"{path} escapes the container root")
+                continue
+            try:
+                target = os.readlink(part, dir_fd=stack[-1])
+            except OSError:
+                target = None            # not a link, or missing (made below)
+            if target is not None:
+                links += 1
+                if links > MAX_LINKS:
+                    raise error(f"{path}: too many levels of symbolic links in the image")
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                todo = components(target) + todo
+                continue
+            last = not todo
+            try:
+                fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
+            except FileNotFoundError:
+                if not _make_at(stack[-1], part, is_dir or not last):
+                    links += 1               # it appeared meanwhile: look at it again
+                    if links > MAX_LINKS:
+                        raise OSError(errno.ELOOP, "mount point keeps changing", path)
+                    todo.insert(0, part)
+                    continue
+                fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode) or (not last and not stat.S_ISDIR(mode)):
+                # a link now where there was none a moment ago, or a file as a parent
+                os.close(fd)
+                raise OSError(errno.ELOOP if stat.S_ISLNK(mode) else errno.ENOTDIR,
+                              "changed while being resolved" if stat.S_ISLNK(mode)
+                              else "not a directory", path)
+            if last:
+                return fd
+            stack.append(fd)
+        return os.dup(stack[0])          # the root itself
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def _make_at(dir_fd: int, name: str, is_dir: bool) -> bool:
+    """Create ``name`` in ``dir_fd`` (never through a link); False if something is there now."""
+    try:
+        if is_dir:
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+        else:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY |
+                             os.O_CLOEXEC, 0o644, dir_fd=dir_fd))
+    except FileExistsError:
+        return False
+    return True

@@ -46,12 +46,12 @@ from __future__ import annotations
 import errno
 import os
 
-from ..errors import CommandNotFound, CommandNotExecutable, LaunchError
+from ..errors import BindError, CommandNotFound, CommandNotExecutable, LaunchError
 from . import kernel
 from . import prefetch
 from .envscripts import env_scripts, image_environment, shell_prefix
 from .identity import group_content, passwd_content
-from ..rootpath import read_in_root
+from ..rootpath import open_mountpoint, read_in_root
 from .mounts import resolve_in_root
 from .plan_types import LaunchPlan, Mount
 
@@ -180,7 +180,13 @@ def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]
     for m in plan.mounts:
         step(f"mounting {m.target}")
         _apply_mount(m, root, lower, f"{stage}/files", plan)
-    if locks:
+    if locks and plan.mode == "root":
+        # Root's container is root's: a descriptor adds nothing to what it can do (the host's
+        # disks are in /dev), and a holder process would keep the namespace, its mounts and
+        # loop devices a moment past the command.  The command holds them, as it always did.
+        for fd in locks:
+            os.set_inheritable(fd, True)
+    elif locks:
         step("handing the overlay locks to their holder")
         from . import overlay
         overlay.hold_locks(locks)
@@ -406,34 +412,73 @@ def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) 
         return
     # The image's /etc/passwd may be a link climbing out: covered where the container's own
     # lookup (clamped at its root) finds it.  Other destinations that climb are refused.
-    host_target = resolve_in_root(root, m.target, clamp=identity)
-    if m.kind == "proc":
-        os.makedirs(host_target, exist_ok=True)
-        kernel.mount("proc", host_target, "proc",
-                     kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
-        return
-    if m.kind == "tmpfs":
-        os.makedirs(host_target, exist_ok=True)
-        kernel.mount("tmpfs", host_target, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV,
-                     m.options or "mode=0755")
-        return
-    if m.kind == "fs":
-        # devpts and mqueue may be mounted by root of a user namespace (FS_USERNS_MOUNT);
-        # mqueue shows the queues of the IPC namespace we are in, a private one (--ipc).
-        os.makedirs(host_target, exist_ok=True)
-        kernel.mount(m.source, host_target, m.source, kernel.MS_NOSUID | kernel.MS_NOEXEC
-                     | (kernel.MS_NODEV if m.source != "devpts" else 0), m.options or None)
-        return
+    # Mounts go onto the descriptor of the mount point (rootpath.open_mountpoint says why).
     if m.kind == "symlink":
-        if not os.path.lexists(host_target):
-            os.symlink(m.source, host_target)
+        _make_symlink(root, m, files)
         return
-    _make_mountpoint(host_target, os.path.isdir(m.source), files)
-    kernel.mount(m.source, host_target, None, kernel.MS_BIND | kernel.MS_REC)
-    flags = kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_NOSUID | kernel.locked_flags(host_target)
-    if m.readonly:
-        flags |= kernel.MS_RDONLY
-    kernel.mount(None, host_target, None, flags)
+    is_dir = m.kind in ("proc", "tmpfs", "fs") or os.path.isdir(m.source)
+    fd = _mountpoint(root, m.target, is_dir, files, identity)
+    at = f"/proc/self/fd/{fd}"
+    try:
+        if m.kind == "proc":
+            kernel.mount("proc", at, "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
+            return
+        if m.kind == "tmpfs":
+            kernel.mount("tmpfs", at, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV,
+                         m.options or "mode=0755")
+            return
+        if m.kind == "fs":
+            # devpts and mqueue may be mounted by root of a user namespace (FS_USERNS_MOUNT);
+            # mqueue shows the queues of the IPC namespace we are in, a private one (--ipc).
+            kernel.mount(m.source, at, m.source, kernel.MS_NOSUID | kernel.MS_NOEXEC
+                         | (kernel.MS_NODEV if m.source != "devpts" else 0), m.options or None)
+            return
+        kernel.mount(m.source, at, None, kernel.MS_BIND | kernel.MS_REC)
+    finally:
+        os.close(fd)
+    # The remount needs the new mount's root, which the descriptor (of the directory below
+    # it) is not: the same walk again, which now ends on the mount, checked to be the source.
+    fd = _mountpoint(root, m.target, is_dir, files, identity)
+    at = f"/proc/self/fd/{fd}"
+    try:
+        here, source = os.fstat(fd), os.stat(m.source)
+        if (here.st_dev, here.st_ino) != (source.st_dev, source.st_ino):
+            raise LaunchError(f"mount point {m.target} changed while it was being mounted")
+        flags = kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_NOSUID | kernel.locked_flags(at)
+        if m.readonly:
+            flags |= kernel.MS_RDONLY
+        kernel.mount(None, at, None, flags)
+    finally:
+        os.close(fd)
+
+
+def _make_symlink(root: str, m: Mount, stash: str) -> None:
+    """A link the plan adds (minimal /dev: fd, stdin...), made in its directory's descriptor,
+    unless something is there already."""
+    parent, name = os.path.split(m.target.rstrip("/"))
+    fd = _mountpoint(root, parent or "/", True, stash, False)
+    try:
+        os.symlink(m.source, name, dir_fd=fd)
+    except FileExistsError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _mountpoint(root: str, target: str, is_dir: bool, stash: str, clamp: bool) -> int:
+    """O_PATH descriptor of the mount point of container path ``target``, made if missing."""
+    def refuse(message: str) -> BindError:
+        return BindError(f"bind destination {message}")
+    try:
+        return open_mountpoint(root, target, is_dir, escape="clamp" if clamp else "refuse",
+                               error=refuse)
+    except PermissionError:
+        # Rootless, in a sandbox owned by a uid the namespace does not map: no entry can be
+        # added there, and _make_mountpoint lays a tmpfs over the directory instead.  Only its
+        # owner (not the caller) could change that tree meanwhile.
+        path = resolve_in_root(root, target, clamp=clamp)
+        _make_mountpoint(path, is_dir, stash)
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
 
 
 def _identity_file(m: Mount, lower: str, files: str, plan: LaunchPlan) -> Mount:

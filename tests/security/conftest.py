@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 import helpers
+from seclib import SECRET
 
 HERE = Path(__file__).resolve().parent
 VICTIM = "hpcvictim"          # a third user: owner of a 0600 file the test user must not read
-SECRET = "SECRET-CONTENT-d41d8c"
 
 # Planted in the image: name -> what it is.  Links name host paths; resolved inside the image
 # they lead to the image's own (absent, or harmless) files.
@@ -158,10 +158,6 @@ def secrets(world_tmp, victim):
     victim_dir.chmod(0o700)
     out["victim_dir"] = victim_dir
     return out
-
-
-def leaked(text: str) -> bool:
-    return SECRET in text
 
 
 @pytest.fixture

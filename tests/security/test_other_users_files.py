@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from conftest import leaked
+from seclib import leaked
 
 pytestmark = pytest.mark.rootless
 

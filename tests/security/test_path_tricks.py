@@ -15,7 +15,7 @@ import os
 import pytest
 
 import helpers
-from conftest import leaked
+from seclib import leaked
 
 pytestmark = pytest.mark.rootless
 

@@ -7,9 +7,6 @@ errors naming the tool and its last complaint.
 from __future__ import annotations
 
 import os
-import tempfile
-import shutil
-import subprocess
 TYPE_CHECKING = False   # as typing.TYPE_CHECKING: MPI discovery reads images on the launch path
 if TYPE_CHECKING:
     from typing import List, Optional, Sequence
@@ -42,6 +39,7 @@ def site_compression_args() -> List[str]:
 
 
 def _tool(name: str) -> str:
+    import shutil
     path = shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}")
                                        if os.access(p, os.X_OK)), None)
     if path is None:
@@ -94,6 +92,7 @@ def mksquashfs(src: str, out: str, *, comp: Optional[str] = None,
             extra_args = ["-mkfs-time", str(mkfs_time), *extra_args]
     argv = mksquashfs_argv(src, out, comp=comp, extra_args=extra_args, all_root=all_root)
     from .leftovers import die_with_parent     # a killed build takes mksquashfs with it
+    import subprocess
     r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                        preexec_fn=die_with_parent)
     if r.returncode != 0:
@@ -109,6 +108,7 @@ def _unsquashfs(image: str, offset: int, args: Sequence[str], binary: bool = Fal
     """The one place unsquashfs runs (inspect, modules, MPI discovery, builds all come here)."""
     argv = [_tool("unsquashfs"), "-o", str(offset), *args]
     from .leftovers import die_with_parent     # a killed build or inspect takes it along
+    import subprocess
     try:
         return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=not binary, errors=None if binary else "replace",
@@ -157,6 +157,7 @@ def extract(image: str, dest: str, offset: int = 0, paths: Sequence[str] = (),
     args = ["-d", dest, "-n", "-q"] + (["-f"] if into_existing else [])
     if os.geteuid() != 0:
         args.append("-no-xattrs")
+    import tempfile
     with tempfile.NamedTemporaryFile("w", prefix="hpccont-exclude-", suffix=".txt") as excl:
         if _cannot_mknod():
             # Root of a user namespace (--fakeroot) may not create device nodes; the runtime

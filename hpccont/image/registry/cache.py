@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import time
 from typing import Iterator, List, Optional
 
@@ -246,6 +245,7 @@ class Cache:
                         with self.lock(name[:-len(".partial")]):
                             _unlink(p)
                     elif os.path.isdir(p):
+                        import shutil
                         shutil.rmtree(p, ignore_errors=True)
                     else:
                         _unlink(p)

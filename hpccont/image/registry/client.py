@@ -19,9 +19,9 @@ import ssl
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
 from typing import Dict, Optional
 
+from ...record import record
 from . import auth
 from .errors import RegistryError
 
@@ -52,7 +52,7 @@ def _user_agent() -> str:
     return f"hpccont/{__version__}"
 
 
-@dataclass
+@record
 class Reply:
     status: int
     headers: http.client.HTTPMessage

@@ -4,9 +4,8 @@ The cached SIF is copied (never linked: ``hpccont sign`` changes a SIF in place 
 change the cache) to a hidden sibling of OUT, which is renamed over OUT once complete.  A
 failed or interrupted pull leaves no OUT and no partial file.
 """
+import errno
 import os
-import shutil
-import tempfile
 from typing import Optional
 
 from ..sif import is_sif
@@ -38,11 +37,34 @@ def _publish(partial: str, out: str) -> None:
     os.replace(partial, out)
 
 
+def copy_file(src: str, dst: str) -> None:
+    """``src`` to a new file ``dst``, copied by the kernel (copy_file_range: a reflink where the
+    filesystem has them, an in-kernel copy otherwise; read/write across filesystems that
+    refuse it).  Without shutil, which imports the compression modules for its archives."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done)
+                if n == 0:
+                    break
+                done += n
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL) or done:
+                raise
+            while True:                  # where the kernel refuses: a plain copy
+                chunk = fin.read(1 << 20)
+                if not chunk:
+                    break
+                fout.write(chunk)
+
+
 def place(src: str, out: str) -> None:
     """Copy ``src`` to ``out`` atomically (mode 0755 less the umask, like Apptainer's pulls)."""
     partial = partial_path(out)
     try:
-        shutil.copyfile(src, partial)
+        copy_file(src, partial)
         _publish(partial, out)
     except BaseException as e:
         _unlink(partial)
@@ -62,6 +84,8 @@ def pull(uri: str, out: str, *, arch: Optional[str] = None, nohttps: bool = Fals
         src = pullmod.pull_to_cache(uri, arch=arch, nohttps=nohttps, quiet=quiet,
                                     tmpdir=tmpdir, environ=environ)
         return place(src, out)
+    import shutil
+    import tempfile
     work = tempfile.mkdtemp(prefix=".hpccont-pull-", dir=tmpdir or os.path.dirname(out))
     try:
         cache = Cache(os.path.join(work, "cache"))

@@ -16,10 +16,10 @@ import hashlib
 import json
 import os
 import platform as _platform
-from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from ...errors import PolicyError
+from ...record import factory, record
 from . import reference
 from .cache import Cache
 from .errors import RegistryError
@@ -48,7 +48,7 @@ GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "pp
 CONVERT_FORMAT = 1
 
 
-@dataclass
+@record
 class Platform:
     os: str = "linux"
     arch: str = ""
@@ -75,14 +75,14 @@ def parse_platform(text: Optional[str]) -> Platform:
     return Platform(os_name, arch, parts[1] if len(parts) > 1 else "")
 
 
-@dataclass
+@record
 class Fetched:
     """An image in the blob cache, ready to be unpacked."""
     ref: Reference                    # as asked for
     pinned: Reference                 # name@manifest-digest
     manifest_digest: str
     config: bytes
-    layers: List[str] = field(default_factory=list)   # blob paths, bottom first
+    layers: List[str] = factory(list)   # blob paths, bottom first
     platform: str = ""
 
 
@@ -259,7 +259,9 @@ def fetch_image(ref: Reference, *, arch: Optional[str] = None, nohttps: bool = F
         return download.fetch_blob(lazy.get(), cache, ref.repository, digest, size, label,
                                    progress, abort)
     try:
-        paths = download.fetch_all(jobs, one, threads=threads)
+        # A warm pull finds every blob in the cache: no threads for that.
+        cached = [cache.find_blob(d, s) for d, s in jobs]
+        paths = cached if all(cached) else download.fetch_all(jobs, one, threads=threads)
     finally:
         progress.finish()
         if lazy._client is not None:
@@ -288,8 +290,6 @@ def sif_key(fetched: Fetched, mksquashfs_args: List[str]) -> str:
 def convert(fetched: Fetched, cache: Cache, *, quiet: bool = True,
             tmpdir: Optional[str] = None, environ=os.environ) -> str:
     """The cached SIF of ``fetched`` (converting it once, under the SIF's lock)."""
-    import time
-    from pathlib import Path
     import sys
     from ..squashfs import site_compression_args
     args = site_compression_args()
@@ -303,6 +303,8 @@ def convert(fetched: Fetched, cache: Cache, *, quiet: bool = True,
         found = cache.find_sif(key)
         if found:
             return found
+        import time
+        from pathlib import Path
         from ..build import builder, deffile
         from ..build.progress import Progress
         out = cache.sif_path(key)

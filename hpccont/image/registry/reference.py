@@ -6,9 +6,10 @@ where a one-component name lives under ``library/``.  The tag defaults to ``late
 digest is given.  Docker Hub's API is served by ``registry-1.docker.io``.
 """
 import re
-from dataclasses import dataclass
 from typing import Optional
 
+from ...record import record
+from . import SCHEMES               # one list, in the package (the exec path checks it)
 from .errors import RegistryError
 
 DOCKER_HUB = "docker.io"
@@ -21,16 +22,18 @@ _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 _HOST = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
                    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])"
                    r"(?::[0-9]+)?$")
-SCHEMES = ("docker://", "oras://")
 
 
-@dataclass(frozen=True)
+@record
 class Reference:
     registry: str                # host[:port] as written (docker.io for Docker Hub)
     repository: str              # path inside the registry: library/alpine
     tag: Optional[str] = None
     digest: Optional[str] = None
     scheme: str = "docker"
+
+    def __hash__(self) -> int:    # a value, usable as a key
+        return hash((self.registry, self.repository, self.tag, self.digest, self.scheme))
 
     @property
     def api_host(self) -> str:

@@ -5,8 +5,8 @@ A launch is one ``hpccont exec IMG /bin/true`` or one ``srun --container=IMG /bi
 job of its own: allocation, step, plugin, container), timed from the caller's side.  Users
 alternate launch by launch.  Leaks are counted around the whole run, once everything had
 time to settle: mounts naming the image, processes holding it (FUSE servers, keepers,
-readers), loop devices backed by it, processes of the two users, descriptors of the Slurm
-daemons, files under each user's state and cache directories and the Slurm spool.
+readers), loop devices backed by it, processes the run started (they carry its users'
+XDG_RUNTIME_DIR), descriptors of the Slurm daemons, files under each user's state and cache directories and the Slurm spool.
 """
 import os
 import statistics
@@ -55,17 +55,22 @@ def srun_argv(image):
     return ["srun", "-n", "1", "--oversubscribe", f"--container={image}", "/bin/true"]
 
 
-def processes_of(uids) -> list:
+def processes_of(markers) -> list:
+    """Live processes started by this run: they carry one of its users' XDG_RUNTIME_DIR in
+    their environment (each run has its own; other users of the machine never do)."""
     found = []
     for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                st = os.stat(f"/proc/{pid}")
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
+        if not pid.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state in ("Z", "X") or not markers & set(env):
                 continue
-            if st.st_uid in uids and state not in ("Z", "X"):
-                found.append(int(pid))
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        found.append(f"{pid} {cmd.strip()[:120]}")
     return found
 
 
@@ -84,19 +89,22 @@ def fd_count(names) -> int:
 
 
 def snapshot(image, users, extra_dirs=(), daemons=()) -> dict:
-    uids = {u.pw.pw_uid for u in users if u.pw}
+    markers = {f"XDG_RUNTIME_DIR={u.env['XDG_RUNTIME_DIR']}".encode() for u in users}
     files = {}
     for d in [*(d for u in users for d in u.dirs), *map(str, extra_dirs)]:
         files[d] = tree(d)
     return {"mounts": len(host_mounts(str(image))), "holders": len(image_holders(str(image))),
-            "loops": len(loop_devices(str(image))), "processes": len(processes_of(uids)),
+            "loops": len(loop_devices(str(image))), "processes": processes_of(markers),
             "fds": fd_count(daemons), "files": files}
 
 
 def leaks(before: dict, after: dict) -> dict:
     """What grew: counts, and the files that were not there before."""
-    out = {k: after[k] - before[k] for k in ("mounts", "holders", "loops", "processes", "fds")
+    out = {k: after[k] - before[k] for k in ("mounts", "holders", "loops", "fds")
            if after[k] > before[k]}
+    grown = sorted(set(after["processes"]) - set(before["processes"]))
+    if grown:
+        out["processes"] = grown
     new = {d: sorted(after["files"][d] - before["files"].get(d, set()))
            for d in after["files"]}
     new = {d: f for d, f in new.items() if f}

@@ -84,6 +84,7 @@ int recipe_parse(struct recipe *r, char *data, size_t len)
 {
 	const char *pid;
 	char *end;
+	long keeper;
 
 	memset(r, 0, sizeof(*r));
 	/* Every field ends with its NUL: a truncated recipe is refused, not half used. */
@@ -104,10 +105,12 @@ int recipe_parse(struct recipe *r, char *data, size_t len)
 		goto bad;
 	if (strcmp(r->mode, "rootless") != 0 && strcmp(r->mode, "root") != 0)
 		goto bad;
+	/* a number that does not fit a pid would name another process once cast */
 	errno = 0;
-	r->keeper = (pid_t)strtol(pid, &end, 10);
-	if (errno || *end || r->keeper <= 1)
+	keeper = strtol(pid, &end, 10);
+	if (errno || *end || keeper <= 1 || keeper > INT_MAX)
 		goto bad;
+	r->keeper = (pid_t)keeper;
 	r->prefix = list_of(data, len, 'a');
 	r->keep = list_of(data, len, 'k');
 	r->unset = list_of(data, len, 'u');

@@ -1,0 +1,169 @@
+/*
+ * Fuzz harness for the launch recipe's C readers: recipe_parse and recipe_environment
+ * (spank_plugin/recipe.c, used by the Slurm tasks and by the exec fast path) and the fast
+ * path's recipe file reader (launcher/fast.c, read_recipe: header, key, then the recipe).
+ *
+ * One process reads every input from stdin, so thousands of inputs cost one start.  Records
+ * (integers little-endian u32):
+ *   0, recipe length, recipe, environment length, environment (NUL-terminated entries), argv0
+ *      length, argv0  ->  u8 0 (refused) or 1, then for an accepted recipe the counts of its
+ *      lists (a k u U s c f), the keep_only and exact flags, and the task environment it makes
+ *      (u32 count, NUL-terminated entries)
+ *   1, file length, file  ->  u8 0 (read_recipe refused the file), 1 (read, recipe refused),
+ *      2 (read and parsed); the key is the fixed material "hpccont-fast-1\0fuzz\0"
+ * Built with -fsanitize=address,undefined where the compiler has them: a memory error aborts
+ * the run and the test reports the input being read.
+ */
+#define main fast_main
+#include "fast.c"
+#undef main
+
+static int get_u32(uint32_t *v)
+{
+	unsigned char b[4];
+
+	if (fread(b, 1, 4, stdin) != 4)
+		return -1;
+	*v = b[0] | b[1] << 8 | b[2] << 16 | (uint32_t)b[3] << 24;
+	return 0;
+}
+
+/* An exact-size allocation, so that ASan sees any read past the input's end. */
+static char *get_bytes(uint32_t *len)
+{
+	char *p;
+
+	if (get_u32(len) != 0)
+		return NULL;
+	p = malloc(*len ? *len : 1);
+	if (p == NULL || fread(p, 1, *len, stdin) != *len) {
+		free(p);
+		return NULL;
+	}
+	return p;
+}
+
+static void put_u32(uint32_t v)
+{
+	unsigned char b[4] = { v & 0xff, v >> 8 & 0xff, v >> 16 & 0xff, v >> 24 };
+
+	fwrite(b, 1, 4, stdout);
+}
+
+static uint32_t count(char **list)
+{
+	uint32_t n = 0;
+
+	while (list[n])
+		n++;
+	return n;
+}
+
+static int one_recipe(void)
+{
+	uint32_t rlen, elen, alen, i, n = 0;
+	char *rdata = get_bytes(&rlen), *edata, *arg, **env, **out;
+	char *argv[2] = { NULL, NULL };
+	struct recipe r;
+
+	if (rdata == NULL)
+		return -1;
+	edata = get_bytes(&elen);
+	arg = edata ? get_bytes(&alen) : NULL;
+	if (arg == NULL)
+		return -1;
+	env = calloc(elen + 1, sizeof(char *));
+	for (i = 0; i < elen; i += strlen(edata + i) + 1)
+		env[n++] = edata + i;
+	if (alen) {                     /* argv strings end with their NUL */
+		argv[0] = calloc(alen + 1, 1);
+		memcpy(argv[0], arg, alen);
+	}
+	if (recipe_parse(&r, rdata, rlen) != 0) {
+		fputc(0, stdout);
+	} else {
+		fputc(1, stdout);
+		put_u32(count(r.prefix));
+		put_u32(count(r.keep));
+		put_u32(count(r.unset));
+		put_u32(count(r.unset_prefix));
+		put_u32(count(r.set));
+		put_u32(count(r.copy));
+		put_u32(count(r.files));
+		put_u32(r.keep_only);
+		put_u32(r.exact);
+		recipe_keeper_alive(&r, getuid());
+		out = recipe_environment(&r, env, argv);
+		put_u32(count(out));
+		for (i = 0; out[i]; i++)
+			fwrite(out[i], 1, strlen(out[i]) + 1, stdout);
+		free(out);
+		free(r.prefix);
+		free(r.keep);
+		free(r.unset);
+		free(r.unset_prefix);
+		free(r.set);
+		free(r.copy);
+		free(r.files);
+		free(r.data);
+	}
+	free(env);
+	free(edata);
+	free(arg);
+	free(argv[0]);
+	return 0;
+}
+
+static int one_file(const char *dir, const struct buf *m, const char *path)
+{
+	uint32_t flen;
+	char *fdata = get_bytes(&flen), *data;
+	size_t len = 0;
+	struct recipe r;
+	int fd;
+
+	if (fdata == NULL)
+		return -1;
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || write(fd, fdata, flen) != (ssize_t)flen || close(fd) != 0) {
+		perror(path);
+		exit(3);
+	}
+	free(fdata);
+	data = read_recipe(dir, m, &len);
+	if (data == NULL) {
+		fputc(0, stdout);
+	} else if (recipe_parse(&r, data, len) != 0) {
+		fputc(1, stdout);
+	} else {
+		fputc(2, stdout);
+		free(r.prefix);
+		free(r.keep);
+		free(r.unset);
+		free(r.unset_prefix);
+		free(r.set);
+		free(r.copy);
+		free(r.files);
+		free(r.data);
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const char key[] = "hpccont-fast-1\0fuzz";
+	struct buf m = { (char *)key, sizeof(key), sizeof(key) };
+	char path[PATH_MAX + 32];
+	uint32_t kind;
+
+	if (argc != 2)
+		return 2;
+	snprintf(path, sizeof(path), "%s/fast-%016llx", argv[1],
+		 (unsigned long long)fnv1a(m.data, m.len));
+	while (get_u32(&kind) == 0) {
+		if ((kind == 0 ? one_recipe() : one_file(argv[1], &m, path)) != 0)
+			return 4;
+		fflush(stdout);
+	}
+	return 0;
+}

@@ -10,7 +10,7 @@ is printed (pytest -s): docs/security.md quotes it.
 """
 import pytest
 
-from faultlib import Launch, leftovers, new_files, snapshot, wait_clean
+from faultlib import Launch, leftovers, new_files, snapshot, wait_clean, wait_for
 
 pytestmark = [pytest.mark.rootless, pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -133,3 +133,40 @@ def test_killed_between_kernel_steps(install, private_image, who_for_mode, mode)
     _next_launch_works(install, private_image, who)
     print(f"\nkilled entering {expect} ({who.name}): rc {r.returncode}, nothing left "
           f"after {took * 1000:.1f} ms")
+
+
+@pytest.mark.parametrize("pid_ns", [False, True], ids=["no --pid", "--pid"])
+def test_runtime_killed_with_children_running(install, private_image, who, pid_ns):
+    """The command's own children are not the runtime: killed alone, the top process leaves
+    them running, and with them the container (its mount namespace, and as root the loop
+    device), until they end, as for any process tree.  With --pid the command's children are
+    in a PID namespace whose PID 1 dies with the killed process (PR_SET_PDEATHSIG), and the
+    kernel kills the rest at once: a sleep of 30 s is gone within the 10 s wait_clean allows."""
+    _next_launch_works(install, private_image, who)
+    child = "sleep 30" if pid_ns else "sleep 2"
+    launch = Launch(install["hpccont"], private_image, ["sh", "-c", f"{child} & wait"],
+                    user=who.pw, options=("--pid",) if pid_ns else (), env=who.env)
+    launch.ns = wait_for(lambda: _ns_of_command(launch), what="the command's child")
+    since = launch.kill()
+    launch.proc.wait()        # not its output: an orphan holds the pipes while it runs
+    if not pid_ns:        # the orphan holds the container while it runs
+        assert any(c == "sleep" for _, c, _ in leftovers(str(private_image), launch.ns)
+                   .get("namespace", [])), leftovers(str(private_image), launch.ns)
+    took, left = wait_clean(str(private_image), launch.ns, since, seconds=10)
+    assert took is not None, left
+    launch.finish()
+    print(f"\nruntime killed with a child running, {'--pid' if pid_ns else 'no --pid'} "
+          f"({who.name}): everything gone after {took * 1000:.0f} ms")
+    _next_launch_works(install, private_image, who)
+
+
+def _ns_of_command(launch):
+    """The mount namespace of the running command (under --pid, a grandchild of the launch)."""
+    from faultlib import children, comm, mnt_ns
+    todo = [launch.pid]
+    while todo:
+        pid = todo.pop()
+        if comm(pid) == "sleep":
+            return mnt_ns(pid)
+        todo += children(pid)
+    return None

@@ -144,3 +144,18 @@ def debootstrap_rootfs(name: str, include=(), suite: str = "bookworm") -> Path:
         subprocess.run(["chroot", str(tree), "apt-get", "clean"], check=False)
         (tree / ".complete").write_text("ok\n")
     return tree
+
+
+def accounting_records(log: Path, match, n: int = 1, timeout: float = 20) -> list:
+    """The records of the plugin's accounting log (JSON lines) for which ``match(record)`` is
+    true, once there are ``n`` of them (or the timeout passed).  The accounting program runs
+    beside the step, so its line may land just after srun returns."""
+    import json
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text() if log.exists() else ""
+        mine = [r for r in map(json.loads, text.splitlines()) if match(r)]
+        if len(mine) >= n or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.2)

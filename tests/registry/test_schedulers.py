@@ -1,22 +1,16 @@
 """Registry images under the batch system: ``srun --container=docker://...`` on the real Slurm
 test cluster, as the unprivileged user, against the real registry of this suite."""
-import json
 import os
-import time
 
 import pytest
+
+import helpers
 
 pytestmark = [pytest.mark.slurm, pytest.mark.registry, pytest.mark.rootless]
 
 
-def _entries(slurm_cluster, job, timeout=15):
-    deadline = time.monotonic() + timeout
-    while True:
-        recs = [json.loads(line) for line in slurm_cluster.accounting.read_text().splitlines()]
-        mine = [r for r in recs if r["job"] == job]
-        if mine or time.monotonic() > deadline:
-            return mine
-        time.sleep(0.2)
+def _entries(slurm_cluster, job):
+    return helpers.accounting_records(slurm_cluster.accounting, lambda r: r["job"] == job)
 
 
 def test_srun_runs_a_registry_image_pulled_once(submit, images, user_env, slurm_cluster,

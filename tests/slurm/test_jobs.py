@@ -336,8 +336,7 @@ def test_accounting_records_image_and_digest(submit, busybox_sif, world_tmp, slu
     r = _ok(submit("srun", f"--container={sif}", "sh", "-c", "echo $SLURM_JOB_ID"))
     job = _lines(r)[-1]
     want = hashlib.sha256(sif.read_bytes()).hexdigest()
-    recs = [json.loads(line) for line in slurm_cluster.accounting.read_text().splitlines()]
-    mine = [x for x in recs if x["job"] == job]
+    mine = helpers.accounting_records(slurm_cluster.accounting, lambda x: x["job"] == job)
     assert len(mine) == 1
     assert mine[0]["image"] == str(sif) and mine[0]["sha256"] == want and mine[0]["step"] == "0"
     assert mine[0]["user"] == "hpcuser" and mine[0]["kind"] == "sif"

@@ -7,7 +7,6 @@ The image's /etc/hostname says "container" and its /etc/os-release names the tes
 host names node1..node3 come from each node's UTS namespace, so ``hostname`` tells on which
 node a task ran and ``cat /etc/hostname`` that it ran in the image.
 """
-import json
 import os
 import re
 import time
@@ -157,8 +156,8 @@ def test_accounting_one_record_per_node(submit_multinode, mn_image, slurm_multin
     r = _ok(submit_multinode("srun", "-N3", "-n6", f"--container={mn_image}", "sh", "-c",
                              "echo $SLURM_JOB_ID"))
     job = _lines(r.stdout)[0]
-    recs = [json.loads(line) for line in slurm_multinode.accounting.read_text().splitlines()]
-    mine = [x for x in recs if x["job"] == job]
+    mine = helpers.accounting_records(slurm_multinode.accounting, lambda x: x["job"] == job,
+                                      n=len(NODES))
     assert sorted(x["node"] for x in mine) == NODES, mine
     assert {(x["step"], x["image"], x["user"], x["kind"]) for x in mine} == \
         {("0", str(mn_image), "hpcuser", "squashfs")}, mine

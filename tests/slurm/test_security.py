@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+import helpers
+
 pytestmark = [pytest.mark.slurm, pytest.mark.rootless]
 
 INIT_USERNS = "user:[4026531837]"   # the kernel's fixed inode number of the initial namespace
@@ -57,15 +59,8 @@ def planted_library(directory, log):
     return so
 
 
-def _wait_for_records(slurm_cluster, job, n=1, timeout=10):
-    """record runs alongside the step; its line can land just after srun returns."""
-    deadline = time.monotonic() + timeout
-    while True:
-        recs = [json.loads(line) for line in slurm_cluster.accounting.read_text().splitlines()]
-        mine = [r for r in recs if r["job"] == job]
-        if len(mine) >= n or time.monotonic() > deadline:
-            return mine
-        time.sleep(0.2)
+def _wait_for_records(slurm_cluster, job, n=1):
+    return helpers.accounting_records(slurm_cluster.accounting, lambda r: r["job"] == job, n)
 
 
 def _job_id(r):
@@ -142,11 +137,10 @@ def test_root_only_image_is_not_read_as_root(submit, shared_tmp, busybox_sif, sl
     assert r.returncode != 0
     assert "Permission denied" in r.stderr or "permission denied" in r.stderr
     cache = slurm_cluster.accounting.parent / (slurm_cluster.accounting.name + ".digests")
-    time.sleep(1)
+    recs = helpers.accounting_records(slurm_cluster.accounting,
+                                      lambda x: x["image"] == str(secret))
     text = slurm_cluster.accounting.read_text() + (cache.read_text() if cache.exists() else "")
     assert digest not in text
-    recs = [json.loads(line) for line in slurm_cluster.accounting.read_text().splitlines()
-            if str(secret) in line]
     assert recs and all(not x["sha256"] and x["error"] for x in recs)
     if cache.exists():
         assert cache.stat().st_mode & 0o077 == 0

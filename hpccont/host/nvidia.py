@@ -76,19 +76,26 @@ def parse_liblist(text: str) -> LibList:
     return LibList(tuple(binaries), tuple(libraries), tuple(configs))
 
 
-def liblist_candidates(config: dict, environ) -> List[str]:
-    configured = config.get("nvidia", {}).get("liblist") or ""
+# Which vendor's list: (site-config section, file name, message prefix).  --rocm uses the same
+# reader with its own list (host/rocm.py).
+NVIDIA_LIST = ("nvidia", "nvliblist.conf", "nv")
+
+
+def liblist_candidates(config: dict, environ, which=NVIDIA_LIST) -> List[str]:
+    section, name, _ = which
+    configured = config.get(section, {}).get("liblist") or ""
     if configured:
         return [configured]
     from ..config import config_path
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [os.path.join(os.path.dirname(config_path(environ)), "nvliblist.conf"),
-            os.path.join(os.path.dirname(package), "site-config", "nvliblist.conf"),
-            os.path.join(package, "data", "nvliblist.conf")]
+    return [os.path.join(os.path.dirname(config_path(environ)), name),
+            os.path.join(os.path.dirname(package), "site-config", name),
+            os.path.join(package, "data", name)]
 
 
-def load_liblist(config: dict, environ) -> Tuple[str, LibList]:
-    candidates = liblist_candidates(config, environ)
+def load_liblist(config: dict, environ, which=NVIDIA_LIST) -> Tuple[str, LibList]:
+    section, name, label = which
+    candidates = liblist_candidates(config, environ, which)
     for path in candidates:
         try:
             with open(path) as f:
@@ -96,9 +103,9 @@ def load_liblist(config: dict, environ) -> Tuple[str, LibList]:
         except FileNotFoundError:
             continue
         except OSError as e:
-            raise HostError(f"nv: cannot read {path}: {e.strerror}")
-    raise HostError(f"nv: no nvliblist.conf (looked at {', '.join(candidates)}; "
-                    "site setting nvidia.liblist)")
+            raise HostError(f"{label}: cannot read {path}: {e.strerror}")
+    raise HostError(f"{label}: no {name} (looked at {', '.join(candidates)}; "
+                    f"site setting {section}.liblist)")
 
 
 # --------------------------------------------------------------------------- libraries

@@ -25,12 +25,12 @@ TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at r
 if TYPE_CHECKING:
     from typing import Callable, Dict, List, Tuple
 
-from ..errors import HostError
 from ..record import factory, record
 from ..runtime.plan_types import HostAdditions, Mount
 from .ldcache import host_elf_id, read_ldcache
+from . import nvidia
 from .nvidia import (BIN_DIR, LIB_DIR, LibChoice, LibList, Skipped, find_binaries,
-                     parse_liblist, search_path, select_libraries)
+                     search_path, select_libraries)
 
 # The compute device every HIP/HSA process opens, whichever GPUs it uses.
 KFD = "kfd"
@@ -43,29 +43,11 @@ RUNTIMES = ("libamdhip64.so", "libhsa-runtime64.so")
 
 # --------------------------------------------------------------------------- rocmliblist.conf
 
-def liblist_candidates(config: dict, environ) -> List[str]:
-    configured = config.get("rocm", {}).get("liblist") or ""
-    if configured:
-        return [configured]
-    from ..config import config_path
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [os.path.join(os.path.dirname(config_path(environ)), "rocmliblist.conf"),
-            os.path.join(os.path.dirname(package), "site-config", "rocmliblist.conf"),
-            os.path.join(package, "data", "rocmliblist.conf")]
+ROCM_LIST = ("rocm", "rocmliblist.conf", "rocm")
 
 
 def load_liblist(config: dict, environ) -> Tuple[str, LibList]:
-    candidates = liblist_candidates(config, environ)
-    for path in candidates:
-        try:
-            with open(path) as f:
-                return path, parse_liblist(f.read())
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            raise HostError(f"rocm: cannot read {path}: {e.strerror}")
-    raise HostError(f"rocm: no rocmliblist.conf (looked at {', '.join(candidates)}; "
-                    "site setting rocm.liblist)")
+    return nvidia.load_liblist(config, environ, ROCM_LIST)
 
 
 # --------------------------------------------------------------------------- devices

@@ -56,7 +56,7 @@ def read_env_file(path: str, environ=None, image: str = "") -> dict[str, str]:
     variables visible (not exported) and ``set -a`` (every assignment is exported), commands
     refused; the result is every exported variable (bash's read-only names left out)."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             text = f.read()
     except OSError as e:
         raise UsageError(f"--env-file {path}: {e.strerror}")

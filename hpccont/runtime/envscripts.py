@@ -353,7 +353,8 @@ class Shell:
         if self.depth >= self.MAX_DEPTH:
             raise Unsupported("scripts nested too deep")
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            # newline="": a carriage return is a character for sh, not a line end
+            with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
                 text = f.read()
         except OSError:
             raise Unsupported(f"cannot read {path}") from None

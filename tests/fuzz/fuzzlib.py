@@ -195,3 +195,16 @@ SHELL_SEEDS = [
     'A=1\nexport B=2\nC="x y"\nif [ -n "$HOME" ]; then D=$HOME; else D=none; fi\n# comment\n'
     'E=${UNSET:-default}\n',
 ]
+
+
+class MemFile:
+    """One input as a real file without a disk write: a memfd, opened through its
+    /proc/self/fd/N path by the code under test (open, stat and read work as on any file)."""
+
+    def __init__(self, name: str = "fuzz-input"):
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        self.path = f"/proc/self/fd/{self.fd}"
+
+    def load(self, data: bytes) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)

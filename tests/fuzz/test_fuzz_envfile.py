@@ -11,8 +11,8 @@ from pathlib import Path
 from hypothesis import given, strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fuzzlib import (SHELL_SEEDS, SHELL_TOKENS, Outcomes, fuzz_settings, kind,  # noqa: E402
-                     mutate_text, outcome)
+from fuzzlib import (SHELL_SEEDS, SHELL_TOKENS, MemFile, Outcomes, fuzz_settings,  # noqa: E402
+                     kind, mutate_text, outcome)
 
 from hpccont.cli import launch as cli_launch  # noqa: E402
 from hpccont.runtime import environment  # noqa: E402
@@ -39,9 +39,9 @@ def through_command_line(path: str, environ: dict):
     return "env"
 
 
-def test_fuzz_env_files(tmp_path):
+def test_fuzz_env_files():
     seen = Outcomes()
-    f = tmp_path / "vars.env"
+    f = MemFile("vars.env")
     environ = {"HOME": "/home/u", "HOST_ONLY": "h", "PATH": "/usr/bin:/bin"}
 
     @fuzz_settings()
@@ -49,12 +49,12 @@ def test_fuzz_env_files(tmp_path):
     def one(case):
         choice, tape = case[0] % 8, case[1:]
         if choice == 7:
-            f.write_bytes(tape)
+            f.load(tape)
         else:
             text = mutate_text(SEEDS[choice % len(SEEDS)], tape, SHELL_TOKENS)
-            f.write_bytes(text.encode("utf-8", "surrogateescape"))
+            f.load(text.encode("utf-8", "surrogateescape"))
         reader = through_command_line if choice == 6 else read
-        seen.add(kind(outcome(reader, str(f), environ)))
+        seen.add(kind(outcome(reader, f.path, environ)))
 
     one()
     seen.check_volume()
@@ -69,3 +69,9 @@ def test_nul_byte_in_an_env_file_is_refused(tmp_path):
     result = outcome(read, str(f), {})
     assert kind(result) == "UsageError", result
     assert "nul.env" in str(result)
+
+
+def test_carriage_returns_stay_in_values(tmp_path):
+    f = tmp_path / "crlf.env"
+    f.write_bytes(b"A=1\r\n")
+    assert environment.read_env_file(str(f), {}) == {"A": "1\r"}

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fuzzlib import (SHELL_SEEDS, SHELL_TOKENS, Outcomes, fuzz_settings, kind,  # noqa: E402
-                     mutate_text, outcome)
+from fuzzlib import (SHELL_SEEDS, SHELL_TOKENS, MemFile, Outcomes, fuzz_settings,  # noqa: E402
+                     kind, mutate_text, outcome)
 
 from hpccont.runtime import envscripts  # noqa: E402
 from hpccont.runtime.envscripts import Unsupported  # noqa: E402
@@ -46,7 +46,7 @@ def evaluate(path: str, environ: dict):
 
 def test_fuzz_env_scripts(tmp_path, scripts_dir):
     seen = Outcomes()
-    script = tmp_path / "fuzz.sh"
+    script = MemFile("fuzz.sh")
     environ = {"D": str(scripts_dir), "HOME": "/home/u", "PATH": "/usr/bin:/bin",
                "X": "a b", "EMPTY": "", "LD_LIBRARY_PATH": "/opt/lib"}
     evaluated = []
@@ -59,8 +59,8 @@ def test_fuzz_env_scripts(tmp_path, scripts_dir):
             text = tape.decode("utf-8", "surrogateescape")
         else:
             text = mutate_text(SHELL_SEEDS[choice % len(SHELL_SEEDS)], tape, SHELL_TOKENS)
-        script.write_bytes(text.encode("utf-8", "surrogateescape"))
-        result = outcome(evaluate, str(script), environ, allowed=(Unsupported,))
+        script.load(text.encode("utf-8", "surrogateescape"))
+        result = outcome(evaluate, script.path, environ, allowed=(Unsupported,))
         seen.add(kind(result))
         if isinstance(result, dict) and len(evaluated) < COMPARED and "\0" not in text:
             evaluated.append((text, result))
@@ -129,3 +129,12 @@ def test_the_shells_own_variables_need_the_shell(tmp_path, text):
     p.write_text(text + "\n")
     with pytest.raises(Unsupported):
         envscripts.evaluate([str(p)], {"PATH": "/bin"})
+
+
+def test_carriage_returns_are_kept_as_sh_keeps_them(tmp_path):
+    """A script saved with CRLF line ends: dash reads 'A=1\\r', and so must the interpreter."""
+    p = tmp_path / "crlf.sh"
+    p.write_bytes(b"export A=1\r\nB=x\ry\nexport B\n")
+    env = envscripts.evaluate([str(p)], {})
+    assert env["A"] == "1\r" and env["B"] == "x\ry"
+    same_as_dash(tmp_path, [(p.read_bytes().decode(), env)], {})

@@ -24,7 +24,7 @@ from hypothesis import given, strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helpers  # noqa: E402
-from fuzzlib import EXAMPLES, Outcomes, fuzz_settings, kind, mutate, outcome  # noqa: E402
+from fuzzlib import MemFile, Outcomes, fuzz_settings, kind, mutate, outcome  # noqa: E402
 
 from hpccont.cli import sif_cmd  # noqa: E402
 from hpccont.errors import HpccontError, SifError  # noqa: E402
@@ -93,18 +93,6 @@ def _descriptor_count(data: bytes) -> int:
             if data[32:42] == sif.MAGIC else 0)
 
 
-class MemImage:
-    """One input as a real file: a memfd read through /proc/self/fd/N."""
-
-    def __init__(self):
-        self.fd = os.memfd_create("fuzz.sif", os.MFD_CLOEXEC)
-        self.path = f"/proc/self/fd/{self.fd}"
-
-    def load(self, data: bytes) -> None:
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
-
-
 def check_sane(image: sif.SifImage) -> None:
     """What the reader accepted cannot point outside the file or at shared bytes."""
     h = image.header
@@ -153,7 +141,7 @@ inputs = st.binary(min_size=1, max_size=49)
 
 
 def test_fuzz_sif_reader(seeds, monkeypatch):
-    mem = MemImage()
+    mem = MemFile("fuzz.sif")
     seen = Outcomes()
     # OpenPGP signatures are checked by gpg, one process per check: not fuzzed here.
     monkeypatch.setattr(pgp, "verify_clearsigned", _no_gpg)

@@ -180,6 +180,9 @@ class _Parser:
         for n, raw in enumerate(lines, 1):
             if BOOTSTRAP_RE.match(raw):
                 self.close_section()
+                # a Bootstrap line starts a stage even after a header value ending in '\'
+                # (Apptainer splits stages first): it never continues the previous stage
+                self.continued = None
                 self.stages.append(Stage(index=len(self.stages) + 1, line=n))
                 self.header_line(n, raw)
             elif SECTION_RE.match(raw) and self.is_section(raw):

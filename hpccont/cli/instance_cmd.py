@@ -149,7 +149,7 @@ def _wait_started(cfg, plan, name, child, logs, job) -> dict:
     while time.monotonic() < deadline:
         pid = keeper_pid(plan, cfg)
         if pid is not None:
-            return instances.record(cfg, name, plan.image.path, pid, logs, job)
+            return instances.record(cfg, name, plan.image.path, pid, logs, job, plan.fakeroot)
         done, _ = os.waitpid(child, os.WNOHANG)
         if done:
             try:

@@ -111,6 +111,7 @@ def attach(req, cfg: dict):
         raise LaunchError(f"no running instance named {name!r} (see 'hpccont instance list')")
     req.image = entry["image"]
     req.join = join_key(name)
+    req.fakeroot = req.fakeroot or bool(entry.get("fakeroot"))   # its namespace's ids
     req.env.update(instance_env(name))
     return req
 
@@ -122,7 +123,7 @@ def instance_env(name: str) -> dict:
 
 
 def record(cfg: dict, name: str, image: str, keeper: int, logs: dict, job: str | None = None,
-           cgroup: str | None = None) -> dict:
+           fakeroot: bool = False) -> dict:
     import pwd
     uid = os.geteuid()
     try:
@@ -131,7 +132,7 @@ def record(cfg: dict, name: str, image: str, keeper: int, logs: dict, job: str |
         user = str(uid)
     entry = {"name": name, "image": image, "keeper": keeper,
              "keeper_start": join.start_time(keeper), "uid": uid, "user": user,
-             "started": time.time(), "ip": "", "logs": logs, "job": job, "cgroup": cgroup}
+             "started": time.time(), "ip": "", "logs": logs, "job": job, "fakeroot": fakeroot}
     path = registry_path(cfg, name)
     with open(path + ".tmp", "w") as f:
         json.dump(entry, f)
@@ -241,15 +242,30 @@ def processes(entry: dict) -> dict:
     except OSError:
         members = []
     skip = {keeper, *helpers}
+    userns = _userns(keeper)
+    if userns == _userns(os.getpid()):   # not a container's keeper: only the user's processes
+        userns = None
+
+    def ours(p):
+        return _owner(p) == uid or (userns is not None and _userns(p) == userns)
     return {"keeper": keeper,
-            "helpers": [p for p in helpers if _owner(p) == uid],
-            "workload": [p for p in members if p not in skip and p in parents
-                         and _owner(p) == uid]}
+            "helpers": [p for p in helpers if ours(p)],
+            "workload": [p for p in members if p not in skip and p in parents and ours(p)]}
 
 
 def _owner(pid: int) -> int | None:
     try:
         return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _userns(pid: int) -> str | None:
+    """The user namespace of ``pid``.  A --fakeroot instance's processes may run as the
+    user's subordinate ids, in the keeper's user namespace, which the user owns (and may
+    signal in)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/user")
     except OSError:
         return None
 

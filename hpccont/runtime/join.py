@@ -317,6 +317,16 @@ def enter_keeper(pid: int, plan: LaunchPlan) -> None:
         os.close(mnt)
         return
     nested = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    if plan.fakeroot:
+        # --fakeroot: one user namespace (no nested map back to the caller), ours, so setns
+        # gives every capability in it; the caller is root there.
+        try:
+            kernel.setns(nested, kernel.CLONE_NEWUSER)
+            kernel.setns(mnt, kernel.CLONE_NEWNS)
+        finally:
+            os.close(nested)
+            os.close(mnt)
+        return
     outer = kernel.ioctl_int(nested, kernel.NS_GET_PARENT)
     try:
         kernel.setns(outer, kernel.CLONE_NEWUSER)

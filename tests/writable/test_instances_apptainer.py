@@ -136,7 +136,20 @@ def _cells(line):
     return [c.strip() for c in line.split("  ") if c.strip()]
 
 
-def test_instance_run_serves_host_and_exec(hc, install, svc_sif):
+@pytest.fixture
+def sigint_default():
+    """Apptainer's default stop signal is SIGINT, which a process started in the background
+    by a non-interactive shell ignores, and so would everything the test starts: children
+    here get the default disposition (a handler, unlike SIG_IGN, is reset by exec)."""
+    import signal
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_instance_run_serves_host_and_exec(hc, install, svc_sif, sigint_default):
     name, port = _name("web"), _free_port()
     r = hc("instance", "run", "--contain", svc_sif, name, port, "extra")
     assert r.returncode == 0, r.stderr
@@ -334,3 +347,28 @@ def test_instance_in_a_batch_job_is_gone_after_the_job(submit, install, hc, svc_
         assert _listed(hc, name) == []
     finally:
         hc("instance", "stop", "--force", name)
+
+
+def test_fakeroot_instance_with_an_ext3_overlay(hc, svc_sif, user_dir):
+    """exec instance:// joins a --fakeroot instance as root (its one user namespace, with the
+    user's subordinate ids behind root when they exist); what root writes stays in the
+    overlay after stop."""
+    img = user_dir / "inst.img"
+    assert hc("overlay", "create", img).returncode == 0
+    name = _name("fr")
+    r = hc("instance", "start", "--fakeroot", "--overlay", img, svc_sif, name)
+    assert r.returncode == 0, r.stderr
+    try:
+        [e] = _listed(hc, name)
+        pids = _members(e["pid"])
+        r = hc("exec", f"instance://{name}", "sh", "-c",
+               'id -u; echo "$USER $APPTAINER_INSTANCE" > /opt/by-root; cat /opt/by-root')
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"0\nroot {name}\n"
+    finally:
+        stopped = hc("instance", "stop", "--signal", "TERM", name)
+    assert stopped.returncode == 0, stopped.stderr
+    _all_gone(pids, svc_sif)
+    assert not helpers.mounts_mentioning(str(img))
+    r = hc("exec", "--overlay", f"{img}:ro", svc_sif, "cat", "/opt/by-root")
+    assert r.returncode == 0 and r.stdout == f"root {name}\n", r.stderr

@@ -48,6 +48,7 @@ def test_exec_load(install, private_image, users, fault_dir):
         held.wait()
 
 
+@pytest.mark.slurm
 def test_srun_load(slurm_cluster, private_image, users, fault_dir):
     spool = slurm_cluster.dir / "slurmd" if hasattr(slurm_cluster, "dir") else None
     for u in users:

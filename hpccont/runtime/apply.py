@@ -31,7 +31,9 @@ The sequence, and why it is in this order:
    touching the image.  Unless ``--writable-tmpfs`` was asked for, the overlay is remounted
    read-only once the mount points exist.
 6. Mounts from the plan, each resolved inside the new root so that ``..`` or a symlink in the
-   image can never point a mount at the host.  Binds are recursive (a user namespace refuses a
+   image can never point a mount at the host: the mount point is found by a descriptor walk
+   (rootpath.open_mountpoint) and mounted through ``/proc/self/fd/N``, so that a tree that
+   changes meanwhile (a sandbox its owner writes while root launches it) cannot move it.  Binds are recursive (a user namespace refuses a
    non-recursive bind of a tree with submounts: EINVAL) and then remounted nosuid (and ro),
    keeping the flags the kernel locked on the source mount, or the remount fails with EPERM.
 7. pivot_root(".", ".") then a lazy unmount of the old root: the host's tree is no longer
@@ -413,11 +415,12 @@ def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) 
     # The image's /etc/passwd may be a link climbing out: covered where the container's own
     # lookup (clamped at its root) finds it.  Other destinations that climb are refused.
     # Mounts go onto the descriptor of the mount point (rootpath.open_mountpoint says why).
+    rootless = plan.mode == "rootless"
     if m.kind == "symlink":
-        _make_symlink(root, m, files)
+        _make_symlink(root, m, files, rootless)
         return
     is_dir = m.kind in ("proc", "tmpfs", "fs") or os.path.isdir(m.source)
-    fd = _mountpoint(root, m.target, is_dir, files, identity)
+    fd = _mountpoint(root, m.target, is_dir, files, identity, rootless)
     at = f"/proc/self/fd/{fd}"
     try:
         if m.kind == "proc":
@@ -438,7 +441,7 @@ def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) 
         os.close(fd)
     # The remount needs the new mount's root, which the descriptor (of the directory below
     # it) is not: the same walk again, which now ends on the mount, checked to be the source.
-    fd = _mountpoint(root, m.target, is_dir, files, identity)
+    fd = _mountpoint(root, m.target, is_dir, files, identity, rootless)
     at = f"/proc/self/fd/{fd}"
     try:
         here, source = os.fstat(fd), os.stat(m.source)
@@ -452,11 +455,11 @@ def _apply_mount(m: Mount, root: str, lower: str, files: str, plan: LaunchPlan) 
         os.close(fd)
 
 
-def _make_symlink(root: str, m: Mount, stash: str) -> None:
+def _make_symlink(root: str, m: Mount, stash: str, rootless: bool) -> None:
     """A link the plan adds (minimal /dev: fd, stdin...), made in its directory's descriptor,
     unless something is there already."""
     parent, name = os.path.split(m.target.rstrip("/"))
-    fd = _mountpoint(root, parent or "/", True, stash, False)
+    fd = _mountpoint(root, parent or "/", True, stash, False, rootless)
     try:
         os.symlink(m.source, name, dir_fd=fd)
     except FileExistsError:
@@ -465,7 +468,8 @@ def _make_symlink(root: str, m: Mount, stash: str) -> None:
         os.close(fd)
 
 
-def _mountpoint(root: str, target: str, is_dir: bool, stash: str, clamp: bool) -> int:
+def _mountpoint(root: str, target: str, is_dir: bool, stash: str, clamp: bool,
+                rootless: bool) -> int:
     """O_PATH descriptor of the mount point of container path ``target``, made if missing."""
     def refuse(message: str) -> BindError:
         return BindError(f"bind destination {message}")
@@ -473,9 +477,12 @@ def _mountpoint(root: str, target: str, is_dir: bool, stash: str, clamp: bool) -
         return open_mountpoint(root, target, is_dir, escape="clamp" if clamp else "refuse",
                                error=refuse)
     except PermissionError:
+        if not rootless:
+            raise
         # Rootless, in a sandbox owned by a uid the namespace does not map: no entry can be
-        # added there, and _make_mountpoint lays a tmpfs over the directory instead.  Only its
-        # owner (not the caller) could change that tree meanwhile.
+        # added there, and _make_mountpoint lays a tmpfs over the directory instead, by path:
+        # only the sandbox's owner, not the caller, could change that tree meanwhile, and what
+        # runs here has the caller's rights only.  (Root never takes this way.)
         path = resolve_in_root(root, target, clamp=clamp)
         _make_mountpoint(path, is_dir, stash)
         return os.open(path, os.O_PATH | os.O_CLOEXEC)

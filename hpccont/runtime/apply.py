@@ -33,9 +33,10 @@ The sequence, and why it is in this order:
 6. Mounts from the plan, each resolved inside the new root so that ``..`` or a symlink in the
    image can never point a mount at the host: the mount point is found by a descriptor walk
    (rootpath.open_mountpoint) and mounted through ``/proc/self/fd/N``, so that a tree that
-   changes meanwhile (a sandbox its owner writes while root launches it) cannot move it.  Binds are recursive (a user namespace refuses a
-   non-recursive bind of a tree with submounts: EINVAL) and then remounted nosuid (and ro),
-   keeping the flags the kernel locked on the source mount, or the remount fails with EPERM.
+   changes meanwhile (a sandbox its owner writes while root launches it) cannot move it.
+   Binds are recursive (a user namespace refuses a non-recursive bind of a tree with
+   submounts: EINVAL) and then remounted nosuid (and ro), keeping the flags the kernel locked
+   on the source mount, or the remount fails with EPERM.
 7. pivot_root(".", ".") then a lazy unmount of the old root: the host's tree is no longer
    reachable from the container.  chroot alone could be escaped by a process with
    CAP_SYS_CHROOT in the namespace.  Then, unprivileged, the nested user namespace that gives

@@ -148,3 +148,31 @@ def test_build_killed_during_post(install, busybox_sif, builder, fault_dir):
         wait_for(lambda: proc_state(p) in ("Z", "X", "gone"), 10, f"{marker} to die")
     print(f"\nbuild killed during %post ({'user, --fakeroot' if pw else 'root'}): "
           f"its processes gone after {(time.monotonic() - since) * 1000:.0f} ms")
+
+
+def test_build_tmpdir_full(install, busybox_sif, builder, fault_dir):
+    """A definition build whose --tmpdir (where its rootfs grows) fills up in %post: one line
+    naming the section and the error, the tmpdir left empty, the output never written."""
+    pw, out = builder
+    tmp = fault_dir / f"tmpdir-{'user' if pw else 'root'}"
+    tmp.mkdir()
+    opts = "size=4m,mode=0755" + (f",uid={pw.pw_uid},gid={pw.pw_gid}" if pw else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "hpccont-full", str(tmp)], check=True)
+    try:
+        deffile = out / "fill.def"
+        deffile.write_text(f"Bootstrap: localimage\nFrom: {busybox_sif}\n%post\n"
+                           "  dd if=/dev/zero of=/fill bs=64k count=256\n")
+        deffile.chmod(0o644)
+        build = _build(install, pw, *(["--fakeroot"] if pw else []), "--tmpdir", tmp,
+                       out / "fill.sif", deffile)
+        _, err = build.communicate(timeout=120)
+        assert build.returncode != 0 and "Traceback" not in err, err
+        errors = [line for line in err.splitlines() if "%post failed" in line]
+        assert len(errors) == 1 and "No space left on device" in errors[0], err
+        assert list(tmp.iterdir()) == []
+        assert not (out / "fill.sif").exists()
+        assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    finally:
+        subprocess.run(["umount", str(tmp)], check=True)
+        tmp.rmdir()
+    print(f"\nbuild --tmpdir full ({'user' if pw else 'root'}): {errors[0][-90:]}")

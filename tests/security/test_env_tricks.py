@@ -5,9 +5,10 @@ as the last step before the exec (runtime/apply.py ``exec_target``): by then eve
 of the runtime is made and every host-side helper (the FUSE server, the page-cache reader, a
 keeper of a shared container) is started, with the user's environment, not the image's.
 So an image that sets LD_PRELOAD to a host library, HPCCONT_CONFIG to a config adding binds,
-HPCCONT_BIND/APPTAINER_BIND, or APPTAINERENV_* changes nothing outside.  The planted library
-logs every process that loads it; the image is busybox-static, so any line in that log comes
-from a host-side process.
+HPCCONT_BIND/APPTAINER_BIND, APPTAINER_HOSTNAME or APPTAINERENV_* changes nothing outside
+(each shown to act when the user sets it on the host).  The planted library logs every
+process that loads it; the image is busybox-static, so any line in that log comes from a
+host-side process.
 """
 import os
 import shutil
@@ -51,7 +52,7 @@ def planted(world_tmp, hostile_rootfs, install):
     shutil.copytree(hostile_rootfs, root, symlinks=True)
     (root / ".singularity.d/env/60-host-paths.sh").write_text(
         f"export LD_PRELOAD={so}\nexport LD_AUDIT={so}\nexport HPCCONT_CONFIG={config}\n"
-        "export HPCCONT_DEBUG=1 HPCCONT_SILENT=0\n")
+        "export APPTAINER_HOSTNAME=pwned-host APPTAINER_CONTAIN=1\n")
     sif = d / "env.sif"
     r = subprocess.run([install["hpccont"], "build", str(sif), str(root)], capture_output=True,
                        text=True)
@@ -70,23 +71,29 @@ def _inside(out):
 
 
 def test_positive_controls(planted, hpccont_user):
-    """The library loads on the host, and the config adds its bind when the user gives it."""
+    """The library loads on the host; the config, the bind variables and APPTAINER_HOSTNAME
+    act when the user sets them on the host."""
     sif, log, config, so = planted
     subprocess.run(["runuser", "-u", "hpcuser", "--", "env", f"LD_PRELOAD={so}", "/bin/true"],
                    check=True)
     assert log.read_text(), "the planted library did not load on the host"
     log.write_text("")
-    r = hpccont_user("exec", sif, "cat", "/proc/self/mountinfo",
-                     env={"HPCCONT_CONFIG": str(config)})
-    assert r.returncode == 0 and "/hostetc4" in _mount_points(r.stdout), r.stderr
+    r = hpccont_user("exec", sif, "sh", "-c", SHOW,
+                     env={"HPCCONT_CONFIG": str(config), "HPCCONT_BIND": "/etc:/hostetc",
+                          "APPTAINER_BIND": "/etc:/hostetc2",
+                          "APPTAINER_HOSTNAME": "pwned-host"})
+    assert r.returncode == 0, r.stderr
+    assert {"/hostetc", "/hostetc2", "/hostetc4"} <= _mount_points(r.stdout), r.stdout
+    assert "HOSTNAME-IS:pwned-host" in r.stdout
 
 
+SHOW = "env; cat /proc/self/mountinfo; echo HOSTNAME-IS:$(cat /proc/sys/kernel/hostname)"
 LAUNCHES = {
-    "exec": ["exec", "{img}", "sh", "-c", "env; cat /proc/self/mountinfo"],
+    "exec": ["exec", "{img}", "sh", "-c", SHOW],
     "run": ["run", "{img}"],
-    "shell": ["shell", "{img}", "-c", "env; cat /proc/self/mountinfo"],
-    "pid": ["exec", "--pid", "{img}", "sh", "-c", "env; cat /proc/self/mountinfo"],
-    "contain": ["exec", "--containall", "{img}", "sh", "-c", "env; cat /proc/self/mountinfo"],
+    "shell": ["shell", "{img}", "-c", SHOW],
+    "pid": ["exec", "--pid", "{img}", "sh", "-c", SHOW],
+    "contain": ["exec", "--containall", "{img}", "sh", "-c", SHOW],
 }
 
 
@@ -101,7 +108,7 @@ def test_image_variables_stay_inside(planted, hpccont_user, launch):
         assert env.get("LD_PRELOAD") == str(so)                    # ...for the command only
         assert "INJECTED" not in env                               # APPTAINERENV_ is the host's
         assert not [m for m in _mount_points(r.stdout) if m.startswith("/hostetc")], r.stdout
-    assert "hpccont: [" not in r.stderr                            # HPCCONT_DEBUG not obeyed
+        assert "HOSTNAME-IS:pwned-host" not in r.stdout
     assert log.read_text() == "", log.read_text()
 
 
@@ -113,8 +120,7 @@ def test_instance_keeper_ignores_image_variables(planted, hpccont_user):
     assert r.returncode == 0, r.stderr
     try:
         for _ in range(2):
-            r = hpccont_user("exec", f"instance://{name}", "sh", "-c",
-                             "env; cat /proc/self/mountinfo")
+            r = hpccont_user("exec", f"instance://{name}", "sh", "-c", SHOW)
             assert r.returncode == 0, r.stderr
             assert _inside(r.stdout).get("HOSTILE_ENV_RAN") == "yes"
             assert not [m for m in _mount_points(r.stdout) if m.startswith("/hostetc")]

@@ -18,7 +18,10 @@ to our root, with its own mount namespace (which that namespace owns) and CAP_SY
 ambient so that libfuse mounts directly.  The mount is cloned out of its namespace
 (open_tree) and attached in ours (move_mount).  fuse2fs gets SIGTERM when the process that
 becomes the command ends, and writes everything back before it exits.  Kernel overlayfs does
-not take a FUSE upper layer: fuse-overlayfs serves the root then.
+not take a FUSE upper layer: fuse-overlayfs serves the root then.  With --fakeroot and
+subordinate ids, fuse2fs's namespace maps every id of ours back to its host id (we write
+that map: a process may map only itself), so the image stores host ids as a kernel mount on
+the host would; fuse2fs then runs with ``-o fakeroot`` (it lets only its uid 0 chown).
 
 ext3 as root: a loop device (read-write unless :ro, autoclear) and a kernel ext3 mount.
 """
@@ -180,32 +183,75 @@ def _mount_ext3(o: dict, target: str, plan, rootless: bool, system_program) -> b
     return True
 
 
+def _stored_id_maps() -> tuple | None:
+    """(uid_map, gid_map) for fuse2fs's namespace when our own has several ranges (--fakeroot
+    with subordinate ids), else None (the single map the child writes itself: the caller's
+    uid as our root).  Ids stored in the image are host ids, as a kernel mount on the host
+    would store them: the inverse of our own map, each host id back to the container id it is
+    here (so root's files are the caller's, and uid 5's are the fifth subordinate id's)."""
+    out = []
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/self/{name}") as f:
+            lines = [line.split() for line in f.read().splitlines() if line.strip()]
+        out.append("\n".join(f"{outside} {inside} {count}" for inside, outside, count in lines))
+    return tuple(out) if any("\n" in m for m in out) else None
+
+
+def _write_child_maps(pid: int, maps: tuple, ready, mapped_w: int, o: dict) -> None:
+    """Write the maps of fuse2fs's namespace from here, where we hold CAP_SETUID and
+    CAP_SETGID over every id they name (a process may map only itself into its own)."""
+    if ready.read(1) != b"u":
+        return                                   # it failed: its message follows
+    try:
+        for name, text in zip(("uid_map", "gid_map"), maps):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(text)
+    except OSError as e:
+        os.write(mapped_w, b"0")
+        raise LaunchError(f"overlay {o['path']}: cannot map fuse2fs's ids: {e.strerror}") \
+            from None
+    os.write(mapped_w, b"1")
+
+
 def _fuse2fs(o: dict, target: str, plan, program: str) -> None:
     uid, gid = plan.identity.uid, plan.identity.gid      # the caller's ids outside
     opts = ["ro"] if o["readonly"] else []
     if o["offset"]:
         opts.append(f"offset={o['offset']}")
+    maps = _stored_id_maps()
+    if maps:
+        # fuse2fs lets only its uid 0 chown, and we are the caller's uid there; its one
+        # client is fuse-overlayfs, whose mount the kernel checks (default_permissions)
+        opts.append("fakeroot")
     argv = [program, "-f", o["path"], target] + (["-o", ",".join(opts)] if opts else [])
     own_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     parent = os.getpid()
     ready_r, ready_w = os.pipe()
+    mapped_r, mapped_w = os.pipe()      # several ranges: we write the child's maps
     pid = os.fork()
     if pid == 0:
         try:
             os.close(ready_r)
+            os.close(mapped_w)
             kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGTERM)
             if os.getppid() != parent:
                 os._exit(1)
             kernel.unshare(kernel.CLONE_NEWUSER)
-            try:       # needed for our own gid map (inherited as "deny" without --fakeroot)
-                with open("/proc/self/setgroups", "w") as f:
-                    f.write("deny")
-            except OSError:
-                pass
-            with open("/proc/self/uid_map", "w") as f:
-                f.write(f"{uid} 0 1")
-            with open("/proc/self/gid_map", "w") as f:
-                f.write(f"{gid} 0 1")
+            if maps:
+                os.write(ready_w, b"u")
+                if os.read(mapped_r, 1) != b"1":
+                    os._exit(1)
+            else:
+                try:   # needed for our own gid map (inherited as "deny" without --fakeroot)
+                    with open("/proc/self/setgroups", "w") as f:
+                        f.write("deny")
+                except OSError:
+                    pass
+                with open("/proc/self/uid_map", "w") as f:
+                    f.write(f"{uid} 0 1")
+                with open("/proc/self/gid_map", "w") as f:
+                    f.write(f"{gid} 0 1")
+            os.close(mapped_r)
             kernel.unshare(kernel.CLONE_NEWNS)
             kernel.keep_capability_across_exec(kernel.CAP_SYS_ADMIN)
             devnull = os.open("/dev/null", os.O_RDWR)
@@ -221,7 +267,11 @@ def _fuse2fs(o: dict, target: str, plan, program: str) -> None:
                 pass
         os._exit(127)
     os.close(ready_w)
+    os.close(mapped_r)
     with os.fdopen(ready_r, "rb") as r:
+        if maps:
+            _write_child_maps(pid, maps, r, mapped_w, o)
+        os.close(mapped_w)
         msg = r.read().decode(errors="replace")
     if not msg.startswith("1"):
         raise LaunchError(f"overlay {o['path']}: cannot start fuse2fs: {msg[1:] or 'failed'}")

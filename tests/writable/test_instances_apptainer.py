@@ -349,10 +349,30 @@ def test_instance_in_a_batch_job_is_gone_after_the_job(submit, install, hc, svc_
         hc("instance", "stop", "--force", name)
 
 
-def test_fakeroot_instance_with_an_ext3_overlay(hc, svc_sif, user_dir):
+def _subordinate_start(user=helpers.TEST_USER):
+    if not (shutil.which("newuidmap") and shutil.which("newgidmap")):
+        return None
+    for f in ("/etc/subuid", "/etc/subgid"):
+        starts = [int(line.split(":")[1]) for line in open(f) if line.startswith(user + ":")]
+        if not starts:
+            return None
+    return [int(line.split(":")[1]) for line in open("/etc/subuid")
+            if line.startswith(user + ":")][0]
+
+
+def _ext3_owner(img, path):
+    """(uid, gid) stored in the ext3 image for ``path``, read by debugfs (e2fsprogs)."""
+    r = subprocess.run(["debugfs", "-R", f"stat {path}", str(img)], capture_output=True,
+                       text=True)
+    words = r.stdout.split()
+    return int(words[words.index("User:") + 1]), int(words[words.index("Group:") + 1])
+
+
+def test_fakeroot_instance_with_an_ext3_overlay(hc, svc_sif, user_dir, test_user):
     """exec instance:// joins a --fakeroot instance as root (its one user namespace, with the
     user's subordinate ids behind root when they exist); what root writes stays in the
-    overlay after stop."""
+    overlay after stop, stored with host ids: root's files the user's, uid 5's the fifth
+    subordinate id's, as a kernel mount on the host would store them."""
     img = user_dir / "inst.img"
     assert hc("overlay", "create", img).returncode == 0
     name = _name("fr")
@@ -372,3 +392,15 @@ def test_fakeroot_instance_with_an_ext3_overlay(hc, svc_sif, user_dir):
     assert not helpers.mounts_mentioning(str(img))
     r = hc("exec", "--overlay", f"{img}:ro", svc_sif, "cat", "/opt/by-root")
     assert r.returncode == 0 and r.stdout == f"root {name}\n", r.stderr
+    assert _ext3_owner(img, "/upper/opt/by-root") == (test_user.pw_uid, test_user.pw_gid)
+    start = _subordinate_start()
+    r = hc("exec", "--fakeroot", "--overlay", img, svc_sif, "sh", "-c",
+           "touch /opt/theirs && chown 5:7 /opt/theirs && stat -c '%u %g' /opt/theirs")
+    if start is None:         # a single mapping: no id 5 to give it to, as in Apptainer
+        assert r.returncode != 0
+        return
+    assert r.returncode == 0 and r.stdout == "5 7\n", r.stderr
+    uid, gid = _ext3_owner(img, "/upper/opt/theirs")
+    assert uid == start + 4 and gid > 0 and gid != test_user.pw_gid
+    r = hc("exec", "--overlay", f"{img}:ro", svc_sif, "stat", "-c", "%u", "/opt/theirs")
+    assert r.stdout == "65534\n", r.stderr        # not the user's without --fakeroot

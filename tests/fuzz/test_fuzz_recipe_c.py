@@ -110,8 +110,9 @@ def environment_of(fields, task_env: list, argv0: bytes) -> list:
             env.append(e)
 
     def put(entry):
+        n = _name_len(entry)
         for i, old in enumerate(env):
-            if _name_len(old) == _name_len(entry) and old[:_name_len(entry)] == entry[:_name_len(entry)]:
+            if _name_len(old) == n and old[:n] == entry[:n]:
                 env[i] = entry
                 return
         env.append(entry)

@@ -77,7 +77,8 @@ def seeds(tmp_path_factory):
     private, public = sign.new_keypair(str(key_prefix))
     sign.sign_image(str(out), private)
     found = [(out.read_bytes(), [str(public)])]
-    keys = [str(p) for p in sorted((CONFORMANCE / "keys").glob("*"))] if CONFORMANCE.is_dir() else []
+    keys = ([str(p) for p in sorted((CONFORMANCE / "keys").glob("*"))]
+            if CONFORMANCE.is_dir() else [])
     for name in CONFORMANCE_SEEDS:
         p = CONFORMANCE / "images" / name
         if p.exists():

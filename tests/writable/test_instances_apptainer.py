@@ -221,7 +221,7 @@ def test_instance_run_serves_host_and_exec(hc, install, svc_sif, sigint_default)
         _get(port, timeout=0)
 
 
-def test_startscript_args_and_stop_signals(hc, svc_sif):
+def test_startscript_args_and_stop_signals(hc, hpccont, svc_sif):
     names = [_name("st"), _name("st"), _name("st")]
     pids = {}
     try:
@@ -248,8 +248,15 @@ def test_startscript_args_and_stop_signals(hc, svc_sif):
         assert r.returncode == 0, r.stderr
         assert f"INFO:    Killing {names[1]} instance of {svc_sif}" in r.stderr
         assert "(Timeout)" in r.stderr
-        # --force: SIGKILL at once, names as globs
-        r = hc("instance", "stop", "--force", names[2][:-3] + "*" + names[2][-3:])
+        # root looks at and stops another user's instance (--user); --force: SIGKILL at
+        # once; names as globs
+        r = hpccont("instance", "list", "--json", "--user", helpers.TEST_USER, names[2])
+        assert r.returncode == 0, r.stderr
+        assert [e["instance"] for e in json.loads(r.stdout)["instances"]] == [names[2]]
+        r = hpccont("instance", "stats", "--json", "--user", helpers.TEST_USER, names[2])
+        assert r.returncode == 0 and json.loads(r.stdout)["pids_stats"]["current"] >= 3, r.stderr
+        r = hpccont("instance", "stop", "--force", "--user", helpers.TEST_USER,
+                    names[2][:-3] + "*" + names[2][-3:])
         assert r.returncode == 0 and f"Stopping {names[2]} instance" in r.stderr, r.stderr
     finally:
         for n in names:
@@ -404,3 +411,65 @@ def test_fakeroot_instance_with_an_ext3_overlay(hc, svc_sif, user_dir, test_user
     assert uid == start + 4 and gid > 0 and gid != test_user.pw_gid
     r = hc("exec", "--overlay", f"{img}:ro", svc_sif, "stat", "-c", "%u", "/opt/theirs")
     assert r.stdout == "65534\n", r.stderr        # not the user's without --fakeroot
+
+
+def test_root_never_signals_what_a_forged_registry_names(hpccont, hc, test_user, svc_sif):
+    """A registry file is the user's to write: root's ``stop --user`` acts only on that
+    user's processes, whatever keeper the file names.  Here it names a process of the user
+    in a mount namespace of its own, which a process of root's has entered too."""
+    keeper = subprocess.Popen(["runuser", "-u", helpers.TEST_USER, "--", "unshare", "-Urm",
+                               "sleep", "300"])
+    roots = None
+    try:
+        pid = _descendant(keeper.pid, "sleep")
+        roots = subprocess.Popen(["nsenter", f"--mount=/proc/{pid}/ns/mnt", "sleep", "300"])
+        deadline = time.time() + 10
+        while time.time() < deadline and pid not in _members(roots.pid):
+            time.sleep(0.05)
+        assert roots.pid in _members(pid)
+        start = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        name = _name("forged")
+        assert hc("instance", "list").returncode == 0          # the state directory exists
+        path = f"/tmp/hpccont-{test_user.pw_uid}/instance-{name}.json"
+        with open(path, "w") as f:
+            json.dump({"name": name, "image": str(svc_sif), "keeper": pid,
+                       "keeper_start": start, "uid": test_user.pw_uid, "user": "x",
+                       "logs": {"out": "/dev/null", "err": "/dev/null"}}, f)
+        os.chown(path, test_user.pw_uid, test_user.pw_gid)
+        r = hpccont("instance", "stop", "--force", "--user", helpers.TEST_USER, name)
+        assert r.returncode == 0 and f"Stopping {name} instance" in r.stderr, r.stderr
+        assert keeper.wait(timeout=30) is not None              # the user's process went
+        assert roots.poll() is None and _running(roots.pid)     # root's lives on
+    finally:
+        for p in (keeper, roots):
+            if p is not None:
+                p.kill()
+                p.wait()
+        hc("instance", "list")
+
+
+def _descendant(pid, comm, timeout=10.0):
+    """The first process below ``pid`` named ``comm``."""
+    deadline = time.time() + timeout
+    while True:
+        todo, seen = [pid], []
+        while todo:
+            p = todo.pop()
+            kids = [int(c) for c in os.listdir("/proc") if c.isdigit() and _parent(int(c)) == p]
+            seen += kids
+            todo += kids
+        for p in seen:
+            try:
+                if open(f"/proc/{p}/comm").read().strip() == comm:
+                    return p
+            except OSError:
+                pass
+        assert time.time() < deadline, f"no {comm} below {pid}"
+        time.sleep(0.05)
+
+
+def _parent(pid):
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return None

@@ -26,6 +26,9 @@ DEFAULT_MOUNTS: tuple[tuple[str, str, str, str, str], ...] = (
 
 # --contain replaces the host's /tmp and /var/tmp with private tmpfs.
 CONTAINED_TMP = ("/tmp", "/var/tmp")
+# The host files and site binds --contain keeps, as Apptainer keeps these two of its "bind path"
+# entries: name resolution of local hosts and the local time zone are not the host's data.
+CONTAIN_KEEPS = ("/etc/hosts", "/etc/localtime")
 
 # Apptainer's minimal /dev (--contain, --containall, site ``mounts.dev: minimal``, its
 # ``mount dev = minimal``): a fresh tmpfs holding only these host nodes, so a contained
@@ -116,8 +119,8 @@ def default_mounts(cfg: dict[str, object], *, contain: bool, ipc: bool = False,
             out.append(Mount(kind="tmpfs", target=target, why="--contain: private tmpfs"))
             continue
         out.append(Mount(kind=kind, target=target, source=source, why=why))
-    if not contain:
-        for f in cfg.get("hostfiles", []):
+    for f in cfg.get("hostfiles", []):
+        if not contain or f in CONTAIN_KEEPS:
             out.append(Mount(kind="bind", target=f, source=f, readonly=True, optional=True,
                              why="default: host file"))
     return out

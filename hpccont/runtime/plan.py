@@ -227,7 +227,8 @@ def _mounts(req, cfg, ident, home_src, home_dst, cwd, additions: HostAdditions) 
         out.append(Mount(kind="bind", target=cwd, source=cwd, why="default: working directory"))
     for spec in mcfg["binds"]:
         for b in mount_rules.parse_binds([spec]):
-            if "bind-paths" in skip or b.dst in skip:
+            if "bind-paths" in skip or b.dst in skip or (
+                    contain and b.src not in mount_rules.CONTAIN_KEEPS):
                 continue
             out.append(mount_rules.Mount(kind="bind", target=b.dst, source=b.src, readonly=b.readonly,
                                optional=True, why="site config: mounts.binds"))

@@ -73,6 +73,9 @@ def test_default_mounts_and_contain():
         assert t in targets
     contained = {m.target: m.kind for m in M.default_mounts(cfg, contain=True)}
     assert contained["/tmp"] == "tmpfs" and contained["/var/tmp"] == "tmpfs"
+    # As Apptainer: --contain keeps /etc/hosts and /etc/localtime of the host files, no others
+    assert contained["/etc/hosts"] == "bind" and contained["/etc/localtime"] == "bind"
+    assert "/etc/resolv.conf" not in contained
     cfg["tmp"] = False
     assert "/tmp" not in [m.target for m in M.default_mounts(cfg, contain=False)]
 
@@ -203,3 +206,13 @@ def test_cli_parser():
                      (["--mpi", "x", "i"], "hybrid or bind")):
         with pytest.raises(UsageError, match=msg):
             build_request("exec", bad, environ={})
+
+
+def test_contain_keeps_only_hosts_and_localtime_of_site_binds(busybox_sif):
+    cfg = config.defaults()
+    cfg["mounts"]["binds"] = ["/etc/hosts:/etc/hosts", "/usr/share:/opt/share"]
+    free = [m.target for m in _plan(busybox_sif, cfg=cfg).mounts if "mounts.binds" in m.why]
+    assert free == ["/etc/hosts", "/opt/share"]
+    kept = [m.target for m in _plan(busybox_sif, cfg=cfg, contain=True).mounts
+            if "mounts.binds" in m.why]
+    assert kept == ["/etc/hosts"]

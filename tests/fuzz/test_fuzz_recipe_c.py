@@ -141,11 +141,12 @@ def harness(tmp_path_factory):
             f"-I{helpers.REPO / 'launcher'}", f"-I{helpers.REPO / 'spank_plugin'}", "-o", str(exe),
             str(HERE / "recipe_harness.c"), str(helpers.REPO / "spank_plugin" / "recipe.c")]
     r = subprocess.run(base[:1] + SANITIZE + base[1:], capture_output=True, text=True)
-    if r.returncode != 0:           # no sanitizer runtime: still fuzz, without it
+    sanitized = r.returncode == 0
+    if not sanitized:               # no sanitizer runtime: still fuzz, without it
         r = subprocess.run(base, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     (d / "state").mkdir(mode=0o700)
-    return exe, d / "state"
+    return exe, d / "state", sanitized
 
 
 def encode_inputs(cases: list) -> bytes:
@@ -162,7 +163,7 @@ def encode_inputs(cases: list) -> bytes:
 
 
 def run_harness(harness, cases: list) -> list:
-    exe, state = harness
+    exe, state, _ = harness
     r = subprocess.run([str(exe), str(state)], input=encode_inputs(cases), capture_output=True,
                        timeout=300)
     results, pos = [], 0
@@ -250,7 +251,8 @@ def test_fuzz_c_recipe_parser(harness):
             what = check(case, result)
             seen[what] = seen.get(what, 0) + 1
     assert seen.get("accepted") and seen.get("refused") and seen.get("file read"), seen
-    print(f"C recipe readers: {len(cases)} inputs: {seen}")
+    sanitizers = "ASan+UBSan" if harness[2] else "no sanitizers"
+    print(f"C recipe readers ({sanitizers}): {len(cases)} inputs: {seen}")
 
 
 @pytest.mark.parametrize("data", [b"", b"\0", b"m", b"mroot", b"mroot\0p2\0t\0h\0w",

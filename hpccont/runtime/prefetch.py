@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 
-from .. import elf
 from ..rootpath import open_in_root
 
 CHUNK = 128 * 1024               # squashfs's default block size: one decompression per read
@@ -169,6 +168,7 @@ class Reader:
 
 def parse_elf(fd: int, head: bytes) -> tuple[str, list[str]]:
     """(PT_INTERP path, DT_NEEDED names) of a 64- or 32-bit ELF file; ("", []) otherwise."""
+    from .. import elf      # only the reader child parses ELF: not the launch's own imports
     dyn = elf.read_dynamic(elf.fd_reader(fd), head)
     return (dyn.interp, dyn.needed) if dyn else ("", [])
 

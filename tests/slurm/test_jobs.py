@@ -449,6 +449,27 @@ def test_keeper_leaves_when_slurmstepd_dies(submit, images, shared_tmp, slurm_cl
         submit("scancel", job)
 
 
+def test_step_keeper_killed_mid_step(submit, images, shared_tmp, test_user):
+    """kill -9 of the step's keeper while its tasks read the image: the FUSE server goes with it
+    (PR_SET_PDEATHSIG), the tasks see the image go and end, the plugin's step exit removes the
+    join state; nothing stays mounted or running, and the next step starts a new container."""
+    body = "while cat /etc/hostname >/dev/null; do sleep 0.05; done; echo image-gone; exit 7"
+    job, tasks = _background_step(submit, images["sqsh"], shared_tmp, body=body, ntasks=2)
+    keeper, fuse = _keeper_and_fuse(images["sqsh"])
+    os.kill(keeper, signal.SIGKILL)
+    assert _wait_for(lambda: not any(_running(p) for p in tasks)), "tasks outlived their image"
+    assert _no_fuse_server_left(images["sqsh"]), "FUSE server outlived its keeper"
+    assert _wait_for(lambda: job not in slurm_jobs(submit)), "the job did not end"
+    assert (shared_tmp / "step.out").read_text().count("image-gone") == 2
+    _nothing_left(test_user, images["sqsh"], f"{job}.0")
+    r = _ok(submit("srun", "-n", "2", f"--container={images['sqsh']}", "cat", "/etc/hostname"))
+    assert _lines(r) == ["container", "container"]
+
+
+def slurm_jobs(submit) -> list:
+    return submit("squeue", "-h", "-o", "%i").stdout.split()
+
+
 def test_prepared_container_exit_status_of_one_task(submit, images, test_user):
     r = submit("srun", "-n", "8", "--overcommit", f"--container={images['sqsh']}", "sh", "-c",
                'test "$SLURM_PROCID" = 5 && exit 7; exit 0')

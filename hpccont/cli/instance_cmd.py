@@ -82,10 +82,6 @@ def start(action: str, argv: list, cfg: dict) -> int:
     if existing and instances.alive(existing):
         raise LaunchError(f"instance {name!r} is already running (image {existing['image']})")
     req = build_request("start", launch_argv)
-    if req.pid:
-        raise UsageError(f"instance {action}: instances have no PID namespace here yet "
-                         "(--containall implies --pid: add --no-pid, or use --contain "
-                         "--cleanenv --ipc)")
     req.join = instances.join_key(name)
     req.env.update(instances.instance_env(name))
     plan = make_plan(req, cfg, os.environ, current_dir())

@@ -241,6 +241,10 @@ def processes(entry: dict) -> dict:
         members = join.members(keeper)
     except OSError:
         members = []
+    # --pid: the keeper is PID 1 of its namespace, and its parent, which created that
+    # namespace, waits outside it (in the same mount namespace) and ends with it
+    if parents.get(keeper) in members:
+        helpers.append(parents[keeper])
     skip = {keeper, *helpers}
     userns = _userns(keeper)
     if userns == _userns(os.getpid()):   # not a container's keeper: only the user's processes

@@ -207,12 +207,14 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Fals
                                 linger_s)
         dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if then else -1
         try:
-            enter_keeper(pid, plan)
+            joined_pid = enter_keeper(pid, plan)
         except OSError as e:
             raise LaunchError(f"cannot join container {plan.join!r} (keeper {pid}): "
                               f"{e.strerror}") from None
     finally:
         os.close(lock)
+    if joined_pid:
+        in_its_pid_namespace()
     try:
         os.chdir(plan.cwd)
     except OSError as e:
@@ -309,32 +311,70 @@ def start_time(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[19]
 
 
-def enter_keeper(pid: int, plan: LaunchPlan) -> None:
+def enter_keeper(pid: int, plan: LaunchPlan) -> bool:
+    """Enter the keeper's namespaces; True when that includes its PID namespace (--pid),
+    which only our children will be in (in_its_pid_namespace)."""
     from . import kernel
     mnt = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     if plan.mode != "rootless":
+        pidns = _other_pid_namespace(pid)
         kernel.setns(mnt, kernel.CLONE_NEWNS)
         os.close(mnt)
-        return
+        if pidns >= 0:
+            kernel.setns(pidns, kernel.CLONE_NEWPID)
+            os.close(pidns)
+        return pidns >= 0
     nested = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    pidns = _other_pid_namespace(pid)
     if plan.fakeroot:
         # --fakeroot: one user namespace (no nested map back to the caller), ours, so setns
         # gives every capability in it; the caller is root there.
         try:
             kernel.setns(nested, kernel.CLONE_NEWUSER)
             kernel.setns(mnt, kernel.CLONE_NEWNS)
+            if pidns >= 0:
+                kernel.setns(pidns, kernel.CLONE_NEWPID)
         finally:
-            os.close(nested)
-            os.close(mnt)
-        return
+            for fd in (nested, mnt, pidns):
+                if fd >= 0:
+                    os.close(fd)
+        return pidns >= 0
     outer = kernel.ioctl_int(nested, kernel.NS_GET_PARENT)
     try:
         kernel.setns(outer, kernel.CLONE_NEWUSER)
         kernel.setns(mnt, kernel.CLONE_NEWNS)
+        if pidns >= 0:      # owned by the outer namespace: joined while we hold its capabilities
+            kernel.setns(pidns, kernel.CLONE_NEWPID)
         kernel.setns(nested, kernel.CLONE_NEWUSER)
     finally:
-        for fd in (outer, mnt, nested):
-            os.close(fd)
+        for fd in (outer, mnt, nested, pidns):
+            if fd >= 0:
+                os.close(fd)
+    return pidns >= 0
+
+
+def _other_pid_namespace(pid: int) -> int:
+    """A descriptor of the keeper's PID namespace when it is not ours (--pid), else -1."""
+    try:
+        if os.readlink(f"/proc/{pid}/ns/pid") == os.readlink("/proc/self/ns/pid"):
+            return -1
+        return os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def in_its_pid_namespace() -> None:
+    """After setns(CLONE_NEWPID) only children are in the namespace: fork one to go on with
+    the launch; this process stays outside, passes signals on and exits as it does (as
+    apply._become_pid_one does for a new namespace)."""
+    from .apply import _forward_signals, _wait_and_exit_as
+    from . import kernel
+    child = os.fork()
+    if child == 0:
+        kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGKILL)
+        return
+    _forward_signals(child)
+    _wait_and_exit_as(child)
 
 
 def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,
@@ -359,7 +399,8 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
     os.close(wfd)
     os.waitpid(child, 0)
     with os.fdopen(rfd, "rb") as r:
-        msg = r.read().decode(errors="replace")
+        # one line: a --pid keeper's outer half (apply._become_pid_one) keeps the pipe open
+        msg = r.readline().decode(errors="replace")
     if not msg.startswith("ready "):
         raise LaunchError(msg.strip() or "container keeper failed to start")
     pid = int(msg.split()[1])
@@ -445,9 +486,13 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
     # that open file, /proc/self/fd/N, not the path.
     _close_all_but({wfd, *_handle_fd(plan.image)})
     dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # The process served, as found from here: inside a PID namespace its PID means nothing.
+    watched = start_time_or_none(watch_pid) if watch_pid and persistent else None
+    watch_fd = _proc_dir(watch_pid) if watched else -1
     step = Step()
     try:
         root, reader = setup(plan, cfg, step)
+        me = int(os.readlink("/proc/self"))     # our PID on the host (--pid: not 1)
         step("pivoting into the container root")
         plan_root = plan.cwd
         plan.cwd = "/"
@@ -461,23 +506,79 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
     # evaluates them once for all the step's tasks.
     scripts = bool(env_scripts(plan.env_dirs)) and os.path.exists("/bin/sh")
     finish(reader)     # the tasks about to enter then find their program cached
-    os.write(wfd, f"ready {os.getpid()} {'env' if scripts else 'plain'}".encode())
+    os.write(wfd, f"ready {me} {'env' if scripts else 'plain'}\n".encode())
     os.close(wfd)
     if persistent:       # an instance or a Slurm step: lives until stopped ...
-        import _signal
-
-        def stopped(signum, frame):       # instance stop: leave no state behind
-            _remove_state(dir_fd, name)
-            os._exit(0)
-        _signal.signal(_signal.SIGTERM, stopped)
-        watched = start_time(watch_pid) if watch_pid else None
-        while True:      # ... or until the process it serves is gone
-            time.sleep(1.0 if watched else 3600)
-            if watched and start_time_or_none(watch_pid) != watched:
-                _remove_state(dir_fd, name)
-                _kill_guests(os.getpid())      # nothing it served may outlive it
-                os._exit(0)
+        _persist(dir_fd, name, watched, watch_fd)
     _linger(dir_fd, name, linger_s, watch_pid)
+
+
+def _persist(dir_fd: int, name: str, watched: str | None, watch_fd: int) -> None:
+    """A persistent keeper's life: until SIGTERM (instance stop) or, when ``watched``, the
+    end of the process ``watch_fd`` (its /proc directory on the host) names.  As PID 1 of a
+    PID namespace (--pid) it also reaps the orphans of its container."""
+    import _signal
+
+    def stopped(signum, frame):       # instance stop: leave no state behind
+        _remove_state(dir_fd, name)
+        _end_children()
+        os._exit(0)
+    _signal.signal(_signal.SIGTERM, stopped)
+    if os.getpid() == 1:
+        _signal.signal(_signal.SIGCHLD, lambda signum, frame: _reap())
+    while True:          # ... or until the process it serves is gone
+        time.sleep(1.0 if watched else 3600)
+        if watched and _start_time_at(watch_fd) != watched:
+            _remove_state(dir_fd, name)
+            _kill_guests(os.getpid())      # nothing it served may outlive it
+            os._exit(0)
+
+
+def _proc_dir(pid: int) -> int:
+    try:
+        return os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def _start_time_at(proc_fd: int) -> str | None:
+    """The start time of the process whose /proc directory ``proc_fd`` is (None once gone:
+    the directory of an ended process reads ESRCH, even if its PID is reused)."""
+    try:
+        fd = os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        try:
+            return os.read(fd, 4096).decode().rsplit(")", 1)[1].split()[19]
+        finally:
+            os.close(fd)
+    except (OSError, IndexError):
+        return None
+
+
+def _reap() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def _end_children(wait_s: float = 10.0) -> None:
+    """SIGTERM our children (the FUSE servers: fuse2fs writes an ext3 overlay back) and wait
+    for them: as PID 1 of a PID namespace, our exit would SIGKILL them."""
+    me = os.getpid()
+    kids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == me]
+    for pid in kids:
+        try:
+            os.kill(pid, 15)
+        except OSError:
+            pass
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        _reap()
+        if not any(os.path.exists(f"/proc/{k}") for k in kids):
+            return
+        time.sleep(0.02)
 
 
 def _kill_guests(me: int) -> None:

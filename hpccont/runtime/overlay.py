@@ -233,6 +233,9 @@ def _fuse2fs(o: dict, target: str, plan, program: str) -> None:
         try:
             os.close(ready_r)
             os.close(mapped_w)
+            # our PID in the host's /proc, which is still ours here (--pid: fork's answer
+            # is the new namespace's)
+            os.write(ready_w, b"%d\n" % int(os.readlink("/proc/self")))
             kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGTERM)
             if os.getppid() != parent:
                 os._exit(1)
@@ -269,8 +272,10 @@ def _fuse2fs(o: dict, target: str, plan, program: str) -> None:
     os.close(ready_w)
     os.close(mapped_r)
     with os.fdopen(ready_r, "rb") as r:
+        line = r.readline()
+        proc = int(line) if line.strip().isdigit() else pid     # its /proc entry
         if maps:
-            _write_child_maps(pid, maps, r, mapped_w, o)
+            _write_child_maps(proc, maps, r, mapped_w, o)
         os.close(mapped_w)
         msg = r.read().decode(errors="replace")
     if not msg.startswith("1"):
@@ -279,7 +284,7 @@ def _fuse2fs(o: dict, target: str, plan, program: str) -> None:
     needle = f" {target} "
     while True:
         try:
-            with open(f"/proc/{pid}/mountinfo") as f:
+            with open(f"/proc/{proc}/mountinfo") as f:
                 if needle in f.read():
                     break
         except OSError:
@@ -289,7 +294,7 @@ def _fuse2fs(o: dict, target: str, plan, program: str) -> None:
             raise LaunchError(f"overlay {o['path']}: fuse2fs could not mount it (is it an "
                               "ext3 image? run e2fsck on it)")
         time.sleep(0.005)
-    theirs = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    theirs = os.open(f"/proc/{proc}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
         kernel.setns(theirs, kernel.CLONE_NEWNS)
         try:

@@ -276,7 +276,7 @@ def test_startscript_args_and_stop_signals(hc, hpccont, svc_sif):
     (["stop"], "name an instance to stop, or --all"),
     (["list", "--user", "root"], "only root can look at another user's instances"),
     (["start", "IMG", "bad/name"], "'bad/name' is not a valid instance name"),
-    (["run", "--containall", "IMG", "ok"], "instances have no PID namespace here yet"),
+    (["run", "--pid", "IMG", "ok"], "unknown option --pid"),
     (["frobnicate"], "unknown instance command 'frobnicate'"),
 ])
 def test_instance_errors_are_one_line(hc, svc_sif, argv, message):
@@ -473,3 +473,34 @@ def _parent(pid):
         return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError):
         return None
+
+
+def test_containall_instance_has_its_own_pid_namespace(hc, svc_sif, user_dir):
+    """--containall (so --pid): the keeper is PID 1 of the instance's PID namespace, which
+    the startscript and every exec instance:// command are in; stop ends it, its ext3
+    overlay written back, nothing left."""
+    img = user_dir / "pid.img"
+    assert hc("overlay", "create", img).returncode == 0
+    name = _name("pid")
+    r = hc("instance", "start", "--containall", "--overlay", img, svc_sif, name, "p")
+    assert r.returncode == 0, r.stderr
+    try:
+        [e] = _listed(hc, name)
+        pids = _members(e["pid"])
+        r = hc("exec", f"instance://{name}", "sh", "-c",
+               'echo "$$ $APPTAINER_INSTANCE"; ps -o pid,args; echo kept > /opt/pid-ns')
+        assert r.returncode == 0, r.stderr
+        first, *table = r.stdout.splitlines()
+        assert first.split()[1] == name and int(first.split()[0]) < 100, r.stdout
+        shown = {int(line.split()[0]): line for line in table[1:]}
+        assert "hpccont" in shown[1]                       # the keeper, as PID 1
+        assert any("startscript" in line for line in shown.values()), r.stdout
+        assert max(shown) < 100 and len(shown) < 20        # not the host's processes
+    finally:
+        stopped = hc("instance", "stop", "--signal", "TERM", "--timeout", "60", name)
+    assert stopped.returncode == 0 and "Killing" not in stopped.stderr, stopped.stderr
+    assert open(e["logOutPath"]).read().endswith("start args: p\ngot TERM\n")
+    _all_gone(pids, svc_sif)
+    assert not helpers.mounts_mentioning(str(img))
+    r = hc("exec", "--overlay", f"{img}:ro", svc_sif, "cat", "/opt/pid-ns")
+    assert r.returncode == 0 and r.stdout == "kept\n", r.stderr

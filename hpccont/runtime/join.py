@@ -28,6 +28,9 @@ Kernel rules that shape this:
 - After setns(CLONE_NEWNS) the root and working directory are the namespace's root, which is
   the container root because the keeper ran pivot_root in it.
 - A process with threads may not setns into a user namespace: this runs before any thread.
+- A keeper with a PID namespace (--pid) is its PID 1.  setns(CLONE_NEWPID) moves only the
+  children of the caller into it, so a joiner forks after entering and waits outside; it
+  must join while it holds the capabilities of the namespace's owner (the outer one).
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ Run containers:
   run IMAGE [ARGS]        run the image's runscript
   shell IMAGE             interactive shell in the image
   test IMAGE              run the image's test script
-  instance ...            start/list/stop background instances
+  instance ...            start/run/list/stats/stop background instances
   overlay create FILE     an ext3 overlay image, or a SIF's overlay partition
 Images:
   build OUT SRC           build an image (SIF, or --sandbox directory)

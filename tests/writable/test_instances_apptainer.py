@@ -205,6 +205,11 @@ def test_instance_run_serves_host_and_exec(hc, install, svc_sif, sigint_default)
             assert cells[0] == name and float(cells[1].rstrip("%")) > 0, row
             assert " / " in cells[2] and cells[3].endswith("%") and " / " in cells[4], row
             assert int(cells[5]) > idle["pids_stats"]["current"], row
+            # without --no-stream: a table every second until interrupted, then exit 0
+            r = helpers.as_user(["timeout", "--preserve-status", "-s", "INT", "6",
+                                 install["hpccont"], "instance", "stats", name], cwd="/tmp")
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.count("INSTANCE NAME") >= 1 and "interrupted" not in r.stderr
             pids += [p for p in _members(e["pid"]) if p not in pids]
         finally:
             stopped = hc("instance", "stop", name)     # Apptainer's default: SIGINT

@@ -264,3 +264,16 @@ def test_cli_reads_fuzzed_sif_without_internal_error(seeds, tmp_path):
             if r.returncode not in (0, 4) or "internal error" in r.stderr:
                 failures.append((n, cmd, r.returncode, r.stderr))
     assert not failures
+
+
+@pytest.mark.parametrize("payload", [b'{"header": {"digest": "sha256:0"}, "objects": '
+                                     b'[{"relativeId": Infinity}]}',
+                                     b'{"header": {"digest": "sha256:0"}, "objects": '
+                                     b'[{"relativeId": NaN}]}',
+                                     b"[" * 100000])
+def test_malformed_signed_metadata_is_a_signature_error(seeds, tmp_path, payload):
+    """Signed metadata is checked after its signature, but a signer may sign anything."""
+    p = tmp_path / "s.sif"
+    p.write_bytes(seeds[0][0])
+    with pytest.raises(SignatureError, match="malformed signed metadata"):
+        sign.check_metadata(sif.read_sif(str(p)), 1, payload, "s.sif")

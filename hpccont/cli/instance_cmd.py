@@ -231,6 +231,7 @@ def stats(cmd: str, argv: list, cfg: dict) -> int:
     """Apptainer's table every second until interrupted (--no-stream: once), or one JSON
     reading; each after one second, the interval the CPU percentage is measured over."""
     import json
+    import signal
     from ..runtime import instance_stats
     p = _Parser(prog="hpccont instance stats")
     p.add_argument("-j", "--json", action="store_true", help="one reading, Apptainer's JSON")
@@ -246,26 +247,30 @@ def stats(cmd: str, argv: list, cfg: dict) -> int:
     if not args.json:
         _info(f"Stats for {entry['name']} instance of {entry['image']} (PID={entry['keeper']})")
     clear = sys.stdout.isatty() and not (args.no_stream or args.json)
+    # Ctrl-C ends a stream with status 0, as in Apptainer: a handler that only notes it (a
+    # second SIGINT while a KeyboardInterrupt unwinds would kill us with status 130)
+    interrupted: list = []
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     before = instance_stats.sample(entry)
-    try:
-        while True:
-            time.sleep(1.0)
-            if not instances.alive(entry):
-                raise LaunchError(f"instance {entry['name']} is gone")
-            after = instance_stats.sample(entry)
-            if args.json:
-                after.pop("_time")
-                sys.stdout.write(json.dumps(after, indent="\t") + "\n")
-                return 0
-            text = tabulate([instance_stats.HEADER,
-                             instance_stats.row(entry["name"], before, after)])
-            sys.stdout.write(("\033[2J\033[1;1H" if clear else "") + text)
-            sys.stdout.flush()
-            if args.no_stream:
-                return 0
-            before = after
-    except KeyboardInterrupt:      # the way to end a stream, as in Apptainer
-        return 0
+    while True:
+        deadline = time.monotonic() + 1.0
+        while not interrupted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if interrupted:
+            return 0
+        if not instances.alive(entry):
+            raise LaunchError(f"instance {entry['name']} is gone")
+        after = instance_stats.sample(entry)
+        if args.json:
+            after.pop("_time")
+            sys.stdout.write(json.dumps(after, indent="\t") + "\n")
+            return 0
+        text = tabulate([instance_stats.HEADER, instance_stats.row(entry["name"], before, after)])
+        sys.stdout.write(("\033[2J\033[1;1H" if clear else "") + text)
+        sys.stdout.flush()
+        if args.no_stream:
+            return 0
+        before = after
 
 
 # -- stop ---------------------------------------------------------------------------------

@@ -243,6 +243,11 @@ def test_startscript_args_and_stop_signals(hc, hpccont, svc_sif):
             pids[n] = (e, _members(e["pid"]))
             r = hc("exec", f"instance://{n}", "sh", "-c", 'echo "$APPTAINER_INSTANCE"')
             assert r.stdout == f"{n}\n", r.stderr
+        # the other actions join it too
+        r = hc("shell", f"instance://{names[0]}", input='echo "in $APPTAINER_INSTANCE"\n')
+        assert r.returncode == 0 and r.stdout == f"in {names[0]}\n", r.stderr
+        r = hc("test", f"instance://{names[0]}")
+        assert r.returncode == 0 and r.stdout == "test-ok\n", r.stderr
 
         # a signal the startscript handles: it ends in time, nothing is killed
         r = hc("instance", "stop", "-s", "15", "--timeout", "60", names[0])

@@ -378,11 +378,28 @@ def _subordinate_start(user=helpers.TEST_USER):
 
 
 def _ext3_owner(img, path):
-    """(uid, gid) stored in the ext3 image for ``path``, read by debugfs (e2fsprogs)."""
+    """(uid, gid) stored in the ext3 image for ``path``, read by debugfs (e2fsprogs) once no
+    fuse2fs serves it (the last one writes back after its container has ended)."""
+    deadline = time.time() + 20
+    while time.time() < deadline and _fuse2fs_serving(img):
+        time.sleep(0.05)
+    assert not _fuse2fs_serving(img)
     r = subprocess.run(["debugfs", "-R", f"stat {path}", str(img)], capture_output=True,
                        text=True)
     words = r.stdout.split()
     return int(words[words.index("User:") + 1]), int(words[words.index("Group:") + 1])
+
+
+def _fuse2fs_serving(img):
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and _running(int(pid)):
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"fuse2fs") and str(img).encode() in cmd:
+                return True
+    return False
 
 
 def test_fakeroot_instance_with_an_ext3_overlay(hc, svc_sif, user_dir, test_user):

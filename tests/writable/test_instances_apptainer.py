@@ -1,8 +1,9 @@
 """Instances as Apptainer has them, as the unprivileged user with a real image: ``instance run``
 (a busybox httpd reached from the host and from ``exec instance://``), ``instance start`` with
 its arguments, ``list`` in Apptainer's three formats, ``stats`` that move when the instance
-works, ``stop`` with --signal / --timeout / --force, and instances that end with the batch job
-or job step daemon they were started under.  After each: nothing left running or mounted."""
+works, ``stop`` with --signal / --timeout / --force, root's --user, --fakeroot and --containall
+(a PID namespace) instances over ext3 overlays, and instances that end with the batch job or
+job step daemon they were started under.  After each: nothing left running or mounted."""
 import json
 import os
 import shutil

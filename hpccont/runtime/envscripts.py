@@ -267,10 +267,21 @@ class Parser:
             raise Unsupported("here-document")
         if self.peek() in ("|", "&", "(", ")", "<", ">"):
             # pipes, background jobs, redirections: a command we will not run ourselves;
-            # its tokens are skipped so that an untaken branch may hold it
+            # its tokens are skipped so that an untaken branch may hold it, but an operator
+            # with nothing after it is a syntax error, which stops sh even there
+            last = None
             while self.peek() not in (None, ";", "\n", "&&", "||"):
-                if self.take() == "<<":
+                last = self.take()
+                if last == "<<":
                     raise Unsupported("here-document")
+                if last in ("<", ">") and self.peek() not in (">", "&") and not isinstance(
+                        self.peek(), Word):
+                    raise Unsupported(f"{last!r} without a file")
+                if last in ("(", ")"):
+                    # subshells and functions: whether 'a(b' parses is sh's business
+                    raise Unsupported("parentheses")
+            if last in ("|", "<", ">", "("):
+                raise Unsupported(f"{last!r} at the end of a command")
             return ("unsupported", "redirection, pipe or subshell")
         return ("simple", words)
 
@@ -294,8 +305,8 @@ class Parser:
     def for_clause(self):
         self.take()
         name = self.take()
-        if not isinstance(name, Word) or not name.plain():
-            raise Unsupported("for without a name")
+        if not isinstance(name, Word) or not _is_name(name.plain() or ""):
+            raise Unsupported("for without a name")      # sh: "Bad for loop variable"
         self.skip_newlines_only()
         if self.keyword() != "in":
             raise Unsupported("for without 'in'")
@@ -502,6 +513,10 @@ def _vanishes(sh: Shell, word: Word) -> bool:
     return True
 
 
+def _is_name(text: str) -> bool:
+    return bool(text) and not text[0].isdigit() and all(c in NAME_CHARS for c in text)
+
+
 def _assignment(word: Word) -> bool:
     first = word.parts[0] if word.parts else None
     if not first or first[0] != "lit" or first[2] or "=" not in first[1]:
@@ -630,7 +645,7 @@ def _export(sh: Shell, words: list) -> None:
             sh.exported.add(name)
             continue
         name = sh.expand(w)
-        if not name or name.startswith("-") or not all(c in NAME_CHARS for c in name):
+        if not _is_name(name):                  # an option, or sh's "bad variable name"
             raise Unsupported(f"export {name}")
         if name not in sh.vars and name in SHELL_VARIABLES:
             raise Unsupported(f"export {name} unset: the shell has a value of its own")
@@ -641,7 +656,9 @@ def _export(sh: Shell, words: list) -> None:
 def _unset(sh: Shell, words: list) -> None:
     for w in words:
         name = sh.expand(w)
-        if name.startswith("-"):
+        # an option, or a name no variable can have (sh: "bad variable name", and the shell
+        # stops: unset is a special built-in)
+        if not _is_name(name):
             raise Unsupported(f"unset {name}")
         sh.vars.pop(name, None)
         sh.exported.discard(name)

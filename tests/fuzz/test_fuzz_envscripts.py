@@ -24,7 +24,8 @@ from hpccont.runtime import envscripts  # noqa: E402
 from hpccont.runtime.envscripts import Unsupported  # noqa: E402
 
 SHELL_OWN = ("PWD", "SHLVL", "OLDPWD", "_")
-COMPARED = 300          # evaluated scripts re-run by dash
+# evaluated scripts re-run by dash (one process; the long run compares more)
+COMPARED = int(os.environ.get("HPCCONT_FUZZ_COMPARED", "300"))
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,10 @@ def same_as_dash(tmp_path, evaluated: list, environ: dict) -> None:
         p = tmp_path / f"cmp-{n}.sh"
         p.write_bytes(text.encode("utf-8", "surrogateescape"))
         body.append(f'( . "{p}"; exec /usr/bin/env -0 ); printf "\\001"')
-    r = subprocess.run(["/bin/dash", "-c", "\n".join(body)], env=environ, capture_output=True,
-                       cwd=tmp_path, timeout=120)
+    batch = tmp_path / "compare.sh"
+    batch.write_text("\n".join(body) + "\n")
+    r = subprocess.run(["/bin/dash", str(batch)], env=environ, capture_output=True,
+                       cwd=tmp_path, timeout=300)
     outputs = r.stdout.split(b"\1")[:-1]
     assert len(outputs) == len(evaluated), r.stderr
     for (text, want), out in zip(evaluated, outputs):
@@ -138,3 +141,24 @@ def test_carriage_returns_are_kept_as_sh_keeps_them(tmp_path):
     env = envscripts.evaluate([str(p)], {})
     assert env["A"] == "1\r" and env["B"] == "x\ry"
     same_as_dash(tmp_path, [(p.read_bytes().decode(), env)], {})
+
+
+@pytest.mark.parametrize("text", ["unset A!B", 'unset ""', "unset 1A", "unset -f x"])
+def test_unset_of_a_bad_name_needs_the_shell(tmp_path, text):
+    """sh stops at 'bad variable name' (unset is a special built-in): not evaluated here."""
+    p = tmp_path / "unset.sh"
+    p.write_text(f"{text}\nexport A=1\n")
+    with pytest.raises(Unsupported):
+        envscripts.evaluate([str(p)], {"PATH": "/bin"})
+
+
+@pytest.mark.parametrize("text", ["if false; then X=1>\nfi", "if false; then a | ; fi",
+                                  "if false; then els(e; fi", "for 1x in a; do :; done",
+                                  "for a-b in a; do :; done", "X=1; export ${X}Y"])
+def test_syntax_errors_in_untaken_branches_need_the_shell(tmp_path, text):
+    """sh parses the whole script first: a redirection without a file, a pipe into nothing or
+    a bad loop variable stops it, even where the branch would not run."""
+    p = tmp_path / "syntax.sh"
+    p.write_text(f"{text}\nexport A=1\n")
+    with pytest.raises(Unsupported):
+        envscripts.evaluate([str(p)], {"PATH": "/bin"})

@@ -1,7 +1,6 @@
 """Fixtures of the fault tests: private images outside /tmp, and per-user state and cache
 directories of their own (XDG_RUNTIME_DIR, XDG_CACHE_HOME, runtime.state_dir for root), so that
 "nothing new there" is this module's finding alone, whatever else runs on the machine."""
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import faultlib
+from faultlib import make_who
 
 
 @pytest.fixture(scope="module")
@@ -29,37 +29,6 @@ def private_image(busybox_sif, fault_dir, request):
     p.chmod(0o644)
     yield p
     faultlib.kill_holders(str(p))
-
-
-class Who:
-    """A user of the fault tests: ``pw`` (None: root), its environment and its directories."""
-
-    def __init__(self, pw, base: Path, extra_config: str = ""):
-        self.pw = pw
-        self.name = pw.pw_name if pw else "root"
-        base.mkdir(mode=0o700)
-        self.home = base
-        if pw:
-            os.chown(base, pw.pw_uid, pw.pw_gid)
-        runtime, cache = base / "run", base / "cache"
-        for d in (runtime, cache):
-            d.mkdir(mode=0o700)
-            if pw:
-                os.chown(d, pw.pw_uid, pw.pw_gid)
-        config = base / "hpccont.yaml"
-        state = runtime / (f"hpccont-{pw.pw_uid}" if pw else "state")
-        text = "runtime:\n" + ("" if pw else f"  state_dir: {state}\n") + extra_config
-        config.write_text(text)
-        config.chmod(0o644)
-        self.env = {"XDG_RUNTIME_DIR": str(runtime), "XDG_CACHE_HOME": str(cache),
-                    "HPCCONT_CONFIG": str(config)}
-        self.dirs = [str(runtime), str(cache)]
-
-
-def make_who(pw, fault_dir, tag, extra_config=""):
-    top = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=fault_dir))
-    top.chmod(0o755)
-    return Who(pw, top / "home", extra_config)
 
 
 @pytest.fixture(params=["user", "root"])

@@ -9,6 +9,7 @@ how long the kernel took to let go (the figure docs/security.md quotes).
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -218,3 +219,37 @@ def new_files(before: dict, mine=lambda path: True) -> dict:
         if added:
             out[d] = sorted(added)
     return out
+
+
+# --- the users of the fault tests (in this module, not conftest: a test importing
+# ``conftest`` at run time would get another suite's)
+
+class Who:
+    """A user of the fault tests: ``pw`` (None: root), its environment and its directories."""
+
+    def __init__(self, pw, base: Path, extra_config: str = ""):
+        self.pw = pw
+        self.name = pw.pw_name if pw else "root"
+        base.mkdir(mode=0o700)
+        self.home = base
+        if pw:
+            os.chown(base, pw.pw_uid, pw.pw_gid)
+        runtime, cache = base / "run", base / "cache"
+        for d in (runtime, cache):
+            d.mkdir(mode=0o700)
+            if pw:
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+        config = base / "hpccont.yaml"
+        state = runtime / (f"hpccont-{pw.pw_uid}" if pw else "state")
+        text = "runtime:\n" + ("" if pw else f"  state_dir: {state}\n") + extra_config
+        config.write_text(text)
+        config.chmod(0o644)
+        self.env = {"XDG_RUNTIME_DIR": str(runtime), "XDG_CACHE_HOME": str(cache),
+                    "HPCCONT_CONFIG": str(config)}
+        self.dirs = [str(runtime), str(cache)]
+
+
+def make_who(pw, fault_dir, tag, extra_config=""):
+    top = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=fault_dir))
+    top.chmod(0o755)
+    return Who(pw, top / "home", extra_config)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_who
+from faultlib import make_who
 from faultlib import (Launch, comm, image_holders, kill_holders, tree, wait_clean, wait_for)
 
 pytestmark = [pytest.mark.timeout(300)]

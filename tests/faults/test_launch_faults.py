@@ -10,7 +10,7 @@ is printed (pytest -s): docs/security.md quotes it.
 """
 import pytest
 
-from faultlib import Launch, leftovers, new_files, snapshot, wait_clean, wait_for
+from faultlib import Launch, leftovers, make_who, new_files, snapshot, wait_clean, wait_for
 
 pytestmark = [pytest.mark.rootless, pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -96,7 +96,6 @@ def test_fuse_server_killed(install, private_image, test_user, fault_dir, phase)
 
 
 def faultlib_who(pw, fault_dir):
-    from conftest import make_who
     return make_who(pw, fault_dir, "fuse")
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import make_who
+from faultlib import make_who
 from faultlib import Launch, wait_clean
 
 pytestmark = [pytest.mark.timeout(300)]

@@ -5,34 +5,77 @@ NAME[:TAG]`` (a SIF pushed as an OCI artifact, by hpccont or Apptainer), ``https
 SIF file).  OUT defaults to NAME_TAG.sif (in --dir).  Images come from the cache when it has
 them (HPCCONT_CACHEDIR, default ~/.cache/hpccont): a second pull downloads nothing.
 """
-import argparse
 import os
 from typing import List
 
 from ..errors import UsageError
 
+# (flags, name, takes a value, metavar, help): the one list of pull's options.  A pull parses
+# them by hand (``parse``); argparse, ~10 ms of imports on a pull that may take 0.1 s in all,
+# only writes --help and feeds shell completion (``make_parser``).
+OPTIONS = (
+    (("-F", "--force"), "force", False, None, "overwrite OUT if it exists"),
+    (("--arch",), "arch", True, "ARCH[/VARIANT]",
+     "platform to pick from a multi-architecture image (default: this host's)"),
+    (("--dir",), "dir", True, "DIR", "directory to write OUT in"),
+    (("--disable-cache",), "disable_cache", False, None,
+     "neither read nor fill the cache (a temporary one is used and removed)"),
+    (("--nohttps",), "nohttps", False, None, "plain HTTP to the registry"),
+    (("--tmpdir",), "tmpdir", True, "DIR", "work directory of the conversion"),
+    (("-q", "--quiet"), "quiet", False, None, "no progress"),
+    (("--debug",), "debug", False, None, "tracebacks for internal errors"),
+)
+USAGE = "hpccont pull [options] [OUT.sif] URI"
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message} (see 'hpccont pull --help')")
 
-
-def make_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="hpccont pull", description=__doc__,
-                usage="hpccont pull [options] [OUT.sif] URI",
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser():
+    import argparse
+    p = argparse.ArgumentParser(prog="hpccont pull", description=__doc__, usage=USAGE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("args", nargs="+", metavar="[OUT] URI")
-    p.add_argument("-F", "--force", action="store_true", help="overwrite OUT if it exists")
-    p.add_argument("--arch", default=None, metavar="ARCH[/VARIANT]",
-                   help="platform to pick from a multi-architecture image (default: this host's)")
-    p.add_argument("--dir", default=None, metavar="DIR", help="directory to write OUT in")
-    p.add_argument("--disable-cache", action="store_true",
-                   help="neither read nor fill the cache (a temporary one is used and removed)")
-    p.add_argument("--nohttps", action="store_true", help="plain HTTP to the registry")
-    p.add_argument("--tmpdir", default=None, metavar="DIR", help="work directory of the conversion")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
-    p.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
+    for flags, name, value, metavar, text in OPTIONS:
+        if value:
+            p.add_argument(*flags, dest=name, default=None, metavar=metavar, help=text)
+        else:
+            p.add_argument(*flags, dest=name, action="store_true", help=text)
     return p
+
+
+def parse(argv: List[str]) -> dict:
+    """{option name: value, "args": [positionals]}; --help prints the help and exits."""
+    by_flag = {f: (name, value) for flags, name, value, _, _ in OPTIONS for f in flags}
+    got: dict = {name: (None if value else False) for _, name, value, _, _ in OPTIONS}
+    got["args"] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            got["args"] += argv[i:]
+            break
+        if arg in ("-h", "--help"):
+            make_parser().print_help()
+            raise SystemExit(0)
+        if not arg.startswith("-") or arg == "-":
+            got["args"].append(arg)
+            continue
+        flag, eq, inline = arg.partition("=")
+        if flag not in by_flag:
+            raise UsageError(f"unknown option {flag} (see 'hpccont pull --help')")
+        name, value = by_flag[flag]
+        if not value:
+            if eq:
+                raise UsageError(f"option {flag} takes no value (see 'hpccont pull --help')")
+            got[name] = True
+        elif eq:
+            got[name] = inline
+        elif i < len(argv):
+            got[name], i = argv[i], i + 1
+        else:
+            raise UsageError(f"option {flag} needs a value (see 'hpccont pull --help')")
+    if not got["args"]:
+        raise UsageError(f"expected [OUT] URI (usage: {USAGE})")
+    return got
 
 
 def output_path(out, uri: str, directory) -> str:
@@ -51,10 +94,10 @@ def output_path(out, uri: str, directory) -> str:
 
 
 def main(name: str, argv: List[str]) -> int:
-    ns = make_parser().parse_args(argv)
-    if len(ns.args) > 2:
+    opts = parse(argv)
+    if len(opts["args"]) > 2:
         raise UsageError("expected [OUT] URI (see 'hpccont pull --help')")
-    out, uri = (ns.args if len(ns.args) == 2 else (None, ns.args[0]))
+    out, uri = (opts["args"] if len(opts["args"]) == 2 else (None, opts["args"][0]))
     if not uri.startswith(("docker://", "oras://", "https://", "http://")):
         if uri.startswith(("library://", "shub://")):
             raise UsageError(f"{uri}: library:// and shub:// are not supported; use docker://, "
@@ -66,8 +109,8 @@ def main(name: str, argv: List[str]) -> int:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _terminated)
     from ..image.registry import fetch_out
-    path = output_path(out, uri, ns.dir)
-    fetch_out.check_out(path, ns.force)
-    fetch_out.pull(uri, path, arch=ns.arch, nohttps=ns.nohttps, quiet=ns.quiet,
-                   disable_cache=ns.disable_cache, tmpdir=ns.tmpdir)
+    path = output_path(out, uri, opts["dir"])
+    fetch_out.check_out(path, opts["force"])
+    fetch_out.pull(uri, path, arch=opts["arch"], nohttps=opts["nohttps"], quiet=opts["quiet"],
+                   disable_cache=opts["disable_cache"], tmpdir=opts["tmpdir"])
     return 0

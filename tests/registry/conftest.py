@@ -113,25 +113,6 @@ def root_env(tmp_path, certs):
     return e
 
 
-def one_line_error(r) -> str:
-    """The command failed with exactly one stderr line; returns it."""
-    assert r.returncode != 0, (r.stdout, r.stderr)
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    return lines[0]
-
-
-def cache_is_clean(cache: Path) -> None:
-    """Every blob in the cache matches its digest, and no half-written file is left."""
-    import hashlib
-    blobs = cache / "blob" / "sha256"
-    for p in blobs.iterdir() if blobs.is_dir() else ():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == p.name, p
-    for p in (cache / "sif").iterdir() if (cache / "sif").is_dir() else ():
-        assert not p.name.startswith("."), p
-
-
 @pytest.fixture
 def run_root(install):
     def run(*args, env, **kw):

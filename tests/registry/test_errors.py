@@ -13,7 +13,7 @@ import time
 import pytest
 
 import regtools as rt
-from conftest import cache_is_clean, one_line_error
+from regtools import cache_is_clean, one_line_error
 
 pytestmark = pytest.mark.registry
 

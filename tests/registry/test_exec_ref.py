@@ -5,7 +5,7 @@ import concurrent.futures
 
 import pytest
 
-from conftest import cache_is_clean, one_line_error
+from regtools import cache_is_clean, one_line_error
 
 pytestmark = [pytest.mark.registry, pytest.mark.rootless]
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import regtools as rt
-from conftest import one_line_error
+from regtools import one_line_error
 
 pytestmark = pytest.mark.registry
 

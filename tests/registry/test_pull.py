@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import cache_is_clean, one_line_error
+from regtools import cache_is_clean, one_line_error
 
 pytestmark = [pytest.mark.registry, pytest.mark.rootless]
 
@@ -175,3 +175,25 @@ def test_pull_to_cache_api_for_schedulers(install, images, root_env, tmp_path):
     assert doc["meta"]["digest"] == images["many"]["digest"]
     assert doc["meta"]["pinned"].endswith("@" + images["many"]["digest"])
     assert doc["meta"]["ref"].endswith("test/busybox:many")
+
+
+def test_warm_pull_after_the_tag_moved(hpccont_user, registry, user_env, shared_tmp, reg_root):
+    """A warm pull starts copying the SIF the tag gave last time while the registry answers
+    (fetch_out.EarlyCopy); when the tag has moved, that copy is dropped and the new image is
+    what lands in OUT."""
+    import regtools as rt
+    bb = rt.busybox_layers()
+    ref = f"docker://{registry.host}/test/moving:now"
+    for n, version in enumerate(("one", "two", "two")):
+        lay = rt.Layout(shared_tmp / f"layout-{n}")
+        desc = lay.image(bb + [rt.ocifixtures.layer_tar([("opt/version", "file", version + "\n")])],
+                         env=["PATH=/bin"])
+        lay.tag("now", desc)
+        rt.skopeo_push(lay, "now", registry, "test/moving")
+        out = shared_tmp / f"{n}.sif"
+        assert hpccont_user("pull", out, ref, env=user_env).returncode == 0
+        r = hpccont_user("exec", out, "cat", "/opt/version", env=user_env)
+        assert r.stdout.strip() == version, r.stderr
+    assert (shared_tmp / "1.sif").read_bytes() == (shared_tmp / "2.sif").read_bytes()
+    assert not [p for p in shared_tmp.iterdir() if ".partial-" in p.name]
+    cache_is_clean(shared_tmp / "cache")

@@ -158,6 +158,31 @@ class Cache:
         return os.path.join(root, "ref", hashlib.sha256(ref.encode()).hexdigest()[:32] + ".json")
 
     def record_ref(self, ref: str, digest: str) -> None:
+        self._write_ref(ref, {"ref": ref, "digest": digest, "time": int(time.time())})
+
+    def lookup_ref(self, ref: str) -> Optional[str]:
+        doc = self._read_ref(ref)
+        digest = str(doc.get("digest", "")) if doc else ""
+        return digest if digest.startswith("sha256:") else None
+
+    # The SIF a reference gave last time: a warm pull starts copying it out while the registry
+    # confirms the tag (fetch_out.pull), and keeps the copy only if the answer is that SIF.
+    def remember_sif(self, ref: str, path: str) -> None:
+        self._write_ref("sif " + ref, {"ref": "sif " + ref, "sif": os.path.basename(path)})
+
+    def remembered_sif(self, ref: str) -> Optional[str]:
+        doc = self._read_ref("sif " + ref)
+        name = str(doc.get("sif", "")) if doc else ""
+        key = name[:-4] if name.endswith(".sif") else ""
+        if not key or not all(c in "0123456789abcdef" for c in key):
+            return None
+        for root in self._roots():
+            p = os.path.join(root, "sif", name)
+            if os.path.isfile(p):
+                return p
+        return None
+
+    def _write_ref(self, ref: str, doc: dict) -> None:
         try:
             self.ensure()
         except RegistryError:
@@ -166,19 +191,19 @@ class Cache:
         tmp = f"{p}.{os.getpid()}"
         try:
             with open(tmp, "w") as f:
-                json.dump({"ref": ref, "digest": digest, "time": int(time.time())}, f)
+                json.dump(doc, f)
             os.replace(tmp, p)
         except OSError:
             _unlink(tmp)
 
-    def lookup_ref(self, ref: str) -> Optional[str]:
+    def _read_ref(self, ref: str) -> Optional[dict]:
         for root in reversed(self._roots()):    # the user's own record is the newer one
             try:
                 with open(self._ref_file(root, ref)) as f:
                     doc = json.load(f)
-                if doc.get("ref") == ref and str(doc.get("digest", "")).startswith("sha256:"):
-                    return doc["digest"]
-            except (OSError, ValueError, AttributeError):
+                if isinstance(doc, dict) and doc.get("ref") == ref:
+                    return doc
+            except (OSError, ValueError, RecursionError):
                 continue
         return None
 

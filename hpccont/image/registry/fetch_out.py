@@ -60,11 +60,41 @@ def copy_file(src: str, dst: str) -> None:
                 fout.write(chunk)
 
 
-def place(src: str, out: str) -> None:
+class EarlyCopy:
+    """The SIF a warm pull most likely gets (pull.cached_guess) copied to OUT's partial file in a
+    thread while the registry confirms the tag: the copy (the kernel's, the GIL released) and
+    the network overlap.  Kept only if the pull's answer is that very file."""
+
+    def __init__(self, src: str, partial: str):
+        import threading
+        self.src, self.partial, self.error = src, partial, None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            copy_file(self.src, self.partial)
+        except BaseException as e:     # reported by take(): the normal copy then runs
+            self.error = e
+
+    def take(self, src: str) -> bool:
+        self.thread.join()
+        if self.error is None and src == self.src:
+            return True
+        _unlink(self.partial)
+        return False
+
+    def drop(self) -> None:
+        self.thread.join()
+        _unlink(self.partial)
+
+
+def place(src: str, out: str, early: Optional[EarlyCopy] = None) -> None:
     """Copy ``src`` to ``out`` atomically (mode 0755 less the umask, like Apptainer's pulls)."""
     partial = partial_path(out)
     try:
-        copy_file(src, partial)
+        if early is None or not early.take(src):
+            copy_file(src, partial)
         _publish(partial, out)
     except BaseException as e:
         _unlink(partial)
@@ -81,9 +111,16 @@ def pull(uri: str, out: str, *, arch: Optional[str] = None, nohttps: bool = Fals
     from . import pull as pullmod
     from .cache import Cache
     if not disable_cache:
-        src = pullmod.pull_to_cache(uri, arch=arch, nohttps=nohttps, quiet=quiet,
-                                    tmpdir=tmpdir, environ=environ)
-        return place(src, out)
+        guess = pullmod.cached_guess(uri, arch, environ)
+        early = EarlyCopy(guess, partial_path(out)) if guess else None
+        try:
+            src = pullmod.pull_to_cache(uri, arch=arch, nohttps=nohttps, quiet=quiet,
+                                        tmpdir=tmpdir, environ=environ)
+        except BaseException:
+            if early is not None:
+                early.drop()
+            raise
+        return place(src, out, early)
     import shutil
     import tempfile
     work = tempfile.mkdtemp(prefix=".hpccont-pull-", dir=tmpdir or os.path.dirname(out))

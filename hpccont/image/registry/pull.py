@@ -344,6 +344,27 @@ def pull_to_cache(ref, *, arch: Optional[str] = None, nohttps: bool = False,
         offline = (job if job is not None else in_job(environ)) and \
             not cfg.get("compute_node_pulls", True)
     cache = open_cache(cache_dir, cfg, environ)
+    path = _pull_to_cache(ref, cache, arch, nohttps, quiet, tmpdir, offline, environ)
+    cache.remember_sif(guess_key(ref, arch), path)
+    return path
+
+
+def guess_key(ref: Reference, arch: Optional[str]) -> str:
+    return f"{ref} {arch or ''}"
+
+
+def cached_guess(uri: str, arch: Optional[str] = None, environ=os.environ) -> Optional[str]:
+    """The cached SIF ``uri`` gave last time (no network; None if unknown or gone): what a
+    warm pull most likely gets again."""
+    try:
+        ref = reference.parse(uri)
+        return open_cache(environ=environ).remembered_sif(guess_key(ref, arch))
+    except (RegistryError, PolicyError, OSError):
+        return None
+
+
+def _pull_to_cache(ref: Reference, cache: Cache, arch, nohttps, quiet, tmpdir, offline,
+                   environ) -> str:
     if ref.scheme == "oras":
         from . import oras
         return oras.pull_to_cache(ref, nohttps=nohttps, quiet=quiet, cache=cache,

@@ -282,6 +282,13 @@ def _become_pid_one() -> None:
     passes signals on and exits as the container does.  The child dies with it
     (PR_SET_PDEATHSIG), and with PID 1 the whole namespace."""
     import _signal  # noqa: F401  (loaded now: the init needs it after pivot_root)
+    continue_in_child()
+
+
+def continue_in_child() -> None:
+    """Fork; the child returns and goes on with the launch (dying with this process), this
+    process stays outside, passes signals on and exits as the child does.  After unshare or
+    setns of CLONE_NEWPID only children are in the PID namespace (here and join.py)."""
     child = os.fork()
     if child == 0:
         kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGKILL)

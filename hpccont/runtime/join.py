@@ -370,14 +370,8 @@ def in_its_pid_namespace() -> None:
     """After setns(CLONE_NEWPID) only children are in the namespace: fork one to go on with
     the launch; this process stays outside, passes signals on and exits as it does (as
     apply._become_pid_one does for a new namespace)."""
-    from .apply import _forward_signals, _wait_and_exit_as
-    from . import kernel
-    child = os.fork()
-    if child == 0:
-        kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGKILL)
-        return
-    _forward_signals(child)
-    _wait_and_exit_as(child)
+    from .apply import continue_in_child
+    continue_in_child()
 
 
 def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,

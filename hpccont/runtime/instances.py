@@ -71,22 +71,15 @@ def read(cfg: dict, name: str, state_dir: str | None = None, owner: int | None =
     """The registry entry of ``name``, or None.  Read without following a symbolic link, and
     only from a regular file of ``owner`` (root may read another user's registry)."""
     path = registry_path(cfg, name, state_dir)
-    owner = os.geteuid() if owner is None else owner
+    got = join.read_owned(path, owner)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        entry = json.loads(got[0]) if got else None
+    except (ValueError, RecursionError):
         return None
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != owner or not (st.st_mode & 0o170000 == 0o100000):
-            return None
-        entry = json.loads(os.read(fd, 1 << 20))
-        entry["_ino"], entry["_dir"] = st.st_ino, os.path.dirname(path)
-        return entry if isinstance(entry, dict) and isinstance(entry.get("keeper"), int) else None
-    except (OSError, ValueError):
+    if not isinstance(entry, dict) or not isinstance(entry.get("keeper"), int):
         return None
-    finally:
-        os.close(fd)
+    entry["_ino"], entry["_dir"] = got[1].st_ino, os.path.dirname(path)
+    return entry
 
 
 def alive(entry: dict) -> bool:

@@ -138,7 +138,11 @@ def _fallback_state_dir(uid: int) -> str:
                       "XDG_RUNTIME_DIR to a private directory of yours")
 
 
-def _read_token(path: str, owner: int | None = None) -> str | None:
+def read_owned(path: str, owner: int | None = None, limit: int = 1 << 20,
+               private: bool = False) -> tuple[bytes, os.stat_result] | None:
+    """(the first ``limit`` bytes, its stat) of a regular file of ``owner`` (default: us),
+    opened without following a link or blocking on a FIFO; None otherwise (``private``: also
+    None when group or others may read it).  For state files another user could plant."""
     owner = os.geteuid() if owner is None else owner
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -146,13 +150,18 @@ def _read_token(path: str, owner: int | None = None) -> str | None:
         return None
     try:
         st = os.fstat(fd)
-        if st.st_uid != owner or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+        if st.st_uid != owner or not stat.S_ISREG(st.st_mode) or (private and st.st_mode & 0o077):
             return None
-        token = os.read(fd, 64).decode("ascii", "replace").strip()
+        return os.read(fd, limit), st
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _read_token(path: str, owner: int | None = None) -> str | None:
+    got = read_owned(path, owner, 64, private=True)
+    token = got[0].decode("ascii", "replace").strip() if got else ""
     return token if len(token) == 32 and all(c in "0123456789abcdef" for c in token) else None
 
 

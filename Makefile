@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev binutils 
 	openmpi-bin libopenmpi-dev mpich libmpich-dev \
 	lmod gnupg charliecloud-runtime bubblewrap hyperfine \
 	docker-registry skopeo apache2-utils umoci zstd openssl \
-	python3-fusepy python3-matplotlib e2fsprogs fuse2fs
+	python3-fusepy python3-matplotlib e2fsprogs fuse2fs strace libcap2-bin tcl lua5.3
 PIP_PACKAGES := pyyaml psutil pytest hypothesis pytest-mpi pytest-timeout nvidia-ml-py mpi4py cryptography
 
 .PHONY: setup install test demo bench

@@ -168,7 +168,10 @@ class Cache:
     # The SIF a reference gave last time: a warm pull starts copying it out while the registry
     # confirms the tag (fetch_out.pull), and keeps the copy only if the answer is that SIF.
     def remember_sif(self, ref: str, path: str) -> None:
-        self._write_ref("sif " + ref, {"ref": "sif " + ref, "sif": os.path.basename(path)})
+        name = os.path.basename(path)
+        doc = self._read_ref("sif " + ref)
+        if doc is None or doc.get("sif") != name:   # every task of a job pulls: write once
+            self._write_ref("sif " + ref, {"ref": "sif " + ref, "sif": name})
 
     def remembered_sif(self, ref: str) -> Optional[str]:
         doc = self._read_ref("sif " + ref)

@@ -22,8 +22,8 @@ def cache_dir() -> str:
 
 
 def _path(kind: str, key: str) -> str:
-    import hashlib
-    return os.path.join(cache_dir(), f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json")
+    from .digest import text_sha256
+    return os.path.join(cache_dir(), f"{kind}-{text_sha256(key)[:24]}.json")
 
 
 def _private(st: os.stat_result) -> bool:

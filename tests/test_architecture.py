@@ -80,7 +80,7 @@ def test_the_import_check_can_fail(tmp_path):
 
 
 # Modules a launch path must not load: each costs milliseconds on every task of every job.
-HEAVY = ("dataclasses", "typing", "yaml", "argparse", "json", "inspect")
+HEAVY = ("dataclasses", "typing", "yaml", "argparse", "json", "inspect", "hashlib")
 PROBE = """
 import sys
 sys.path.insert(0, {lib!r})

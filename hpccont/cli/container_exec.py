@@ -15,13 +15,13 @@ It becomes ``hpccont exec --mpi MODE --join KEY [OPTIONS] IMAGE CMD...`` in this
 """
 from __future__ import annotations
 
-import hashlib
 import os
 TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
 
 if TYPE_CHECKING:
     from typing import Dict, List, Mapping, Optional, Tuple
 
+from ..digest import text_sha256
 from ..errors import UsageError
 
 USAGE = "container-exec [OPTIONS] [IMAGE] COMMAND [ARGS...]  (IMAGE may come from $HPCCONT_IMAGE)"
@@ -112,7 +112,7 @@ def join_key(environ: Mapping[str, str], image: str) -> Optional[str]:
     if ident is None:
         return None
     raw = f"{ident}|{os.uname().nodename}|{os.path.realpath(image)}|{os.getuid()}"
-    return "mpi-" + hashlib.sha256(raw.encode()).hexdigest()[:20]
+    return "mpi-" + text_sha256(raw)[:20]
 
 
 def launcher_env(environ: Mapping[str, str]) -> Dict[str, str]:

@@ -35,11 +35,11 @@ Kernel rules that shape this:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import stat
 import time
 
+from ..digest import text_sha256
 from ..errors import LaunchError
 from .plan_types import LaunchPlan
 
@@ -191,7 +191,7 @@ def _new_token(path: str, replace: bool) -> None:
 
 
 def state_name(plan: LaunchPlan) -> str:
-    digest = hashlib.sha256(f"{plan.join}\0{plan.image.path}".encode()).hexdigest()[:20]
+    digest = text_sha256(f"{plan.join}\0{plan.image.path}")[:20]
     return f"join-{digest}"
 
 

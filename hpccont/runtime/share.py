@@ -81,8 +81,8 @@ def share_key(plan, scope_text: str) -> str:
         data.pop(name, None)
     image = stamp(plan.image.path).decode()
     text = repr((scope_text, image, sorted(data.items())))
-    import hashlib      # here: every launch imports this module, few share (~4 ms)
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    from ..digest import text_sha256
+    return text_sha256(text)[:32]
 
 
 def stamp(path) -> bytes:

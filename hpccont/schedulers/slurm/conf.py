@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import socket
 TYPE_CHECKING = False   # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from typing import Dict, List, Mapping, Optional, Tuple
@@ -104,8 +103,8 @@ def find(environ: Mapping[str, str]) -> Optional[SlurmConf]:
 def node_dir(conf: SlurmConf, key: str, node: str) -> str:
     """SlurmdSpoolDir or TmpFS for ``node``: ``%n`` is the node name, ``%h`` the host name."""
     value = conf.get(key) or DEFAULTS[key.lower()]
-    return value.replace("%n", node).replace("%h", socket.gethostname().split(".")[0])
+    return value.replace("%n", node).replace("%h", os.uname().nodename.split(".")[0])
 
 
 def node_name(environ: Mapping[str, str]) -> str:
-    return environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+    return environ.get("SLURMD_NODENAME") or os.uname().nodename.split(".")[0]

@@ -48,6 +48,11 @@ GLOBAL_FLAGS = {"-d": "debug", "--debug": "debug", "-v": "verbose", "--verbose":
                 "-q": "quiet", "--quiet": "quiet", "-s": "silent", "--silent": "silent",
                 "--nocolor": "nocolor"}
 LEVELS = (("debug", 5), ("verbose", 4), ("quiet", -1), ("silent", -3))
+# Commands whose process ends with them: once their output is flushed, the interpreter's
+# teardown (freeing every module and object, ~8 ms) is skipped.  A warm pull, all of it, takes
+# ~60 ms; there is nothing left to close (files, sockets and threads are done with).
+QUICK_EXIT = ("pull",)
+
 # The message level of this run: 1 normal, -1 quiet (no notes), -3 silent (errors only),
 # 4 verbose, 5 debug.  Read by the sub-commands (cli/launch.py).
 MESSAGE_LEVEL = [1]
@@ -135,7 +140,17 @@ def global_options(argv: list, environ=os.environ) -> tuple:
     return seen, argv[i:]
 
 
+def _quick_exit(rc: int) -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return             # the normal exit reports it
+    os._exit(rc)
+
+
 def main(argv=None, prog=None) -> int:
+    as_program = argv is None      # started as the program, not called by other code
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = prog or program_name(sys.argv[0] if sys.argv else "")
     flags, argv = global_options(argv)
@@ -161,7 +176,10 @@ def main(argv=None, prog=None) -> int:
     rest = argv[1:]
     if "debug" in flags and COMMANDS[name] == "hpccont.cli.launch" and "--debug" not in rest:
         rest = ["--debug", *rest]
-    return run_command(name, rest, prog)
+    rc = run_command(name, rest, prog)
+    if as_program and name in QUICK_EXIT:
+        _quick_exit(rc)
+    return rc
 
 
 def container_exec_main(argv=None) -> int:

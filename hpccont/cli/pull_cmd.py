@@ -5,8 +5,9 @@ NAME[:TAG]`` (a SIF pushed as an OCI artifact, by hpccont or Apptainer), ``https
 SIF file).  OUT defaults to NAME_TAG.sif (in --dir).  Images come from the cache when it has
 them (HPCCONT_CACHEDIR, default ~/.cache/hpccont): a second pull downloads nothing.
 """
+from __future__ import annotations
+
 import os
-from typing import List
 
 from ..errors import UsageError
 
@@ -41,7 +42,7 @@ def make_parser():
     return p
 
 
-def parse(argv: List[str]) -> dict:
+def parse(argv: list[str]) -> dict:
     """{option name: value, "args": [positionals]}; --help prints the help and exits."""
     by_flag = {f: (name, value) for flags, name, value, _, _ in OPTIONS for f in flags}
     got: dict = {name: (None if value else False) for _, name, value, _, _ in OPTIONS}
@@ -93,7 +94,7 @@ def output_path(out, uri: str, directory) -> str:
     return os.path.abspath(out)
 
 
-def main(name: str, argv: List[str]) -> int:
+def main(name: str, argv: list[str]) -> int:
     opts = parse(argv)
     if len(opts["args"]) > 2:
         raise UsageError("expected [OUT] URI (see 'hpccont pull --help')")

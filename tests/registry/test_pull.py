@@ -197,3 +197,34 @@ def test_warm_pull_after_the_tag_moved(hpccont_user, registry, user_env, shared_
     assert (shared_tmp / "1.sif").read_bytes() == (shared_tmp / "2.sif").read_bytes()
     assert not [p for p in shared_tmp.iterdir() if ".partial-" in p.name]
     cache_is_clean(shared_tmp / "cache")
+
+
+def test_warm_pull_is_one_request_without_http_client(install, images, root_env, tmp_path,
+                                                      registry):
+    """A warm pull's one request (the tag's manifest) is made by quick.py: no http.client, no
+    e-mail parser, no typing.  The output is a file of its own, never a link to the cache."""
+    import sys
+    ref = images["plain"]["ref"]
+    env = dict(root_env, PYTHONPATH=install["lib"])
+    code = ("import sys; from hpccont.cli import main;"
+            "rc = main.main(['pull', '-q', sys.argv[1], sys.argv[2]]);"
+            "print(sorted(m for m in ('http.client', 'email.parser', 'typing', 'urllib.parse')"
+            " if m in sys.modules)); sys.exit(rc)")
+    cold = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.sif"), ref], env=env,
+                          capture_output=True, text=True, cwd="/")
+    assert cold.returncode == 0, cold.stderr
+    mark = registry.mark()
+    warm = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b.sif"), ref], env=env,
+                          capture_output=True, text=True, cwd="/")
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout.strip() == "[]", warm.stdout
+    log = registry.log_since(mark)
+    assert log.count("response completed") == 1 and "/manifests/" in log and "/blobs/" not in log
+    out = tmp_path / "b.sif"
+    cached = [p for p in (tmp_path / "cache" / "sif").iterdir() if p.suffix == ".sif"]
+    assert len(cached) == 1 and out.stat().st_nlink == 1
+    assert out.stat().st_ino != cached[0].stat().st_ino
+    assert out.read_bytes() == cached[0].read_bytes()
+    with open(out, "r+b") as f:          # the user's file: changing it leaves the cache alone
+        f.write(b"X")
+    assert cached[0].read_bytes()[:1] != b"X"

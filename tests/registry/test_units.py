@@ -1,13 +1,14 @@
 """References with Docker Hub rules, challenges, credential sources, platform selection,
-and the exec path staying free of registry code."""
+the warm pull's own HTTP reader, and the exec path staying free of registry code."""
 import base64
+import io
 import json
 import subprocess
 import sys
 
 import pytest
 
-from hpccont.image.registry import auth, pull, reference
+from hpccont.image.registry import auth, pull, quick, reference
 from hpccont.image.registry.errors import RegistryError
 
 pytestmark = pytest.mark.registry
@@ -86,6 +87,36 @@ def test_credential_sources_in_order(tmp_path):
     assert auth.list_logins(env) == [("reg.example:5000", "mine")]
     assert auth.remove_login("reg.example:5000", env)
     assert auth.credentials_for("reg.example:5000", env) == ("u2", "p2")
+
+
+@pytest.mark.parametrize("raw, body, reusable", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: a/b\r\n\r\nhello", b"hello", True),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"3;x=y\r\nhel\r\n2\r\nlo\r\n0\r\nTrailer: t\r\n\r\n", b"hello", True),
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello", b"hello", False),
+    (b"HTTP/1.0 200 OK\r\n\r\nhello", b"hello", False),
+])
+def test_quick_reader(raw, body, reusable):
+    answer, again = quick._read_answer(io.BytesIO(raw), 1 << 20)
+    assert (answer.status, answer.body, again) == (200, body, reusable)
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"SSH-2.0-OpenSSH\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+])
+def test_quick_reader_leaves_odd_answers_to_the_client(raw):
+    with pytest.raises(quick._Unreadable):
+        quick._read_answer(io.BytesIO(raw), 1 << 20)
+
+
+def test_quick_netloc():
+    assert quick.split_netloc("reg.example:5000", 443) == ("reg.example", 5000)
+    assert quick.split_netloc("reg.example", 443) == ("reg.example", 443)
+    assert quick.split_netloc("[::1]:5000", 443) == ("::1", 5000)
+    assert quick.split_netloc("[::1]", 80) == ("::1", 80)
 
 
 def test_platform_selection():

@@ -15,11 +15,12 @@ registry; ``Bearer realm=URL,service=S,scope=...`` asks the token endpoint at UR
 credentials, or anonymously) for a token carrying the scopes, as Docker Hub, GHCR, Quay and
 NGC do.
 """
+from __future__ import annotations
+
 import base64
 import json
 import os
 import re
-from typing import Dict, List, Optional, Tuple
 
 from .errors import RegistryError
 
@@ -28,9 +29,6 @@ ENV_PAIRS = (("HPCCONT_DOCKER_USERNAME", "HPCCONT_DOCKER_PASSWORD"),
              ("SINGULARITY_DOCKER_USERNAME", "SINGULARITY_DOCKER_PASSWORD"))
 HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io",
             "registry-1.docker.io", "https://registry-1.docker.io")
-
-Credentials = Optional[Tuple[str, str]]
-
 
 def hpccont_auth_file(environ=os.environ) -> str:
     return environ.get("HPCCONT_AUTH_FILE") or os.path.join(
@@ -42,19 +40,19 @@ def docker_config_file(environ=os.environ) -> str:
     return os.path.join(base, "config.json")
 
 
-def _keys_for(host: str) -> List[str]:
+def _keys_for(host: str) -> list[str]:
     if host in ("docker.io", "registry-1.docker.io", "index.docker.io"):
         return list(HUB_KEYS)
     return [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/",
             f"https://{host}/v2/"]
 
 
-def read_auths(path: str) -> Dict[str, dict]:
+def read_auths(path: str) -> dict[str, dict]:
     auths = _load_doc(path).get("auths")
     return auths if isinstance(auths, dict) else {}
 
 
-def _decode(entry: dict, path: str) -> Credentials:
+def _decode(entry: dict, path: str) -> tuple[str, str] | None:
     if not isinstance(entry, dict):
         return None
     if entry.get("auth"):
@@ -70,7 +68,7 @@ def _decode(entry: dict, path: str) -> Credentials:
     return None
 
 
-def credentials_for(host: str, environ=os.environ) -> Credentials:
+def credentials_for(host: str, environ=os.environ) -> tuple[str, str] | None:
     for user_var, pass_var in ENV_PAIRS:
         if environ.get(user_var) is not None and environ.get(pass_var) is not None:
             return environ[user_var], environ[pass_var]
@@ -84,7 +82,7 @@ def credentials_for(host: str, environ=os.environ) -> Credentials:
     return None
 
 
-def basic_header(creds: Tuple[str, str]) -> str:
+def basic_header(creds: tuple[str, str]) -> str:
     return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
 
 
@@ -93,11 +91,11 @@ def basic_header(creds: Tuple[str, str]) -> str:
 _PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
 
 
-def parse_challenge(header: str) -> Tuple[str, Dict[str, str]]:
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """``'Bearer realm="x",service="y"'`` -> ('bearer', {'realm': 'x', 'service': 'y'})."""
     header = (header or "").strip()
     scheme, _, rest = header.partition(" ")
-    params: Dict[str, str] = {}
+    params: dict[str, str] = {}
     pos = 0
     while pos < len(rest):
         m = _PARAM.match(rest, pos)
@@ -111,7 +109,7 @@ def parse_challenge(header: str) -> Tuple[str, Dict[str, str]]:
 
 # --- the auth file 'hpccont registry login' writes -----------------------------------------
 
-def store_login(host: str, creds: Tuple[str, str], environ=os.environ) -> str:
+def store_login(host: str, creds: tuple[str, str], environ=os.environ) -> str:
     path = hpccont_auth_file(environ)
     doc = _load_doc(path)
     doc.setdefault("auths", {})
@@ -133,7 +131,7 @@ def remove_login(host: str, environ=os.environ) -> bool:
     return bool(found)
 
 
-def list_logins(environ=os.environ) -> List[Tuple[str, str]]:
+def list_logins(environ=os.environ) -> list[tuple[str, str]]:
     """(registry, username) of every stored login."""
     path = hpccont_auth_file(environ)
     out = []

@@ -15,12 +15,14 @@ then finds it, so each blob is downloaded once however many processes (or nodes 
 directory) pull at the same time.  A read-only site cache (``registry.site_cache``, same
 layout, filled by an admin) is looked in first and never written.
 """
+from __future__ import annotations
+
 import contextlib
 import fcntl
 import json
 import os
 import time
-from typing import Iterator, List, Optional
+from collections.abc import Iterator
 
 from .errors import RegistryError
 
@@ -43,7 +45,7 @@ def _hex(digest: str) -> str:
 
 
 class Cache:
-    def __init__(self, root: Optional[str] = None, site: Optional[str] = None,
+    def __init__(self, root: str | None = None, site: str | None = None,
                  environ=os.environ):
         self.root = root or default_root(environ)
         self.site = site or None
@@ -77,10 +79,10 @@ class Cache:
     def partial_path(self, digest: str) -> str:
         return self.path("tmp", _hex(digest) + ".partial")
 
-    def _roots(self) -> List[str]:
+    def _roots(self) -> list[str]:
         return ([self.site] if self.site else []) + [self.root]
 
-    def find_blob(self, digest: str, size: Optional[int] = None) -> Optional[str]:
+    def find_blob(self, digest: str, size: int | None = None) -> str | None:
         hexpart = _hex(digest)
         for root in self._roots():
             p = os.path.join(root, "blob", "sha256", hexpart)
@@ -94,7 +96,7 @@ class Cache:
                 return p
         return None
 
-    def read_blob(self, digest: str) -> Optional[bytes]:
+    def read_blob(self, digest: str) -> bytes | None:
         p = self.find_blob(digest)
         if p is None:
             return None
@@ -133,7 +135,7 @@ class Cache:
     def sif_path(self, key: str) -> str:
         return self.path("sif", key + ".sif")
 
-    def find_sif(self, key: str) -> Optional[str]:
+    def find_sif(self, key: str) -> str | None:
         for root in self._roots():
             p = os.path.join(root, "sif", key + ".sif")
             if os.path.isfile(p):
@@ -160,7 +162,7 @@ class Cache:
     def record_ref(self, ref: str, digest: str) -> None:
         self._write_ref(ref, {"ref": ref, "digest": digest, "time": int(time.time())})
 
-    def lookup_ref(self, ref: str) -> Optional[str]:
+    def lookup_ref(self, ref: str) -> str | None:
         doc = self._read_ref(ref)
         digest = str(doc.get("digest", "")) if doc else ""
         return digest if digest.startswith("sha256:") else None
@@ -173,7 +175,7 @@ class Cache:
         if doc is None or doc.get("sif") != name:   # every task of a job pulls: write once
             self._write_ref("sif " + ref, {"ref": "sif " + ref, "sif": name})
 
-    def remembered_sif(self, ref: str) -> Optional[str]:
+    def remembered_sif(self, ref: str) -> str | None:
         doc = self._read_ref("sif " + ref)
         name = str(doc.get("sif", "")) if doc else ""
         key = name[:-4] if name.endswith(".sif") else ""
@@ -199,7 +201,7 @@ class Cache:
         except OSError:
             _unlink(tmp)
 
-    def _read_ref(self, ref: str) -> Optional[dict]:
+    def _read_ref(self, ref: str) -> dict | None:
         for root in reversed(self._roots()):    # the user's own record is the newer one
             try:
                 with open(self._ref_file(root, ref)) as f:
@@ -226,7 +228,7 @@ class Cache:
             os.close(fd)
 
     # --- list and clean ---------------------------------------------------------------------
-    def entries(self) -> List[dict]:
+    def entries(self) -> list[dict]:
         """Every cached SIF and blob: kind, path, size, last use, and what it is."""
         out = []
         sif_dir = self.path("sif")
@@ -246,7 +248,7 @@ class Cache:
             out.append(_entry("blob", os.path.join(blob_dir, name), "", "sha256:" + name))
         return [e for e in out if e is not None]
 
-    def clean(self, days: Optional[float] = None, kinds=("sif", "blob")) -> List[dict]:
+    def clean(self, days: float | None = None, kinds=("sif", "blob")) -> list[dict]:
         """Remove entries unused for ``days`` (all when None), under their locks; and
         leftovers of interrupted work.  Returns what was removed."""
         if not os.path.isdir(self.root):
@@ -283,7 +285,7 @@ class Cache:
         return removed
 
 
-def _entry(kind: str, path: str, ref: str, digest: str) -> Optional[dict]:
+def _entry(kind: str, path: str, ref: str, digest: str) -> dict | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -300,7 +302,7 @@ def touch(path: str) -> None:
         pass
 
 
-def _listdir(d: str) -> List[str]:
+def _listdir(d: str) -> list[str]:
     try:
         return os.listdir(d)
     except OSError:

@@ -24,32 +24,10 @@ from typing import Dict, Optional
 from ...record import record
 from . import auth
 from .errors import RegistryError
+from .quick import MANIFEST_TYPES, check_manifest, ssl_context, timeout_of, user_agent
 
-MANIFEST_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
 RETRY_STATUS = (429, 500, 502, 503, 504)
 REDIRECTS = (301, 302, 303, 307, 308)
-MAX_MANIFEST = 4 << 20
-
-_ssl_context = None
-_ssl_lock = threading.Lock()
-
-
-def ssl_context() -> ssl.SSLContext:
-    global _ssl_context
-    with _ssl_lock:
-        if _ssl_context is None:
-            _ssl_context = ssl.create_default_context()
-        return _ssl_context
-
-
-def _user_agent() -> str:
-    from ... import __version__
-    return f"hpccont/{__version__}"
 
 
 @record
@@ -111,7 +89,7 @@ class Client:
         self.host = api_host or registry
         self.scheme = "http" if nohttps else "https"
         self.creds = auth.credentials_for(registry, environ) if creds == "auto" else creds
-        self.timeout = timeout or float(environ.get("HPCCONT_REGISTRY_TIMEOUT", "60") or 60)
+        self.timeout = timeout or timeout_of(environ)
         self.retries = retries(environ)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -120,7 +98,7 @@ class Client:
         # registries that use Basic); a Bearer challenge replaces them by tokens.
         self._basic: Optional[str] = auth.basic_header(self.creds) if self.creds else None
         self.contacted = False                 # it answered once: later refusals are transient
-        self.user_agent = _user_agent()
+        self.user_agent = user_agent()
 
     # --- connections ------------------------------------------------------------------------
     def _conns(self) -> dict:
@@ -156,6 +134,17 @@ class Client:
 
     def close(self) -> None:
         self.drop()
+
+    def take_over(self, handover, scope: Optional[str]) -> None:
+        """Continue where quick.py stopped: its free connection becomes this thread's to the
+        API host, and a 401 challenge it got is answered (a token fetched) before the request
+        is sent again."""
+        if handover.sock is not None:
+            conn = self._conn(self.scheme, self.host)
+            conn.sock = handover.sock          # http.client connects only when it has none
+            conn._hpccont_used = True          # stale: a reset is retried on a new connection
+        if handover.challenge:
+            self._authenticate(handover.challenge, scope)
 
     def url(self, path: str) -> str:
         return path if "://" in path else f"{self.scheme}://{self.host}{path}"
@@ -352,31 +341,12 @@ class Client:
     def get_manifest(self, repo: str, target: str, *, label: str):
         """(body, media type, digest) of a manifest or index; the digest is computed from the
         body and checked against the one asked for or the one the registry names."""
-        import hashlib
         r = self.request("GET", f"/v2/{repo}/manifests/{target}", scope=pull_scope(repo),
                          headers={"Accept": ", ".join(MANIFEST_TYPES)}, what=f"manifest of {label}")
         if r.status != 200:
             raise status_error(r, label, "manifest")
-        if len(r.body) > MAX_MANIFEST:
-            raise RegistryError(f"{label}: manifest larger than {MAX_MANIFEST >> 20} MiB")
-        digest = "sha256:" + hashlib.sha256(r.body).hexdigest()
-        if target.startswith("sha256:") and digest != target:
-            raise RegistryError(f"{label}: digest mismatch: manifest has {digest}, "
-                                f"expected {target}")
-        named = r.header("Docker-Content-Digest")
-        if named.startswith("sha256:") and not target.startswith("sha256:") and named != digest:
-            raise RegistryError(f"{label}: digest mismatch: manifest has {digest}, "
-                                f"the registry says {named}")
-        media = r.header("Content-Type").split(";")[0].strip()
-        try:
-            doc = json.loads(r.body)
-        except ValueError:
-            raise RegistryError(f"{label}: manifest is not JSON") from None
-        if isinstance(doc, dict) and doc.get("mediaType"):
-            media = doc["mediaType"]
-        if isinstance(doc, dict) and doc.get("schemaVersion") == 1:
-            raise RegistryError(f"{label}: Docker schema 1 manifests are not supported")
-        return r.body, media, digest
+        return check_manifest(r.body, r.header("Content-Type"), r.header("Docker-Content-Digest"),
+                              target, label)
 
     def open_blob(self, repo: str, digest: str, offset: int = 0, *, label: str):
         headers = {"Range": f"bytes={offset}-"} if offset else {}

@@ -5,18 +5,21 @@ Each blob is written to ``tmp/HEX.partial`` while its SHA-256 is computed; it is
 ``Range: bytes=N-`` (after a backoff) from what the partial file holds, in this process or in
 the next pull; a digest mismatch removes the partial file, so nothing unverified is ever used.
 """
+from __future__ import annotations
+
 import errno
 import hashlib
-import http.client
 import os
 import sys
 import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from collections.abc import Callable
 
 from .cache import Cache
-from .client import Client, backoff, describe_os_error
 from .errors import RegistryError
+
+# The HTTP client (client.py, http.client) is imported by the functions that download: a warm
+# pull only makes a Progress (fetch_image), and must not pay http.client's imports for it.
 
 CHUNK = 1 << 20
 
@@ -53,9 +56,9 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f}"
 
 
-def fetch_blob(client: Client, cache: Cache, repo: str, digest: str, size: Optional[int],
-               label: str, progress: Optional[Progress] = None,
-               abort: Optional[threading.Event] = None) -> str:
+def fetch_blob(client, cache: Cache, repo: str, digest: str, size: int | None,
+               label: str, progress: Progress | None = None,
+               abort: threading.Event | None = None) -> str:
     """The cached path of blob ``digest``, downloading it first if no cache has it."""
     found = cache.find_blob(digest, size)
     if found:
@@ -85,9 +88,11 @@ def fetch_blob(client: Client, cache: Cache, repo: str, digest: str, size: Optio
         return cache.commit_blob(partial, digest)
 
 
-def _download(client: Client, cache: Cache, repo: str, digest: str, size: Optional[int],
-              partial: str, label: str, progress: Optional[Progress],
-              abort: Optional[threading.Event]) -> None:
+def _download(client, cache: Cache, repo: str, digest: str, size: int | None,
+              partial: str, label: str, progress: Progress | None,
+              abort: threading.Event | None) -> None:
+    import http.client
+    from .client import backoff, describe_os_error
     expected = digest.partition(":")[2]
     restarted = False
     failures = 0
@@ -167,8 +172,8 @@ def _download(client: Client, cache: Cache, repo: str, digest: str, size: Option
                             "different content; nothing was kept")
 
 
-def fetch_all(jobs: List[Tuple[str, Optional[int]]], fetch: Callable[..., str],
-              threads: int = 4) -> List[str]:
+def fetch_all(jobs: list[tuple[str, int | None]], fetch: Callable[..., str],
+              threads: int = 4) -> list[str]:
     """Run ``fetch(digest, size, abort)`` for every job in parallel; paths in job order.
     The first failure stops the others (at their next chunk) and is raised."""
     if len(jobs) <= 1 or threads <= 1:

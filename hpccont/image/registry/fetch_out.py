@@ -4,12 +4,11 @@ The cached SIF is copied (never linked: ``hpccont sign`` changes a SIF in place 
 change the cache) to a hidden sibling of OUT, which is renamed over OUT once complete.  A
 failed or interrupted pull leaves no OUT and no partial file.
 """
+from __future__ import annotations
+
 import errno
 import os
-from typing import Optional
 
-from ..sif import is_sif
-from ..source import SQUASHFS_MAGIC
 from .errors import RegistryError
 
 
@@ -89,7 +88,7 @@ class EarlyCopy:
         _unlink(self.partial)
 
 
-def place(src: str, out: str, early: Optional[EarlyCopy] = None) -> None:
+def place(src: str, out: str, early: EarlyCopy | None = None) -> None:
     """Copy ``src`` to ``out`` atomically (mode 0755 less the umask, like Apptainer's pulls)."""
     partial = partial_path(out)
     try:
@@ -103,8 +102,8 @@ def place(src: str, out: str, early: Optional[EarlyCopy] = None) -> None:
         raise
 
 
-def pull(uri: str, out: str, *, arch: Optional[str] = None, nohttps: bool = False,
-         quiet: bool = False, disable_cache: bool = False, tmpdir: Optional[str] = None,
+def pull(uri: str, out: str, *, arch: str | None = None, nohttps: bool = False,
+         quiet: bool = False, disable_cache: bool = False, tmpdir: str | None = None,
          environ=os.environ) -> None:
     if uri.startswith(("https://", "http://")):
         return download_url(uri, out, quiet=quiet, environ=environ)
@@ -146,6 +145,8 @@ def pull(uri: str, out: str, *, arch: Optional[str] = None, nohttps: bool = Fals
 def download_url(url: str, out: str, *, quiet: bool = False, environ=os.environ) -> None:
     """A SIF (or squashfs) file by URL: streamed, resumed with Range, retried."""
     import http.client
+    from ..sif import is_sif
+    from ..source import SQUASHFS_MAGIC
     import time
     import urllib.parse
     from .client import Client, Reply, backoff, describe_os_error

@@ -110,8 +110,7 @@ def pull_to_cache(ref: Reference, *, nohttps: bool = False, quiet: bool = True,
                                    layer.get("size"), label, progress)
     finally:
         progress.finish()
-        if lazy._client is not None:
-            lazy._client.close()
+        lazy.close()
     if not is_sif(path):
         raise RegistryError(f"{label}: the artifact's layer is not a SIF file")
     return path

@@ -11,12 +11,12 @@
 ``pull_to_cache(ref)`` is the entry point for anything that needs a SIF for a reference (the
 ``pull`` command, scheduler integrations); it returns the cached SIF's path.
 """
-import fnmatch
+from __future__ import annotations
+
 import hashlib
 import json
 import os
-import platform as _platform
-from typing import List, Optional, Tuple
+import threading
 
 from ...errors import PolicyError
 from ...record import factory, record
@@ -58,10 +58,11 @@ class Platform:
         return "/".join(x for x in (self.os, self.arch, self.variant) if x)
 
 
-def parse_platform(text: Optional[str]) -> Platform:
+def parse_platform(text: str | None) -> Platform:
     """``amd64``, ``arm64/v8``, ``linux/arm64``, ``aarch64`` ...; default: the host's."""
     if not text:
-        arch = GOARCH.get(_platform.machine(), _platform.machine())
+        machine = os.uname().machine       # what platform.machine() says, without its import
+        arch = GOARCH.get(machine, machine)
         return Platform("linux", arch, "")
     parts = [p for p in text.strip().lower().split("/") if p]
     os_name = "linux"
@@ -82,7 +83,7 @@ class Fetched:
     pinned: Reference                 # name@manifest-digest
     manifest_digest: str
     config: bytes
-    layers: List[str] = factory(list)   # blob paths, bottom first
+    layers: list[str] = factory(list)   # blob paths, bottom first
     platform: str = ""
 
 
@@ -101,7 +102,7 @@ def job_of(environ=os.environ) -> str:
     return environ.get("SLURM_JOB_ID") or environ.get("PBS_JOBID") or ""
 
 
-def job_pin_key(job: str, ref: Reference, arch: Optional[str]) -> str:
+def job_pin_key(job: str, ref: Reference, arch: str | None) -> str:
     """The cache's tag record for a tag as one job first resolved it."""
     return f"job {job} {ref} {arch or ''}"
 
@@ -110,6 +111,7 @@ def check_allowed(ref: Reference, cfg: dict) -> None:
     allowed = cfg.get("allowed") or []
     if not allowed:
         return
+    import fnmatch
     for pattern in allowed:
         p = str(pattern)
         if fnmatch.fnmatch(ref.registry, p) or fnmatch.fnmatch(ref.name, p) or \
@@ -119,47 +121,98 @@ def check_allowed(ref: Reference, cfg: dict) -> None:
                       f"(registry.allowed: {', '.join(map(str, allowed))})")
 
 
-def open_cache(cache_dir: Optional[str] = None, cfg: Optional[dict] = None,
+def open_cache(cache_dir: str | None = None, cfg: dict | None = None,
                environ=os.environ) -> Cache:
     cfg = cfg if cfg is not None else registry_config(environ)
     site = cfg.get("site_cache") or None
     return Cache(cache_dir, site=site if site and os.path.isdir(site) else None, environ=environ)
 
 
-def make_client(ref: Reference, nohttps: bool = False, environ=os.environ):
+def _nohttps(nohttps: bool, environ) -> bool:
+    return nohttps or environ.get("HPCCONT_NOHTTPS", "") not in ("", "0", "false")
+
+
+def make_client(ref: Reference, nohttps: bool = False, environ=os.environ, creds="auto"):
     from .client import Client
-    nohttps = nohttps or environ.get("HPCCONT_NOHTTPS", "") not in ("", "0", "false")
-    return Client(ref.registry, api_host=ref.api_host, nohttps=nohttps, environ=environ)
+    return Client(ref.registry, api_host=ref.api_host, nohttps=_nohttps(nohttps, environ),
+                  creds=creds, environ=environ)
 
 
 class _LazyClient:
-    """A client made on first use: fully cached pinned pulls never touch the network."""
+    """A client made on first use: fully cached pinned pulls never touch the network, and a
+    warm pull by tag makes its one request through quick.py, without http.client."""
 
     def __init__(self, ref: Reference, nohttps: bool, offline: bool, environ):
         self.ref, self.nohttps, self.offline, self.environ = ref, nohttps, offline, environ
         self._client = None
+        self._creds = "auto"
+        self._handover = None
+        self._quick_tried = False
+        self._lock = threading.Lock()      # download threads may ask for it first, together
 
-    def get(self):
+    def _check_online(self) -> None:
         if self.offline:
             raise RegistryError(f"{self.ref.uri()}: not in the cache, and pulls from registries "
                                 "are not allowed here (site config registry.compute_node_pulls; "
                                 "pull it on a login node first)")
-        if self._client is None:
-            self._client = make_client(self.ref, self.nohttps, self.environ)
-        return self._client
+
+    def get(self):
+        self._check_online()
+        with self._lock:
+            if self._client is None:
+                client = make_client(self.ref, self.nohttps, self.environ, self._creds)
+                if self._handover is not None:
+                    from .client import pull_scope
+                    handover, self._handover = self._handover, None
+                    client.take_over(handover, pull_scope(self.ref.repository))
+                self._client = client
+            return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        elif self._handover is not None and self._handover.sock is not None:
+            self._handover.sock.close()
+        self._handover = None
+
+    def get_manifest(self, repo: str, target: str, label: str) -> tuple[bytes, str, str]:
+        """(body, media type, digest): the first request by quick.py, the rest by the client."""
+        self._check_online()
+        if self._client is None and not self._quick_tried:
+            self._quick_tried = True
+            got = self._quick_manifest(repo, target, label)
+            if got is not None:
+                return got
+        return self.get().get_manifest(repo, target, label=label)
+
+    def _quick_manifest(self, repo: str, target: str, label: str):
+        from . import auth, quick
+        # read once: the client made after a handover gets them (a credential helper runs once)
+        self._creds = auth.credentials_for(self.ref.registry, self.environ)
+        headers = {"User-Agent": quick.user_agent(), "Accept": ", ".join(quick.MANIFEST_TYPES)}
+        if self._creds:
+            headers["Authorization"] = auth.basic_header(self._creds)
+        scheme = "http" if _nohttps(self.nohttps, self.environ) else "https"
+        answer, self._handover = quick.manifest(scheme, self.ref.api_host,
+                                                f"/v2/{repo}/manifests/{target}", headers,
+                                                quick.timeout_of(self.environ))
+        if answer is None:
+            return None
+        return quick.check_manifest(answer.body, answer.headers.get("content-type", ""),
+                                    answer.headers.get("docker-content-digest", ""), target, label)
 
 
 # --- resolve -----------------------------------------------------------------------------------
 
 def _manifest(lazy: _LazyClient, cache: Cache, ref: Reference, target: str,
-              label: str) -> Tuple[dict, str, str]:
+              label: str) -> tuple[dict, str, str]:
     """(document, media type, digest) from the cache when pinned and present, else the
     registry (and then stored in the cache)."""
     raw = cache.read_blob(target) if target.startswith("sha256:") else None
     if raw is not None:
         doc = json.loads(raw)
         return doc, doc.get("mediaType", ""), target
-    raw, media, digest = lazy.get().get_manifest(ref.repository, target, label=label)
+    raw, media, digest = lazy.get_manifest(ref.repository, target, label)
     doc = json.loads(raw)
     if not isinstance(doc, dict):
         raise RegistryError(f"{label}: manifest is not a JSON object")
@@ -200,7 +253,7 @@ def select_platform(index: dict, want: Platform, label: str) -> dict:
 
 
 def resolve(ref: Reference, lazy: _LazyClient, cache: Cache, want: Platform,
-            arch_given: bool, offline: bool) -> Tuple[dict, str]:
+            arch_given: bool, offline: bool) -> tuple[dict, str]:
     """The image manifest (document, digest) for ``ref`` on platform ``want``."""
     label = ref.uri()
     target = ref.target
@@ -226,8 +279,8 @@ def resolve(ref: Reference, lazy: _LazyClient, cache: Cache, want: Platform,
 
 # --- fetch ---------------------------------------------------------------------------------
 
-def fetch_image(ref: Reference, *, arch: Optional[str] = None, nohttps: bool = False,
-                quiet: bool = True, cache: Optional[Cache] = None, offline: bool = False,
+def fetch_image(ref: Reference, *, arch: str | None = None, nohttps: bool = False,
+                quiet: bool = True, cache: Cache | None = None, offline: bool = False,
                 threads: int = 4, environ=os.environ) -> Fetched:
     """Resolve ``ref`` and make sure its config and layers are in the cache."""
     from . import download
@@ -264,8 +317,7 @@ def fetch_image(ref: Reference, *, arch: Optional[str] = None, nohttps: bool = F
         paths = cached if all(cached) else download.fetch_all(jobs, one, threads=threads)
     finally:
         progress.finish()
-        if lazy._client is not None:
-            lazy._client.close()
+        lazy.close()
     with open(paths[0], "rb") as f:
         config = f.read()
     if arch:
@@ -280,7 +332,7 @@ def fetch_image(ref: Reference, *, arch: Optional[str] = None, nohttps: bool = F
 
 # --- convert -----------------------------------------------------------------------------------
 
-def sif_key(fetched: Fetched, mksquashfs_args: List[str]) -> str:
+def sif_key(fetched: Fetched, mksquashfs_args: list[str]) -> str:
     from ... import __version__
     text = json.dumps([CONVERT_FORMAT, fetched.manifest_digest, fetched.pinned.name,
                        __version__, mksquashfs_args])
@@ -288,7 +340,7 @@ def sif_key(fetched: Fetched, mksquashfs_args: List[str]) -> str:
 
 
 def convert(fetched: Fetched, cache: Cache, *, quiet: bool = True,
-            tmpdir: Optional[str] = None, environ=os.environ) -> str:
+            tmpdir: str | None = None, environ=os.environ) -> str:
     """The cached SIF of ``fetched`` (converting it once, under the SIF's lock)."""
     import sys
     from ..squashfs import site_compression_args
@@ -323,10 +375,10 @@ def convert(fetched: Fetched, cache: Cache, *, quiet: bool = True,
         return out
 
 
-def pull_to_cache(ref, *, arch: Optional[str] = None, nohttps: bool = False,
-                  quiet: bool = True, cache_dir: Optional[str] = None,
-                  tmpdir: Optional[str] = None, job: Optional[bool] = None,
-                  offline: Optional[bool] = None, environ=os.environ) -> str:
+def pull_to_cache(ref, *, arch: str | None = None, nohttps: bool = False,
+                  quiet: bool = True, cache_dir: str | None = None,
+                  tmpdir: str | None = None, job: bool | None = None,
+                  offline: bool | None = None, environ=os.environ) -> str:
     """Path of the cached SIF for ``ref`` (``docker://...``, ``oras://...`` or a Reference).
 
     Downloads and converts only what no cache (the site's, then the user's) has.  ``job``
@@ -349,11 +401,11 @@ def pull_to_cache(ref, *, arch: Optional[str] = None, nohttps: bool = False,
     return path
 
 
-def guess_key(ref: Reference, arch: Optional[str]) -> str:
+def guess_key(ref: Reference, arch: str | None) -> str:
     return f"{ref} {arch or ''}"
 
 
-def cached_guess(uri: str, arch: Optional[str] = None, environ=os.environ) -> Optional[str]:
+def cached_guess(uri: str, arch: str | None = None, environ=os.environ) -> str | None:
     """The cached SIF ``uri`` gave last time (no network; None if unknown or gone): what a
     warm pull most likely gets again."""
     try:

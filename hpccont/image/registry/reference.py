@@ -5,8 +5,9 @@ a ``.`` or a ``:`` or is ``localhost``; otherwise the image is on Docker Hub (``
 where a one-component name lives under ``library/``.  The tag defaults to ``latest`` unless a
 digest is given.  Docker Hub's API is served by ``registry-1.docker.io``.
 """
+from __future__ import annotations
+
 import re
-from typing import Optional
 
 from ...record import record
 from . import SCHEMES               # one list, in the package (the exec path checks it)
@@ -28,8 +29,8 @@ _HOST = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 class Reference:
     registry: str                # host[:port] as written (docker.io for Docker Hub)
     repository: str              # path inside the registry: library/alpine
-    tag: Optional[str] = None
-    digest: Optional[str] = None
+    tag: str | None = None
+    digest: str | None = None
     scheme: str = "docker"
 
     def __hash__(self) -> int:    # a value, usable as a key
@@ -79,7 +80,7 @@ def strip_scheme(text: str) -> tuple:
     return "docker", text
 
 
-def parse(text: str, *, scheme: Optional[str] = None, registry: str = "",
+def parse(text: str, *, scheme: str | None = None, registry: str = "",
           namespace: str = "") -> Reference:
     """Parse ``docker://...``, ``oras://...`` or a bare reference.
 

@@ -7,7 +7,9 @@
 REGISTRY is a host[:port] (``docker://HOST`` and ``oras://HOST`` are accepted too; Docker Hub
 is docker.io).  login checks the credentials against the registry before storing them in
 ~/.hpccont/docker-config.json ($HPCCONT_AUTH_FILE), mode 0600, in Docker's config.json
-format; pulls and pushes also read ~/.docker/config.json and HPCCONT_DOCKER_USERNAME/PASSWORD.
+format, or, as docker login does, through the credential helper that file or Docker's
+config.json names for the registry (credHelpers, credsStore); logout erases them there too.
+Pulls and pushes also read ~/.docker/config.json and HPCCONT_DOCKER_USERNAME/PASSWORD.
 """
 import argparse
 import os
@@ -84,6 +86,6 @@ def main(name: str, argv: List[str]) -> int:
         client.ping()
     finally:
         client.close()
-    path = auth.store_login(host, (user, password))
-    print(f"credentials for {host} stored in {path}")
+    where = auth.store_login(host, (user, password))
+    print(f"credentials for {host} stored {where}")
     return 0

@@ -436,3 +436,87 @@ def cache_is_clean(cache) -> None:
         assert hashlib.sha256(p.read_bytes()).hexdigest() == p.name, p
     for p in (cache / "sif").iterdir() if (cache / "sif").is_dir() else ():
         assert not p.name.startswith("."), p
+
+
+# --- a Docker credential helper ----------------------------------------------------------------
+
+CRED_HELPER = r'''#!/usr/bin/python3
+"""docker-credential-NAME as the docker-credential-helpers protocol has it: get/store/erase/
+list on stdin/stdout, kept in $HPCTEST_CRED_STORE (JSON: server URL -> [user, secret]).
+$HPCTEST_CRED_MODE: fail, hang (with a child holding the pipes), garbage, token."""
+import json, os, subprocess, sys
+NOT_FOUND = "credentials not found in native keychain"
+action, data = sys.argv[1], sys.stdin.read()
+store = os.environ["HPCTEST_CRED_STORE"]
+with open(os.environ["HPCTEST_CRED_LOG"], "a") as log:
+    log.write(f"{action} {json.loads(data)['ServerURL'] if action == 'store' else data}\n")
+mode = os.environ.get("HPCTEST_CRED_MODE", "")
+if mode == "fail":
+    sys.exit("the keyring is locked")
+if mode == "hang":
+    subprocess.run(["sleep", "600"])
+if mode == "garbage":
+    print("<html>not json</html>")
+    sys.exit(0)
+try:
+    with open(store) as f:
+        creds = json.load(f)
+except FileNotFoundError:
+    creds = {}
+def save():
+    with open(store, "w") as f:
+        json.dump(creds, f)
+if action == "get":
+    if data not in creds:
+        print(NOT_FOUND)
+        sys.exit(1)
+    user = "<token>" if mode == "token" else creds[data][0]
+    print(json.dumps({"ServerURL": data, "Username": user, "Secret": creds[data][1]}))
+elif action == "store":
+    doc = json.loads(data)
+    creds[doc["ServerURL"]] = [doc["Username"], doc["Secret"]]
+    save()
+elif action == "erase":
+    if data not in creds:
+        print(NOT_FOUND)
+        sys.exit(1)
+    del creds[data]
+    save()
+elif action == "list":
+    print(json.dumps({k: v[0] for k, v in creds.items()}))
+else:
+    sys.exit(f"unknown action {action}")
+'''
+
+
+class CredHelper:
+    """``docker-credential-NAME`` in ``d``/bin, its store and its log, usable by any user."""
+
+    def __init__(self, d: Path, name: str = "hpctest"):
+        self.name = name
+        self.bin = d / "bin"
+        self.bin.mkdir(parents=True, exist_ok=True)
+        self.store, self.log = d / "cred-store.json", d / "cred-log"
+        prog = self.bin / f"docker-credential-{name}"
+        prog.write_text(CRED_HELPER)
+        prog.chmod(0o755)
+        for p in (self.store, self.log):
+            p.write_text("{}" if p == self.store else "")
+            p.chmod(0o666)
+        for p in (d, self.bin):
+            p.chmod(0o777)
+
+    def env(self, base: dict, **kw) -> dict:
+        e = {k: v for k, v in base.items() if not k.startswith("HPCCONT_DOCKER_")}
+        e.update({"PATH": f"{self.bin}:{base.get('PATH', '/usr/bin:/bin')}",
+                  "HPCTEST_CRED_STORE": str(self.store), "HPCTEST_CRED_LOG": str(self.log)})
+        e.update(kw)
+        return e
+
+    def put(self, server: str, user: str, secret: str) -> None:
+        creds = json.loads(self.store.read_text())
+        creds[server] = [user, secret]
+        self.store.write_text(json.dumps(creds))
+
+    def calls(self) -> list:
+        return self.log.read_text().splitlines()

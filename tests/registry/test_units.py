@@ -89,6 +89,24 @@ def test_credential_sources_in_order(tmp_path):
     assert auth.credentials_for("reg.example:5000", env) == ("u2", "p2")
 
 
+def test_helper_chosen_as_docker_does():
+    doc = {"credHelpers": {"reg.example:5000": "pass", "plain.example": ""},
+           "credsStore": "secretservice", "auths": {"plain.example": {}}}
+    assert auth.helper_for(doc, "reg.example:5000") == "pass"
+    assert auth.helper_for(doc, "other.example") == "secretservice"
+    assert auth.helper_for(doc, "plain.example") is None       # "": the auths entry
+    assert auth.helper_for({"auths": {}}, "reg.example:5000") is None
+    assert auth.server_url("docker.io") == "https://index.docker.io/v1/"
+    assert auth.server_url("reg.example:5000") == "reg.example:5000"
+
+
+def test_helper_names_are_program_names(tmp_path):
+    with pytest.raises(RegistryError, match="not a program name"):
+        auth.run_helper("../../bin/sh", "get", "x", "config.json", {"PATH": str(tmp_path)})
+    with pytest.raises(RegistryError, match="docker-credential-nope .* not found on PATH"):
+        auth.run_helper("nope", "get", "x", "config.json", {"PATH": str(tmp_path)})
+
+
 @pytest.mark.parametrize("raw, body, reusable", [
     (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: a/b\r\n\r\nhello", b"hello", True),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"

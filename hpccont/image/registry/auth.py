@@ -8,7 +8,16 @@ Where a username/password for a registry host comes from, first match wins:
    (Docker's config.json format, mode 0600);
 3. Docker's ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json`` (``auths``: base64
    ``user:password`` in ``auth``, or ``username``/``password``; Docker Hub's key is
-   ``https://index.docker.io/v1/``).  Credential helpers (``credsStore``) are not run.
+   ``https://index.docker.io/v1/``).
+
+In each of the two files, as in Docker: ``credHelpers[registry]``, else ``credsStore``, else
+``auths``.  A credential helper is the program ``docker-credential-NAME`` on PATH, run as the
+docker-credential-helpers protocol says: ``get`` with the server URL on stdin answers
+``{"ServerURL", "Username", "Secret"}`` on stdout; ``credentials not found in native
+keychain`` means none (then the next file is looked in, and at last the pull is anonymous);
+``store`` (that JSON on stdin) and ``erase`` (the URL) serve ``hpccont registry login`` and
+``logout``.  A helper that fails, hangs (HPCCONT_CREDENTIAL_HELPER_TIMEOUT, 30 s) or answers
+something else is an error of one line.
 
 The challenge (RFC 7235) selects the flow: ``Basic realm=...`` sends the credentials to the
 registry; ``Bearer realm=URL,service=S,scope=...`` asks the token endpoint at URL (with the
@@ -27,6 +36,9 @@ from .errors import RegistryError
 ENV_PAIRS = (("HPCCONT_DOCKER_USERNAME", "HPCCONT_DOCKER_PASSWORD"),
              ("APPTAINER_DOCKER_USERNAME", "APPTAINER_DOCKER_PASSWORD"),
              ("SINGULARITY_DOCKER_USERNAME", "SINGULARITY_DOCKER_PASSWORD"))
+HUB_SERVER = "https://index.docker.io/v1/"     # Docker Hub's name in config.json and helpers
+HELPER_PREFIX = "docker-credential-"
+NOT_FOUND = "credentials not found in native keychain"   # the protocol's "no credentials"
 HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io",
             "registry-1.docker.io", "https://registry-1.docker.io")
 
@@ -73,7 +85,15 @@ def credentials_for(host: str, environ=os.environ) -> tuple[str, str] | None:
         if environ.get(user_var) is not None and environ.get(pass_var) is not None:
             return environ[user_var], environ[pass_var]
     for path in (hpccont_auth_file(environ), docker_config_file(environ)):
-        auths = read_auths(path)
+        doc = _load_doc(path)
+        helper = helper_for(doc, host)
+        if helper:
+            # Docker reads no auths entry of a registry a helper serves
+            creds = helper_get(helper, host, path, environ)
+            if creds:
+                return creds
+            continue
+        auths = doc.get("auths") if isinstance(doc.get("auths"), dict) else {}
         for key in _keys_for(host):
             if key in auths:
                 creds = _decode(auths[key], path)
@@ -107,20 +127,162 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+# --- credential helpers (docker-credential-helpers' protocol) ------------------------------
+
+def server_url(host: str) -> str:
+    """The name Docker gives a registry in config.json and to helpers."""
+    return HUB_SERVER if host in ("docker.io", "registry-1.docker.io", "index.docker.io") \
+        else host
+
+
+def helper_for(doc: dict, host: str) -> str | None:
+    """The helper serving ``host`` in a config.json document: ``credHelpers[host]`` (an empty
+    name there means the ``auths`` entries), else ``credsStore``."""
+    helpers = doc.get("credHelpers")
+    if isinstance(helpers, dict):
+        for key in _keys_for(host):
+            if key in helpers:
+                name = helpers[key]
+                return name if isinstance(name, str) and name else None
+    store = doc.get("credsStore")
+    return store if isinstance(store, str) and store else None
+
+
+def helper_get(name: str, host: str, source: str, environ=os.environ) -> tuple[str, str] | None:
+    """(username, secret) the helper has for ``host``, or None when it has none."""
+    prog = HELPER_PREFIX + name
+    out = run_helper(name, "get", server_url(host), source, environ)
+    if out is None:
+        return None
+    try:
+        doc = json.loads(out)
+        user, secret = doc.get("Username", ""), doc.get("Secret", "")
+        if not isinstance(user, str) or not isinstance(secret, str):
+            raise ValueError
+    except (ValueError, AttributeError, RecursionError):
+        raise RegistryError(f"credential helper {prog} get: its answer is not the protocol's "
+                            "JSON (ServerURL, Username, Secret)") from None
+    if user == "<token>":
+        raise RegistryError(f"credential helper {prog} gives an identity token for {host}; "
+                            "only a username and password are supported")
+    return (user, secret) if secret else None
+
+
+def helper_store(name: str, host: str, creds: tuple[str, str], source: str,
+                 environ=os.environ) -> None:
+    payload = json.dumps({"ServerURL": server_url(host), "Username": creds[0],
+                          "Secret": creds[1]})
+    run_helper(name, "store", payload, source, environ, missing_ok=False)
+
+
+def helper_erase(name: str, host: str, source: str, environ=os.environ) -> bool:
+    """False when the helper had nothing for ``host``."""
+    return run_helper(name, "erase", server_url(host), source, environ) is not None
+
+
+def helper_timeout(environ=os.environ) -> float:
+    try:
+        value = float(environ.get("HPCCONT_CREDENTIAL_HELPER_TIMEOUT", "") or 30)
+    except ValueError:
+        return 30.0
+    return value if value > 0 else 30.0
+
+
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def run_helper(name: str, action: str, stdin: str, source: str, environ=os.environ,
+               missing_ok: bool = True) -> str | None:
+    """The helper's stdout for ``action``; None for "credentials not found" (if
+    ``missing_ok``).  The helper runs as the caller, with the caller's environment, in a
+    session of its own: a hung one is killed with whatever it started."""
+    prog = HELPER_PREFIX + name
+    if not _HELPER_NAME.fullmatch(name):
+        raise RegistryError(f"{source}: credential helper name {name!r} is not a program name")
+    path = _which(prog, environ.get("PATH", os.defpath))
+    if path is None:
+        raise RegistryError(f"credential helper {prog} (named in {source}) not found on PATH")
+    import subprocess
+    timeout = helper_timeout(environ)
+    try:
+        p = subprocess.Popen([path, action], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=dict(environ), start_new_session=True)
+    except OSError as e:
+        raise RegistryError(f"credential helper {prog}: cannot run: {e.strerror}") from None
+    try:
+        out, err = p.communicate(stdin.encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_session(p)
+        raise RegistryError(f"credential helper {prog} {action}: no answer within "
+                            f"{timeout:g} s (HPCCONT_CREDENTIAL_HELPER_TIMEOUT)") from None
+    except BaseException:
+        _kill_session(p)
+        raise
+    text = out.decode(errors="replace").strip()
+    if p.returncode == 0:
+        return text
+    said = text or err.decode(errors="replace").strip()
+    if missing_ok and said == NOT_FOUND:
+        return None
+    first = said.splitlines()[0][:200] if said else f"exit status {p.returncode}"
+    raise RegistryError(f"credential helper {prog} {action} failed: {first}")
+
+
+def _kill_session(p) -> None:
+    import signal
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    for f in (p.stdin, p.stdout, p.stderr):
+        try:
+            f.close()
+        except OSError:
+            pass
+    p.wait()
+
+
+def _which(prog: str, search: str) -> str | None:
+    for d in search.split(os.pathsep):
+        path = os.path.join(d or ".", prog)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def login_helper(host: str, environ=os.environ) -> tuple[str | None, str]:
+    """(helper, the file naming it) that ``registry login`` stores through, as ``docker
+    login`` does: the one hpccont's auth file names for ``host``, else Docker's; (None, "")."""
+    for path in (hpccont_auth_file(environ), docker_config_file(environ)):
+        name = helper_for(_load_doc(path), host)
+        if name:
+            return name, path
+    return None, ""
+
+
 # --- the auth file 'hpccont registry login' writes -----------------------------------------
 
 def store_login(host: str, creds: tuple[str, str], environ=os.environ) -> str:
+    """Store ``creds`` for ``host``; returns where ("in FILE", "by HELPER")."""
     path = hpccont_auth_file(environ)
+    helper, source = login_helper(host, environ)
+    if helper:
+        helper_store(helper, host, creds, source, environ)
     doc = _load_doc(path)
-    doc.setdefault("auths", {})
-    key = "https://index.docker.io/v1/" if host == "docker.io" else host
-    doc["auths"][key] = {"auth": base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()}
+    auths = doc.setdefault("auths", {})
+    for k in _keys_for(host):
+        auths.pop(k, None)
+    # with a helper, an empty entry (as Docker writes) lets 'registry list' show the login
+    auths[server_url(host)] = {} if helper else \
+        {"auth": base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()}
     _write_doc(path, doc)
-    return path
+    return f"by {HELPER_PREFIX}{helper}" if helper else f"in {path}"
 
 
 def remove_login(host: str, environ=os.environ) -> bool:
     path = hpccont_auth_file(environ)
+    helper, source = login_helper(host, environ)
+    erased = helper_erase(helper, host, source, environ) if helper else False
     doc = _load_doc(path)
     auths = doc.get("auths") or {}
     found = [k for k in _keys_for(host) if k in auths]
@@ -128,7 +290,7 @@ def remove_login(host: str, environ=os.environ) -> bool:
         del auths[k]
     if found:
         _write_doc(path, doc)
-    return bool(found)
+    return bool(found) or erased
 
 
 def list_logins(environ=os.environ) -> list[tuple[str, str]]:
@@ -136,10 +298,22 @@ def list_logins(environ=os.environ) -> list[tuple[str, str]]:
     path = hpccont_auth_file(environ)
     out = []
     for key, entry in sorted(read_auths(path).items()):
-        creds = _decode(entry, path)
         host = "docker.io" if key in HUB_KEYS else key
+        creds = _decode(entry, path)
+        if creds is None:
+            creds = _helper_creds(host, environ)
         out.append((host, creds[0] if creds else "?"))
     return out
+
+
+def _helper_creds(host: str, environ) -> tuple[str, str] | None:
+    helper, source = login_helper(host, environ)
+    if not helper:
+        return None
+    try:
+        return helper_get(helper, host, source, environ)
+    except RegistryError:
+        return None
 
 
 def _load_doc(path: str) -> dict:

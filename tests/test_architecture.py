@@ -115,6 +115,24 @@ def test_launch_paths_stay_light(busybox_squashfs, args, allowed, tmp_path):
     assert not loaded, f"{' '.join(args)} imports {sorted(loaded)}"
 
 
+def test_launch_with_a_site_config_stays_light(busybox_squashfs, tmp_path):
+    """Real nodes have /etc/hpccont/hpccont.yaml: the first launch parses it (PyYAML) into the
+    user's cache, every later one reads the cached copy without yaml or json."""
+    site = tmp_path / "hpccont.yaml"
+    site.write_text("runtime:\n  prefetch: true\nmounts:\n  binds: []\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HPCCONT_CONFIG": str(site)}
+    import sysconfig     # PyYAML, as the installed launchers find it
+    probe = PROBE.replace("sys.path.insert(0, {lib!r})",
+                          f"sys.path[0:0] = [{{lib!r}}, {sysconfig.get_paths()['purelib']!r}]")
+    argv = [sys.executable, "-IS", "-c", probe.format(lib=str(helpers.REPO), heavy=HEAVY),
+            "exec", str(busybox_squashfs), "/bin/true"]
+    runs = [subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path,
+                           timeout=60) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr
+    assert "yaml" in runs[0].stdout.split(), "the first launch should parse the site config"
+    assert runs[1].stdout.split() == [], f"a cached config still imports {runs[1].stdout}"
+
+
 def test_c_option_table_is_the_python_one():
     """spank_plugin/options.c registers exactly common.OPTION_TABLE's options (the image option
     under the plugin's own name), each taking a value exactly when the Python side expects one."""

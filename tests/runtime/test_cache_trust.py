@@ -72,3 +72,28 @@ def test_config_rewritten_with_mtime_restored_is_read_again(cachedir, tmp_path, 
     assert config.load()["mounts"]["user_binds"] is True
     entry = json.loads(open(cache._path("config", str(site))).read())
     assert entry["key"] == str(site)
+
+
+@pytest.mark.parametrize("value", [
+    {"runtime": {"prefetch": True, "overlay": "kernel"}, "mounts": {"binds": ["/a:/b:ro"]}},
+    [1, -2.5, 3e10, None, False, "é\n\t\"\\", [], {}],
+    float("inf"), "", 0,
+])
+def test_entries_read_back_as_json_reads_them(cachedir, value):
+    """cache.loads (the C scanner without the json package) agrees with json.loads."""
+    text = json.dumps(value)
+    assert cache.loads(text) == json.loads(text)
+    assert cache.loads(f" \n{text}\n") == json.loads(text)
+    cache.write("k", "v", [1], value)
+    assert cache.read("k", "v", [1]) == value
+
+
+@pytest.mark.parametrize("text", ["", " ", "{", '{"a": 1} x', "nul", "[1,]", '{"a" 1}', '"\x01"',
+                                  '{"a": 1}{"b": 2}'])
+def test_damaged_entries_are_misses(cachedir, text):
+    with pytest.raises(ValueError):
+        cache.loads(text)
+    cache.write("k", "d", [1], 1)
+    with open(cache._path("k", "d"), "w") as f:
+        f.write(text)
+    assert cache.read("k", "d", [1]) is None

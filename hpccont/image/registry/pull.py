@@ -195,7 +195,8 @@ class _LazyClient:
         scheme = "http" if _nohttps(self.nohttps, self.environ) else "https"
         answer, self._handover = quick.manifest(scheme, self.ref.api_host,
                                                 f"/v2/{repo}/manifests/{target}", headers,
-                                                quick.timeout_of(self.environ))
+                                                min(quick.timeout_of(self.environ),
+                                                    quick.FIRST_TRY_S))
         if answer is None:
             return None
         return quick.check_manifest(answer.body, answer.headers.get("content-type", ""),

@@ -45,6 +45,12 @@ def user_agent() -> str:
     return f"hpccont/{__version__}"
 
 
+# The quick request's own limit: a registry that accepts the connection and then says nothing
+# costs this much before the full client (with the full timeout and its retries) takes over,
+# not a second full timeout.
+FIRST_TRY_S = 10.0
+
+
 def timeout_of(environ) -> float:
     """The socket timeout: HPCCONT_REGISTRY_TIMEOUT seconds (default 60)."""
     try:

@@ -32,6 +32,9 @@ import ocifixtures  # noqa: E402
 
 USER, PASSWORD = "alice", "s3cret-pw"
 SERVICE, ISSUER = "hpccont-test-registry", "hpccont-test-issuer"
+# A registry name that only the proxy of test_proxy.py resolves (to 127.0.0.1), as a site's
+# proxy resolves names its compute nodes cannot; the server certificate names it too.
+PROXIED_NAME = "registry.hpccont.test"
 
 
 def free_port() -> int:
@@ -73,7 +76,8 @@ class Certs:
         _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
               str(self.ca_key), "-out", str(self.ca), "-days", "3", "-subj", "/CN=hpccont test CA"])
         ext = d / "ext.cnf"
-        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+        ext.write_text(f"subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:{PROXIED_NAME}\n"
+                       "basicConstraints=CA:FALSE\n")
         for cert, key, cn in ((self.cert, self.key, "127.0.0.1"),
                               (self.token_cert, self.token_key, "token signer")):
             csr = d / f"{cn.replace(' ', '_')}.csr"
@@ -333,6 +337,8 @@ class Layout:
 def skopeo_push(layout: Layout, tag: str, registry: Registry, repo: str,
                 all_platforms: bool = False, creds: bool = True, fmt: str = "") -> None:
     argv = ["skopeo", "copy", "--quiet", "--dest-cert-dir", str(registry.certs.cert_dir)]
+    if not registry.tls:
+        argv.append("--dest-tls-verify=false")
     if fmt:
         argv += ["--format", fmt]
     if creds:

@@ -8,6 +8,9 @@
 - Connections are kept alive, one per thread and host.  Transient failures (5xx, 429, resets,
   timeouts, a registry that went away after answering once) are retried with exponential
   backoff; a registry that never answered is reported at once.
+- Proxies from the environment (proxy.py, Go's rules): https through a CONNECT tunnel, plain
+  HTTP as absolute-URI requests to the proxy; decided per host, so a redirect to a CDN
+  follows NO_PROXY for the CDN's name.
 - Every error is a RegistryError with one line naming the registry and what went wrong.
 """
 import http.client
@@ -22,7 +25,7 @@ import urllib.parse
 from typing import Dict, Optional
 
 from ...record import record
-from . import auth
+from . import auth, proxy
 from .errors import RegistryError
 from .quick import MANIFEST_TYPES, check_manifest, ssl_context, timeout_of, user_agent
 
@@ -53,6 +56,13 @@ def backoff(attempt: int) -> float:
 
 
 def describe_os_error(e: BaseException) -> str:
+    via = getattr(e, "hpccont_proxy", None)
+    if via is not None:               # the proxy, not the registry, could not be reached
+        return f"proxy {via.label()}: {_describe(e)}"
+    return _describe(e)
+
+
+def _describe(e: BaseException) -> str:
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed: {e.verify_message}"
     if isinstance(e, ssl.SSLError):
@@ -90,6 +100,7 @@ class Client:
         self.scheme = "http" if nohttps else "https"
         self.creds = auth.credentials_for(registry, environ) if creds == "auto" else creds
         self.timeout = timeout or timeout_of(environ)
+        self.environ = environ
         self.retries = retries(environ)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -112,11 +123,15 @@ class Client:
         conns = self._conns()
         conn = conns.get(key)
         if conn is None:
+            via = proxy.for_url(scheme, netloc, self.environ)
             if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout,
-                                                   context=ssl_context())
+                cls = _TunnelHTTPS if via else http.client.HTTPSConnection
+                conn = cls(netloc, timeout=self.timeout, context=ssl_context())
+            elif via:
+                conn = _ForwardHTTP(via.host, via.port, timeout=self.timeout)
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
+            conn._hpccont_proxy = via
             conn._hpccont_used = False
             conns[key] = conn
         return conn
@@ -158,9 +173,14 @@ class Client:
             try:
                 if hasattr(body, "seek"):
                     body.seek(0)
+                if isinstance(conn, _ForwardHTTP):
+                    target, headers = _forwarded(url, headers, conn._hpccont_proxy)
                 conn.request(method, target, body=body, headers=headers)
                 resp = conn.getresponse()
                 conn._hpccont_used = True
+                if resp.status == 407 and isinstance(conn, _ForwardHTTP):
+                    self.drop(url)
+                    raise proxy.refused(conn._hpccont_proxy, 407, resp.reason, netloc)
                 return resp
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
                     http.client.CannotSendRequest, http.client.ResponseNotReady):
@@ -243,6 +263,10 @@ class Client:
 
     def network_error(self, e: BaseException, url: str) -> RegistryError:
         netloc = _split(url)[1]
+        via = getattr(e, "hpccont_proxy", None)
+        if via is not None:
+            return proxy.ProxyError(f"cannot reach proxy {via.label()} for registry {netloc}: "
+                                    f"{_describe(e)}")
         hint = ""
         if isinstance(e, ssl.SSLCertVerificationError):
             hint = " (a private CA: set SSL_CERT_FILE=CA.pem; a plain-HTTP registry: --nohttps)"
@@ -417,6 +441,34 @@ def status_error(r: Reply, label: str, what: str) -> RegistryError:
     text = f" {detail}" if detail else ""
     return RegistryError(f"{label}: {what}: HTTP {r.status}{(' ' + ','.join(codes)) if codes else ''}"
                          f"{(':' + text) if text else ''}")
+
+
+class _TunnelHTTPS(http.client.HTTPSConnection):
+    """HTTPS to the registry inside a CONNECT tunnel through the proxy; TLS is verified
+    against the registry's name, as on a direct connection."""
+
+    def connect(self):
+        sock = proxy.tunnel(self._hpccont_proxy, self.host, self.port, self.timeout)
+        try:
+            self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+class _ForwardHTTP(http.client.HTTPConnection):
+    """A connection to the proxy itself, for plain-HTTP requests in absolute-URI form."""
+
+    def connect(self):
+        self.sock = proxy.connect(self._hpccont_proxy, self.timeout)
+
+
+def _forwarded(url: str, headers: dict, via) -> tuple:
+    """The request target and headers of a plain-HTTP request sent to a proxy: the whole URL
+    (http.client takes the Host header from it) and the proxy's credentials."""
+    if via.authorization():
+        headers = {**headers, "Proxy-Authorization": via.authorization()}
+    return url, headers
 
 
 def _split(url: str):

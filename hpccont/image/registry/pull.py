@@ -193,10 +193,12 @@ class _LazyClient:
         if self._creds:
             headers["Authorization"] = auth.basic_header(self._creds)
         scheme = "http" if _nohttps(self.nohttps, self.environ) else "https"
+        from .proxy import for_url
+        via = for_url(scheme, self.ref.api_host, self.environ)   # the full client's choice too
         answer, self._handover = quick.manifest(scheme, self.ref.api_host,
                                                 f"/v2/{repo}/manifests/{target}", headers,
                                                 min(quick.timeout_of(self.environ),
-                                                    quick.FIRST_TRY_S))
+                                                    quick.FIRST_TRY_S), via)
         if answer is None:
             return None
         return quick.check_manifest(answer.body, answer.headers.get("content-type", ""),

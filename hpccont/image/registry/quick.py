@@ -7,7 +7,8 @@ a plain socket (TLS verified with the same context as client.py) and handles onl
 case, a 200 answer with a body.  Anything else (a 401 challenge, a redirect, a 5xx, a refused
 or broken connection, an answer it cannot read) goes to the full client (client.py), which
 has the auth flows, the retries and the error messages; the open connection and the 401's
-challenge go with it, so the registry is not asked twice.
+challenge go with it, so the registry is not asked twice.  Through a proxy (proxy.py) the
+request goes the way the full client sends it: a CONNECT tunnel, or an absolute URI.
 """
 from __future__ import annotations
 
@@ -91,12 +92,20 @@ def split_netloc(netloc: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
-def connect(scheme: str, netloc: str, timeout: float):
+def connect(scheme: str, netloc: str, timeout: float, via=None):
+    """A connection for requests to ``scheme://netloc``: direct, or through the proxy ``via``
+    (proxy.py): a CONNECT tunnel for https, the proxy itself for plain HTTP."""
     host, port = split_netloc(netloc, 443 if scheme == "https" else 80)
-    sock = socket.create_connection((host, port), timeout=timeout)
-    # As http.client does: without it, Nagle holds the request behind the handshake's last
-    # segment until the server's delayed ACK, 40 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if via is not None:
+        from . import proxy
+        if scheme != "https":
+            return proxy.connect(via, timeout)
+        sock = proxy.tunnel(via, host, port, timeout)
+    else:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        # As http.client does: without it, Nagle holds the request behind the handshake's
+        # last segment until the server's delayed ACK, 40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if scheme != "https":
         return sock
     try:
@@ -186,10 +195,17 @@ def _read_chunked(f, limit: int) -> bytes:
 
 
 def manifest(scheme: str, netloc: str, target: str, headers: dict,
-             timeout: float) -> tuple[Answer | None, Handover]:
-    """GET a manifest: (the 200 answer, or None for the full client to ask; the handover)."""
+             timeout: float, via=None) -> tuple[Answer | None, Handover]:
+    """GET a manifest: (the 200 answer, or None for the full client to ask; the handover).
+    ``via``: the proxy (proxy.py) for this registry, or None; a proxy's definite refusal
+    is raised (ProxyError), as the full client would only get it again."""
+    if via is not None and scheme != "https":
+        # through an HTTP proxy, plain-HTTP requests name the whole URL (absolute-URI form)
+        target = f"http://{netloc}{target}"
+        if via.authorization():
+            headers = {**headers, "Proxy-Authorization": via.authorization()}
     try:
-        sock = connect(scheme, netloc, timeout)
+        sock = connect(scheme, netloc, timeout, via)
     except (OSError, ValueError):
         return None, Handover()            # the full client retries and says what is wrong
     try:
@@ -202,6 +218,11 @@ def manifest(scheme: str, netloc: str, target: str, headers: dict,
         sock.close()
     if answer.status == 200:
         return answer, Handover(keep)
+    if answer.status == 407 and via is not None:
+        if keep is not None:
+            keep.close()
+        from .proxy import refused
+        raise refused(via, 407, "Proxy Authentication Required", netloc)
     challenge = answer.headers.get("www-authenticate", "") if answer.status == 401 else ""
     return None, Handover(keep, challenge)
 

@@ -46,9 +46,7 @@ def shared_tmp(world_tmp, request):
 @pytest.fixture(scope="session")
 def install(world_tmp):
     """{'hpccont': path, 'container-exec': path, 'run-singularity': path, 'bin': dir, 'lib': dir}."""
-    lib = world_tmp / "lib"
-    shutil.copytree(helpers.REPO / "hpccont", lib / "hpccont",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    lib = helpers.copy_package(world_tmp / "lib")      # byte-compiled, as installs are
     subprocess.run(["chmod", "-R", "a+rX", str(lib)], check=True)
     paths = helpers.write_launchers(world_tmp / "bin", lib)
     paths["bin"] = str(world_tmp / "bin")

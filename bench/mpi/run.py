@@ -103,9 +103,7 @@ def nodes2(image: Path, rounds: int, reps: int) -> int:
     cluster = MultiNodeCluster(nodes=2, cli_filter=str(REPO / "spank_plugin" / "cli_filter.lua"))
     results = {label: {"lat8": [], "bw1m": []} for label, _ in NODES2_VARIANTS}
     try:
-        lib = work / "lib"
-        shutil.copytree(REPO / "hpccont", lib / "hpccont",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        lib = helpers.copy_package(work / "lib")
         bins = helpers.write_launchers(work / "bin", lib)
         (work / "spank").mkdir()
         subprocess.run(["make", "-s", "-C", str(REPO / "spank_plugin"), f"O={work / 'spank'}"],

@@ -200,6 +200,11 @@ def parse_file(path: str) -> dict[str, dict[str, object]]:
         raise ConfigError(f"site config {path}: not UTF-8 text (byte {e.start})") from None
     except ValueError as e:        # a scalar the YAML resolver takes for a date that is none
         raise ConfigError(f"site config {path}: not valid YAML ({e})") from None
+    except (LookupError, TypeError, ArithmeticError):
+        # PyYAML's constructors index and convert scalars without checking them: an explicit
+        # tag on an empty value (`!!int ''`) raises IndexError
+        raise ConfigError(f"site config {path}: not valid YAML (a tagged value it cannot "
+                          f"read)") from None
     except RecursionError:
         raise ConfigError(f"site config {path}: not valid YAML (nested too deep)") from None
     return validate(raw, path)

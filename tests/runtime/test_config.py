@@ -65,6 +65,17 @@ def test_missing_and_broken_files(tmp_path, monkeypatch):
     assert config.load() == config.defaults()
 
 
+@pytest.mark.parametrize("text", ['runtime:\n  rootless: !!int ""\n', "a: !!float ''\n",
+                                  "a: !!int 0x\n", "a: !!timestamp 2026-13-45\n"])
+def test_tagged_values_pyyaml_cannot_read(tmp_path, text):
+    """PyYAML raises IndexError/ValueError from its constructors on such scalars (found by
+    tests/fuzz/test_fuzz_config.py): one line, never a traceback."""
+    bad = tmp_path / "tagged.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.parse_file(str(bad))
+
+
 def test_cli_show_and_errors(hpccont, tmp_path):
     r = hpccont("config", "show", "--json", env={"HPCCONT_CONFIG": ""})
     assert r.returncode == 0 and json.loads(r.stdout) == config.defaults()

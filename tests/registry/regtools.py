@@ -9,7 +9,6 @@ import base64
 import gzip
 import hashlib
 import http.server
-import io
 import json
 import os
 import re
@@ -19,12 +18,11 @@ import socket
 import ssl
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "build"))
@@ -388,27 +386,8 @@ class SlowProxy:
             except OSError:
                 c.close()
                 continue
-            threading.Thread(target=self._pipe, args=(c, u, 0), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(u, c, self.rate), daemon=True).start()
-
-    def _pipe(self, src, dst, rate):
-        try:
-            while True:
-                data = src.recv(16384)
-                if not data:
-                    break
-                dst.sendall(data)
-                if rate:
-                    time.sleep(len(data) / rate)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+            threading.Thread(target=relay, args=(c, u), daemon=True).start()
+            threading.Thread(target=relay, args=(u, c, self.rate), daemon=True).start()
 
     def close(self):
         self.closed = True
@@ -526,3 +505,26 @@ class CredHelper:
 
     def calls(self) -> list:
         return self.log.read_text().splitlines()
+
+
+def relay(src, dst, rate: int = 0, close: bool = True) -> None:
+    """Copy ``src`` to ``dst`` until EOF (at most ``rate`` bytes/s when set), then shut both
+    down (and close them, unless the caller still owns them)."""
+    try:
+        while True:
+            data = src.recv(16384)
+            if not data:
+                break
+            dst.sendall(data)
+            if rate:
+                time.sleep(len(data) / rate)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            if close:
+                s.close()

@@ -97,9 +97,9 @@ class TestProxy:
             self.connects.append(target)
         u = self._upstream(target)
         c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        t = threading.Thread(target=_pipe, args=(u, c), daemon=True)
+        t = threading.Thread(target=rt.relay, args=(u, c), kwargs={"close": False}, daemon=True)
         t.start()
-        _pipe(c, u)
+        rt.relay(c, u, close=False)
         t.join(30)
 
     def _forward(self, c, method, target, headers):
@@ -113,7 +113,7 @@ class TestProxy:
                    if k not in ("proxy-authorization", "connection", "proxy-connection")}
         lines = [f"{method} /{path} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
         u.sendall(("\r\n".join(lines + ["Connection: close"]) + "\r\n\r\n").encode("latin-1"))
-        _pipe(u, c)
+        rt.relay(u, c, close=False)
 
     def all_seen(self):
         return self.connects + self.forwarded + [r[1] for r in self.refused]
@@ -132,23 +132,6 @@ def _read_head(c):
         k, _, v = h.partition(":")
         headers[k.strip().lower()] = v.strip()
     return head[0], headers
-
-
-def _pipe(src, dst):
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @pytest.fixture

@@ -651,3 +651,39 @@ def test_a_crashing_check_is_a_fail_not_a_crash(monkeypatch):
     results = doctor.run_checks(Context(), ["nvml"])
     assert results[0].status == FAIL and "boom" in results[0].found
     assert doctor.exit_status(results) == 1
+
+
+# -- byte code ----------------------------------------------------------------------------------
+
+def test_bytecode_of_a_copied_tree(tmp_path):
+    """A package copied without byte code WARNs with the compile command; compiled, it is OK; a
+    source changed after compiling, or a checked hash-based pyc of an edited source, WARNs."""
+    import py_compile
+    pkg = tmp_path / "hpccont"
+    shutil.copytree(helpers.REPO / "hpccont" / "runtime", pkg / "runtime",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "__init__.py").write_text("")
+    r = run(Context(package_dir=str(pkg)), "bytecode")
+    assert r.status == WARN and "every launch compiles them" in r.found, r.line()
+    assert "compileall" in r.fix and str(pkg) in r.fix
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(pkg)], check=True)
+    r = run(Context(package_dir=str(pkg)), "bytecode")
+    assert r.status == OK and "modules compiled for" in r.found, r.line()
+    edited = pkg / "runtime" / "plan.py"
+    edited.write_text(edited.read_text() + "\n# edited\n")
+    r = run(Context(package_dir=str(pkg)), "bytecode")
+    assert r.status == WARN and "runtime/plan.py" in r.found, r.line()
+    py_compile.compile(str(edited), invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    assert run(Context(package_dir=str(pkg)), "bytecode").status == OK
+    edited.write_text(edited.read_text() + "# again\n")
+    assert run(Context(package_dir=str(pkg)), "bytecode").status == WARN
+    py_compile.compile(str(edited),
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    assert run(Context(package_dir=str(pkg)), "bytecode").status == OK
+
+
+def test_bytecode_of_the_test_install(install):
+    """The suite's install is compiled as pip and make install compile theirs."""
+    pkg = os.path.join(install["lib"], "hpccont")
+    r = run(Context(package_dir=pkg), "bytecode")
+    assert r.status == OK, r.line()

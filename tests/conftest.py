@@ -43,6 +43,15 @@ def shared_tmp(world_tmp, request):
     return d
 
 
+@pytest.fixture
+def user_dir(shared_tmp, test_user):
+    """A directory of the test user's own (for links, env files, overlays they make)."""
+    d = shared_tmp / "mine"
+    d.mkdir()
+    os.chown(d, test_user.pw_uid, test_user.pw_gid)
+    return d
+
+
 @pytest.fixture(scope="session")
 def install(world_tmp):
     """{'hpccont': path, 'container-exec': path, 'run-singularity': path, 'bin': dir, 'lib': dir}."""

@@ -59,6 +59,19 @@ static uint32_t count(char **list)
 	return n;
 }
 
+/* What recipe_parse allocated (the plugin keeps its one recipe for the step's life). */
+static void free_recipe(struct recipe *r)
+{
+	free(r->prefix);
+	free(r->keep);
+	free(r->unset);
+	free(r->unset_prefix);
+	free(r->set);
+	free(r->copy);
+	free(r->files);
+	free(r->data);
+}
+
 static int one_recipe(void)
 {
 	uint32_t rlen, elen, alen, i, n = 0;
@@ -98,14 +111,7 @@ static int one_recipe(void)
 		for (i = 0; out[i]; i++)
 			fwrite(out[i], 1, strlen(out[i]) + 1, stdout);
 		free(out);
-		free(r.prefix);
-		free(r.keep);
-		free(r.unset);
-		free(r.unset_prefix);
-		free(r.set);
-		free(r.copy);
-		free(r.files);
-		free(r.data);
+		free_recipe(&r);
 	}
 	free(env);
 	free(edata);
@@ -137,14 +143,7 @@ static int one_file(const char *dir, const struct buf *m, const char *path)
 		fputc(1, stdout);
 	} else {
 		fputc(2, stdout);
-		free(r.prefix);
-		free(r.keep);
-		free(r.unset);
-		free(r.unset_prefix);
-		free(r.set);
-		free(r.copy);
-		free(r.files);
-		free(r.data);
+		free_recipe(&r);
 	}
 	return 0;
 }

@@ -158,12 +158,3 @@ def secrets(world_tmp, victim):
     victim_dir.chmod(0o700)
     out["victim_dir"] = victim_dir
     return out
-
-
-@pytest.fixture
-def user_dir(shared_tmp, test_user):
-    """A directory of the test user's own (for links, env files, overlays they make)."""
-    d = shared_tmp / "mine"
-    d.mkdir()
-    os.chown(d, test_user.pw_uid, test_user.pw_gid)
-    return d

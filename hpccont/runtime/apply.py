@@ -620,6 +620,7 @@ def exec_command(plan: LaunchPlan, step: Step, path: str, argv: list, env: dict,
     if plan.umask is not None:
         os.umask(plan.umask)
     step(f"exec {path}")
+    restore_signals()
     try:
         kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
         if plan.pid and plan.init:
@@ -635,6 +636,19 @@ def exec_command(plan: LaunchPlan, step: Step, path: str, argv: list, env: dict,
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             raise CommandNotFound(f"{plan.argv[0]}: command not found in the container") from None
         raise CommandNotExecutable(f"{plan.argv[0]}: cannot execute: {e.strerror}") from None
+
+
+# The interpreter ignores SIGPIPE and SIGXFSZ (it reports them as exceptions), and an ignored
+# signal stays ignored across execve: without this, `hpccont exec IMG yes | head` would never
+# end its `yes` by SIGPIPE.  The C paths (launcher/, spank_plugin/) never change them.
+INTERPRETER_IGNORED = (13, 25)      # SIGPIPE, SIGXFSZ
+
+
+def restore_signals() -> None:
+    """Give the command the default dispositions Python changed, as subprocess does."""
+    import _signal
+    for sig in INTERPRETER_IGNORED:
+        _signal.signal(sig, _signal.SIG_DFL)
 
 
 # A FUSE server killed (OOM, kill -9) leaves its mount answering ENOTCONN; a truncated image

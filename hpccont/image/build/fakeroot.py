@@ -401,6 +401,9 @@ def _exec_as_pid_one(run: ScriptRun) -> None:
                 mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
             except OSError:
                 pass             # the host's stays: only /proc/$$ (1 here) is then wrong
+        # %post gets the default SIGPIPE/SIGXFSZ the interpreter ignored (`yes | head` ends)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
         os.execve(run.argv[0], run.argv, run.env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # ^C reaches the group: PID 1 answers
     _, status = os.waitpid(pid, 0)

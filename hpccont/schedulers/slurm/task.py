@@ -219,6 +219,8 @@ def plan_task(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[str]]
 # -- the task: exec the plan ----------------------------------------------------------------------
 def _exec_plain(program: List[str]) -> int:
     """Run the task as slurmstepd would have (PATH search in the job environment)."""
+    from ...runtime.apply import restore_signals
+    restore_signals()
     try:
         os.execvp(program[0], program)
     except OSError as e:

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cold.h"
 #include "recipe.h"
 
 #ifndef PY_BINDIR
@@ -189,16 +190,18 @@ static int state_dir(char *out, size_t size, uid_t uid)
 	return private_dir(out, uid) ? 0 : -1;
 }
 
-/* The recipe file for this key: "MAGIC <material length>\n", the material, the recipe. */
-static char *read_recipe(const char *dir, const struct buf *m, size_t *len)
+/* The recipe file for this key ("fast-" joins a shared container, "cold-" builds one):
+ * "MAGIC <material length>\n", the material, the recipe.  `path` gets its name. */
+static char *read_recipe(const char *dir, const char *kind, const struct buf *m, size_t *len,
+			 char *path, size_t size)
 {
-	char path[PATH_MAX + 32], head[64], *data, *end;
+	char head[64], *data, *end;
 	struct stat st;
 	size_t want, got = 0;
 	ssize_t n;
 	int fd;
 
-	snprintf(path, sizeof(path), "%.4000s/fast-%016llx", dir,
+	snprintf(path, size, "%.4000s/%s-%016llx", dir, kind,
 		 (unsigned long long)fnv1a(m->data, m->len));
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
@@ -251,7 +254,7 @@ static int lock_file(const char *path, int op, int cloexec)
 int main(int argc, char **argv)
 {
 	const char *kind = kind_of(argv[0] ? argv[0] : "");
-	char dir[PATH_MAX], cwd[PATH_MAX];
+	char dir[PATH_MAX], cwd[PATH_MAX], path[PATH_MAX + 32];
 	struct buf m = {0};
 	struct recipe r;
 	char *data = NULL, **cmd = NULL;
@@ -279,7 +282,9 @@ int main(int argc, char **argv)
 		tried++;
 		if (material(&m, kind, argv + 1, i, cwd) != 0)
 			break;
-		data = read_recipe(dir, &m, &len);
+		data = read_recipe(dir, "fast", &m, &len, path, sizeof(path));
+		if (data == NULL)
+			data = read_recipe(dir, "cold", &m, &len, path, sizeof(path));
 		if (data != NULL) {
 			if (recipe_parse(&r, data, len) == 0)
 				cmd = argv + i + 1;
@@ -289,9 +294,11 @@ int main(int argc, char **argv)
 			break;
 	}
 	free(m.data);
-	if (cmd == NULL)
+	if (cmd == NULL || !recipe_fits(&r, cmd))
 		fallback(argv, kind);
-	if (!r.exact || !r.lock || !r.guests)
+	if (r.build && r.exact)
+		cold_build(&r, cmd, path);        /* returns only when nothing has changed */
+	if (r.build || !r.exact || !r.lock || !r.guests)
 		fallback(argv, kind);
 	/* join.apply_joined's order: .lock, then .guests shared; the guests descriptor stays open
 	 * through the exec (the command holds the container while it runs). */

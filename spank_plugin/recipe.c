@@ -80,6 +80,31 @@ static const char *one_of(const char *data, size_t len, char tag)
 	return NULL;
 }
 
+/* share.command_class: what of the command's words the exec part depends on (a shell gets a
+ * prompt, a bare /bin/sh becomes bash). */
+static const char *command_class(char **argv)
+{
+	if (argv == NULL || argv[0] == NULL)
+		return "none";
+	if (strcmp(argv[0], "/bin/sh") == 0 && argv[1] == NULL)
+		return "sh1";
+	if (strcmp(argv[0], "/bin/sh") == 0 || strcmp(argv[0], "/bin/bash") == 0)
+		return "sh";
+	return "";
+}
+
+int recipe_fits(const struct recipe *r, char **argv)
+{
+	const char *made_for = one_of(r->data, r->len, 'W');
+
+	return made_for == NULL || strcmp(made_for, command_class(argv)) == 0;
+}
+
+const char *recipe_field(const struct recipe *r, char tag)
+{
+	return one_of(r->data, r->len, tag);
+}
+
 int recipe_parse(struct recipe *r, char *data, size_t len)
 {
 	const char *pid;
@@ -101,16 +126,19 @@ int recipe_parse(struct recipe *r, char *data, size_t len)
 	r->guests = one_of(data, len, 'G');
 	r->keep_only = one_of(data, len, 'K') != NULL;
 	r->exact = one_of(data, len, 'x') != NULL;
-	if (!r->mode || !pid || !r->start || !r->host_cwd || !r->cwd)
+	r->build = one_of(data, len, 'B');
+	if (!r->mode || !r->host_cwd || !r->cwd || (!r->build && (!pid || !r->start)))
 		goto bad;
 	if (strcmp(r->mode, "rootless") != 0 && strcmp(r->mode, "root") != 0)
 		goto bad;
-	/* a number that does not fit a pid would name another process once cast */
-	errno = 0;
-	keeper = strtol(pid, &end, 10);
-	if (errno || *end || keeper <= 1 || keeper > INT_MAX)
-		goto bad;
-	r->keeper = (pid_t)keeper;
+	if (!r->build) {
+		/* a number that does not fit a pid would name another process once cast */
+		errno = 0;
+		keeper = strtol(pid, &end, 10);
+		if (errno || *end || keeper <= 1 || keeper > INT_MAX)
+			goto bad;
+		r->keeper = (pid_t)keeper;
+	}
 	r->prefix = list_of(data, len, 'a');
 	r->keep = list_of(data, len, 'k');
 	r->unset = list_of(data, len, 'u');
@@ -268,8 +296,8 @@ static void die(int status, const char *fmt, const char *a, const char *b)
 
 void recipe_exec(const struct recipe *r, char **argv, char **task_env)
 {
-	char cwd[PATH_MAX], **env, **full;
-	int nested = -1, outer = -1, mnt = -1, rootless, n = 0, i;
+	char cwd[PATH_MAX], **env;
+	int nested = -1, outer = -1, mnt = -1, rootless;
 	char path[64];
 
 	if (argv == NULL || (argv[0] == NULL && r->prefix[0] == NULL))
@@ -308,6 +336,22 @@ void recipe_exec(const struct recipe *r, char **argv, char **task_env)
 	if (outer >= 0)
 		close(outer);
 	/* From here on the task is in the container: it execs there or exits, never returns. */
+	recipe_run(r, argv, env);
+fail:
+	if (mnt >= 0)
+		close(mnt);
+	if (nested >= 0)
+		close(nested);
+	if (outer >= 0)
+		close(outer);
+	free(env);
+}
+
+void recipe_run(const struct recipe *r, char **argv, char **env)
+{
+	char **full;
+	int n = 0, i;
+
 	if (chdir(r->cwd) != 0)
 		die(255, "working directory %s is not usable in the container: %s", r->cwd,
 		    strerror(errno));
@@ -335,12 +379,4 @@ void recipe_exec(const struct recipe *r, char **argv, char **task_env)
 	if (errno == ENOENT || errno == ENOTDIR)
 		die(127, "%s: command not found in the container%s", argv[0] ? argv[0] : full[0], "");
 	die(126, "%s: cannot execute: %s", argv[0] ? argv[0] : full[0], strerror(errno));
-fail:
-	if (mnt >= 0)
-		close(mnt);
-	if (nested >= 0)
-		close(nested);
-	if (outer >= 0)
-		close(outer);
-	free(env);
 }

@@ -29,10 +29,17 @@ struct recipe {
 	char **set;            /* s... NAME=VALUE */
 	char **copy;           /* c... */
 	char **files;          /* f... */
+	const char *build;     /* B "UID GID": a cold recipe, no keeper (launcher/cold.c builds) */
 };
 
 /* Takes ownership of data (malloc'd).  0 on success; -1 on a malformed recipe (freed). */
 int recipe_parse(struct recipe *r, char *data, size_t len);
+
+/* Was the recipe's exec part made for a command like argv (its 'W' field)? */
+int recipe_fits(const struct recipe *r, char **argv);
+
+/* The first field with this tag, or NULL. */
+const char *recipe_field(const struct recipe *r, char tag);
 
 /* Is the keeper the process that prepare started (alive, same start time, same uid)? */
 int recipe_keeper_alive(const struct recipe *r, uid_t uid);
@@ -44,5 +51,9 @@ char **recipe_environment(const struct recipe *r, char **task_env, char **argv);
  * yet, so the caller can take the Python path; after the first namespace switch it never
  * returns: it execs or _exits. */
 void recipe_exec(const struct recipe *r, char **argv, char **task_env);
+
+/* Inside the container: change to its working directory and exec argv (after the recipe's
+ * prefix) in env, the environment recipe_environment made.  Never returns. */
+void recipe_run(const struct recipe *r, char **argv, char **env);
 
 #endif

@@ -113,16 +113,28 @@ def since_process_start() -> float:
     return (time.monotonic() - _origin[0]) * 1000
 
 
-def apply(plan: LaunchPlan, cfg: dict[str, dict], *, debug: bool = False) -> None:
-    """Set up the container described by ``plan`` and exec its command.  Never returns."""
+def apply(plan: LaunchPlan, cfg: dict[str, dict], *, debug: bool = False,
+          recorder=None) -> None:
+    """Set up the container described by ``plan`` and exec its command.  Never returns.
+
+    ``recorder`` (runtime/cold.py) writes what was done down as a recipe, for launcher/fast.c
+    to repeat the same launch without Python."""
     step = Step(debug)
     try:
         root, reader = setup(plan, cfg, step)
+        if recorder is not None:
+            stage = os.path.dirname(root)
+            recorder.capture(plan, cfg, root, _image_server(cfg),
+                             _overlay_options(f"{stage}/lower", stage))
         enter(root, plan, step)
     except OSError as e:
         raise LaunchError(f"cannot start container ({step.name}): "
                           f"{e.strerror or e}") from None
-    execute(plan, step, reader)
+    if recorder is None:
+        execute(plan, step, reader)
+    path, argv, env = exec_target(plan, step, reader)
+    recorder.write(plan, argv, env)
+    exec_command(plan, step, path, argv, env, reader)
 
 
 def setup(plan: LaunchPlan, cfg: dict[str, dict], step: Step) -> tuple[str, int]:
@@ -345,8 +357,12 @@ def _mount_loop(img, target: str) -> str:
     return target
 
 
+def _image_server(cfg) -> str:
+    return _system_program(FUSE_SERVERS[cfg["runtime"]["squashfuse"]])
+
+
 def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
-    server = _system_program(FUSE_SERVERS[cfg["runtime"]["squashfuse"]])
+    server = _image_server(cfg)
     _serve_fuse(target, "squashfuse", kernel.MS_RDONLY, uid, gid,
                 [server, "-f", "-o", f"offset={img.offset}", img.handle or img.path],
                 keep=_handle_fd(img))
@@ -395,13 +411,17 @@ def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: li
 
 def _mount_overlay(cfg, root: str, lower: str, stage: str) -> None:
     """Kernel overlayfs (unprivileged since Linux 5.11), or fuse-overlayfs for older kernels."""
-    options = f"lowerdir={_overlay_escape(lower)},upperdir={stage}/upper,workdir={stage}/work"
+    options = _overlay_options(lower, stage)
     if cfg["runtime"]["overlay"] == "kernel":
         kernel.mount("overlay", root, "overlay", kernel.MS_NOSUID | kernel.MS_NODEV, options)
         return
     server = _system_program("fuse-overlayfs")
     # Root inside our namespace serves it: uid 0 is mapped, as for the image mount.
     _serve_fuse(root, "fuse-overlayfs", 0, 0, 0, [server, "-f", "-o", options])
+
+
+def _overlay_options(lower: str, stage: str) -> str:
+    return f"lowerdir={_overlay_escape(lower)},upperdir={stage}/upper,workdir={stage}/work"
 
 
 def _system_program(name: str) -> str:

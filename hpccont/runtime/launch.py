@@ -72,7 +72,8 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) 
         if key is not None:
             sharing.launch_shared(plan, cfg, key, req, environ)
     from .apply import apply
-    apply(plan, cfg, debug=req.debug)
+    from .cold import recorder
+    apply(plan, cfg, debug=req.debug, recorder=recorder(plan, cfg, req))
     return 255  # not reached: apply execs or raises
 
 

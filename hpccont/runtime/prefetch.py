@@ -81,6 +81,21 @@ def start(root: str, wanted: list[list[str]]) -> int:
     return pid
 
 
+def resolved(root: str, wanted: list[list[str]]) -> list[str]:
+    """The container paths, every link resolved, of the files the reader reads for ``wanted``,
+    in its order: a recipe that repeats the launch (runtime/cold.py) has them read in C."""
+    from ..rootpath import resolve
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        reader = Reader(rootfd)
+        reader.collected = []
+        reader.run(wanted, lambda path: reader.collected.append(
+            resolve(root, path)[len(root.rstrip("/")):] or "/"))
+        return reader.collected
+    finally:
+        os.close(rootfd)
+
+
 def finish(pid: int) -> None:
     """Wait for the reader, so that it is not left behind as a child of the command."""
     if pid:
@@ -100,7 +115,9 @@ class Reader:
         self.buf = bytearray(CHUNK)
         self.libdirs = library_dirs(os.uname().machine)
 
-    def run(self, wanted: list[list[str]]) -> None:
+    def run(self, wanted: list[list[str]], collect=None) -> None:
+        """Read what ``wanted`` names; with ``collect``, call it with each path instead (and
+        only look at each file's head)."""
         queue = list(wanted)
         while queue and self.budget > 0 and len(self.seen) < MAX_FILES:
             for path in queue.pop(0):
@@ -109,7 +126,12 @@ class Reader:
                     continue
                 try:
                     if self.first_time(fd):
-                        queue += self.read_file(fd)
+                        if collect is None:
+                            queue += self.read_file(fd)
+                        else:
+                            collect(path)
+                            queue += self.deps(fd, os.pread(fd, 4096, 0))
+                            self.budget -= min(FILE_BUDGET, self.budget, os.fstat(fd).st_size)
                 finally:
                     os.close(fd)
                 break

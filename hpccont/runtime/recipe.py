@@ -1,9 +1,11 @@
 """The launch recipe format: what Python planned for a launch that joins a container, as data a
 C applier executes (spank_plugin/recipe.c) without an interpreter.
 
-Two producers: ``hpccont slurm prepare`` (one recipe per step and node, kept by slurmstepd for
-its tasks: schedulers/slurm/recipe.py) and the shared-mount path of ``hpccont exec``
-(runtime/share.py: one recipe per launch key, read by launcher/fast.c).  One applier.
+Three producers: ``hpccont slurm prepare`` (one recipe per step and node, kept by slurmstepd
+for its tasks: schedulers/slurm/recipe.py), the shared-mount path of ``hpccont exec``
+(runtime/share.py: one recipe per launch key, read by launcher/fast.c) and a launch with a
+container of its own (runtime/cold.py: the whole build, applied by launcher/cold.c).  Entering
+and exec'ing is one applier (spank_plugin/recipe.c) for all three.
 """
 from __future__ import annotations
 
@@ -26,6 +28,24 @@ TAGS = {
     "G": "guests file held shared through the exec (the keeper waits for it to idle out)",
     "x": "exact: the 'a' words are the program and the 's' fields the whole environment, the "
          "shell rules (PS1, /bin/sh -> bash) already applied (payload empty)",
+    "W": "the command class an exact recipe was made for (share.command_class); applied only "
+         "to commands of that class",
+    # A cold recipe (runtime/cold.py, launcher/cold.c) builds its container instead of joining
+    # a keeper's: no 'p', 't', 'L' or 'G'; these, then the exec fields above.
+    "B": "build: the caller's 'UID GID', mapped to root of the outer user namespace",
+    "S": "staging directory (the tmpfs under which the image, overlay and root are mounted)",
+    "T": "the staging tmpfs's mount data",
+    "Q": "the image's FUSE server (absolute path)",
+    "I": "the image file",
+    "J": "offset of the squashfs in the image file",
+    "Y": "the kernel overlay's mount data",
+    "E": "remount the root read-only (not with --writable-tmpfs; payload empty)",
+    "V": "the command the 'R' files were chosen for (read only for that command)",
+    "R": "a file the page-cache reader reads, as a container path with every link resolved",
+    "M": "a mount, in order: kind (b bind, p proc, t tmpfs, f fs, l symlink, c content) and "
+         "flags (r read-only, o optional, C clamp '..' at the root, x executable content)",
+    "A": "an argument of the 'M' before it: bind SOURCE TARGET, proc TARGET, tmpfs TARGET DATA, "
+         "fs TYPE TARGET DATA, symlink TEXT TARGET, content NAME TARGET CONTENT",
 }
 
 

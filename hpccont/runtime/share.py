@@ -121,7 +121,7 @@ def launch_shared(plan, cfg: dict, key: str, req, environ) -> None:
     # package itself (under /opt, say) is not visible inside it.
     from . import apply, recipe  # noqa: F401
     plan.join = "share:" + key
-    fast = _fast_inputs(req)
+    fast = fast_inputs(req)
     then = None
     if fast is not None:
         material = fast_material(*fast)
@@ -132,7 +132,7 @@ def launch_shared(plan, cfg: dict, key: str, req, environ) -> None:
                  watch_pid=os.getsid(0), then=then)
 
 
-def _fast_inputs(req):
+def fast_inputs(req):
     """(kind, head words, cwd, command words) of this process's own command line, when it is
     ``hpccont ACTION [OPTIONS] IMAGE ARGS`` or ``run-singularity IMAGE ARGS`` (what fast.c
     sees), else None."""
@@ -172,6 +172,17 @@ def fast_material(kind: bytes, head: list, cwd: bytes, cmd=None) -> bytes:
     return b"\0".join(parts) + b"\0"
 
 
+def command_class(cmd: list) -> str:
+    """What of the command's words an exec part depends on (recipe.c has the same): a shell
+    gets a prompt (PS1) and a bare /bin/sh becomes bash (apply.exec_target); a recipe made for
+    one class is applied only to commands of the same class."""
+    if not cmd:
+        return "none"
+    if cmd[0] == b"/bin/sh" and len(cmd) == 1:
+        return "sh1"
+    return "sh" if cmd[0] in (b"/bin/sh", b"/bin/bash") else ""
+
+
 def fnv1a(data: bytes) -> int:
     h = 0xcbf29ce484222325
     for b in data:
@@ -179,8 +190,9 @@ def fnv1a(data: bytes) -> int:
     return h
 
 
-def recipe_name(material: bytes) -> str:
-    return "fast-%016x" % fnv1a(material)
+def recipe_name(material: bytes, kind: str = "fast") -> str:
+    """fast-KEY joins a shared container, cold-KEY builds one (runtime/cold.py)."""
+    return "%s-%016x" % (kind, fnv1a(material))
 
 
 def _exec_and_record(plan, step, keeper: int, dir_fd: int, name: str, material: bytes,
@@ -200,7 +212,6 @@ def _exec_and_record(plan, step, keeper: int, dir_fd: int, name: str, material: 
 
 def _record(plan, keeper, dir_fd, state, material, host_cwd, argv, env, cmd) -> None:
     from .join import start_time
-    from .recipe import encode
     words = [os.fsencode(a) for a in argv]
     if plan.umask is not None or len(words) < len(cmd) or (
             cmd and words[len(words) - len(cmd):] != cmd):
@@ -209,12 +220,19 @@ def _record(plan, keeper, dir_fd, state, material, host_cwd, argv, env, cmd) -> 
     if not cmd and not prefix:
         return
     fields = [("m", plan.mode), ("p", str(keeper)), ("t", start_time(keeper)),
-              ("h", host_cwd), ("w", plan.cwd), ("x", "")]
+              ("h", host_cwd), ("w", plan.cwd), ("x", ""), ("W", command_class(cmd))]
     fields += [("a", w) for w in prefix]
     fields += [("K", "")] + [("s", f"{k}={v}") for k, v in env.items()]
     fields += [("L", state + ".lock"), ("G", state + ".guests")]
+    write_recipe(dir_fd, "fast", material, fields)
+
+
+def write_recipe(dir_fd: int, kind: str, material: bytes, fields) -> None:
+    """The recipe file launcher/fast.c reads: "MAGIC <material length>\\n", the key material,
+    the fields; written whole under a temporary name, then renamed (readers never see half)."""
+    from .recipe import encode
     data = b"%s %d\n" % (FAST_MAGIC, len(material)) + material + encode(fields)
-    final = recipe_name(material)
+    final = recipe_name(material, kind)
     tmp = f"{final}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=dir_fd)
@@ -223,13 +241,13 @@ def _record(plan, keeper, dir_fd, state, material, host_cwd, argv, env, cmd) -> 
     finally:
         os.close(fd)
     os.replace(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    _prune(dir_fd)
+    _prune(dir_fd, kind)
 
 
-def _prune(dir_fd: int, keep: int = MAX_RECIPES) -> None:
-    """At most ``keep`` recipes, the newest (a launcher whose environment changes at every
-    start, as hyperfine's does, would otherwise leave one per start)."""
-    names = [n for n in os.listdir(dir_fd) if n.startswith("fast-") and "." not in n]
+def _prune(dir_fd: int, kind: str = "fast", keep: int = MAX_RECIPES) -> None:
+    """At most ``keep`` recipes of a kind, the newest (a launcher whose environment changes at
+    every start, as hyperfine's does, would otherwise leave one per start)."""
+    names = [n for n in os.listdir(dir_fd) if n.startswith(kind + "-") and "." not in n]
     if len(names) <= keep:
         return
     aged = []

@@ -1,0 +1,238 @@
+"""Cold recipes (runtime/cold.py, launcher/cold.c): a launch with a container of its own,
+repeated from C without a Python interpreter.
+
+The first launch plans in Python and records what it did; the same launch again (same words up
+to the image, directory, ids, environment, image, config) is built by the C launcher.  The
+"strict" launcher has no Python behind it: a launch that works there took the C path, one that
+does not ends with 127 "cannot execute /nonexistent/hpccont".  Everything runs as the
+unprivileged test user, on real squashfuse mounts.
+"""
+import os
+import pwd
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import helpers
+from hpccont.runtime import cold, share
+from hpccont.runtime.plan_types import Identity, LaunchPlan, Mount
+from hpccont.runtime.request import ContainerRequest
+from hpccont.image.source import ImageSource
+
+pytestmark = pytest.mark.timeout(300)
+
+PROBE = ('echo "pwd=$(pwd)"; echo "id=$(id)"; grep -E "^(SigIgn|NoNewPrivs)" /proc/self/status; '
+         'umask; env | sort | sed "s/^/env:/"; cut -d" " -f4,5,6 /proc/self/mountinfo | '
+         'sed "s/^/mnt:/"; ls -l /etc/passwd /etc/group | cut -c1-10; cat /etc/passwd')
+NO_PYTHON = "cannot execute /nonexistent/hpccont"
+
+
+@pytest.fixture
+def image(busybox_sif, shared_tmp):
+    """A private copy of the image, so that its recipes are this test's alone."""
+    p = shared_tmp / "img.sif"
+    shutil.copy(busybox_sif, p)
+    p.chmod(0o644)
+    return p
+
+
+@pytest.fixture
+def work(shared_tmp):
+    d = shared_tmp / "work"
+    d.mkdir()
+    d.chmod(0o777)
+    return d
+
+
+def _launch(entry, work, *args, env=None):
+    return helpers.as_user(["sh", "-c", 'cd "$0" && exec "$@"', str(work), str(entry), *args],
+                           env=env)
+
+
+def _state_dir():
+    return Path(f"/tmp/hpccont-{pwd.getpwnam('hpcuser').pw_uid}")
+
+
+def _cold_recipes(image):
+    return [p for p in _state_dir().glob("cold-*") if str(image).encode() in p.read_bytes()]
+
+
+def _no_server_left(image):
+    deadline = time.monotonic() + 5
+    while helpers.fuse_processes(str(image)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not helpers.fuse_processes(str(image))
+
+
+def test_c_build_gives_the_python_paths_results(fast, image, work):
+    """Same directory, ids, signal dispositions, environment, mounts (with their flags) and
+    identity files; the second launch ran with no Python behind the launcher."""
+    args = ["exec", "-B", f"{work}:/data:ro", str(image), "sh", "-c", PROBE]
+    env = {"FOO": "a b", "HPCCONT_SHARE": "0"}
+    python = _launch(fast["dir"] / "hpccont", work, *args, env=env)
+    assert python.returncode == 0, python.stderr
+    assert len(_cold_recipes(image)) == 1
+    c = _launch(fast["strict"] / "hpccont", work, *args, env=env)
+    assert c.returncode == 0, c.stderr
+    strip = lambda out: [x for x in out.splitlines() if not x.startswith("env:_=")]  # noqa
+    assert strip(c.stdout) == strip(python.stdout)
+    assert f"pwd={work}" in c.stdout and " /data ro," in c.stdout
+    assert "SigIgn:\t0000000000000000" in c.stdout and "NoNewPrivs:\t1" in c.stdout
+    assert _no_server_left(image)
+
+
+def test_exit_status_arguments_and_run(fast, image, work):
+    """Another command after the same head reuses the recipe (the command is not in the key);
+    exit statuses pass through; `run` keeps its runscript prefix; a missing command is one
+    line, 127."""
+    hp, strict = fast["dir"] / "hpccont", fast["strict"] / "hpccont"
+    assert _launch(hp, work, "exec", str(image), "true").returncode == 0
+    r = _launch(strict, work, "exec", str(image), "sh", "-c", "echo $0 $1; exit 3", "x", "y")
+    assert (r.returncode, r.stdout) == (3, "x y\n"), r.stderr
+    r = _launch(strict, work, "exec", str(image), "no-such-program")
+    assert r.returncode == 127 and r.stderr.strip().endswith(
+        "no-such-program: command not found in the container"), r.stderr
+    assert _launch(hp, work, "run", str(image), "a").returncode == 0
+    r = _launch(strict, work, "run", str(image), "b", "c")
+    assert (r.returncode, r.stdout) == (0, "runscript args: b c\n"), r.stderr
+
+
+def test_anything_in_the_key_or_on_the_host_changed_is_planned_again(fast, image, work,
+                                                                       shared_tmp):
+    hp, strict = fast["dir"] / "hpccont", fast["strict"] / "hpccont"
+    src = shared_tmp / "src"
+    src.mkdir()
+    src.chmod(0o777)
+    args = ["exec", "-B", f"{src}:/src", str(image), "ls", "/src"]
+    assert _launch(hp, work, *args).returncode == 0
+    assert _launch(strict, work, *args).returncode == 0
+    # another environment, another directory: another key, no recipe
+    r = _launch(strict, work, *args, env={"FOO": "other"})
+    assert r.returncode == 127 and NO_PYTHON in r.stderr
+    # the image rewritten in place: its stamp is in the key
+    image.write_bytes(image.read_bytes())
+    r = _launch(strict, work, *args)
+    assert r.returncode == 127 and NO_PYTHON in r.stderr
+    assert _launch(hp, work, *args).returncode == 0
+    assert _launch(strict, work, *args).returncode == 0
+    # a bind source gone from the host: C changes nothing and hands over; Python's error
+    src.rmdir()
+    r = _launch(strict, work, *args)
+    assert r.returncode == 127 and NO_PYTHON in r.stderr
+    r = _launch(hp, work, *args)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(src) in r.stderr
+
+
+def test_a_shell_is_planned_for_itself(fast, image, work):
+    """The exec part depends on whether the command is a shell (prompt, /bin/sh -> bash): a
+    recipe made for another command is not applied to one."""
+    hp, strict = fast["dir"] / "hpccont", fast["strict"] / "hpccont"
+    assert _launch(hp, work, "exec", str(image), "/bin/true").returncode == 0
+    r = _launch(strict, work, "exec", str(image), "/bin/sh", "-c", 'echo "$PS1"')
+    assert r.returncode == 127 and NO_PYTHON in r.stderr
+    python = _launch(hp, work, "exec", str(image), "/bin/sh", "-c", 'echo "$PS1"')
+    assert python.returncode == 0 and python.stdout.strip(), python.stderr
+    r = _launch(strict, work, "exec", str(image), "/bin/sh", "-c", 'echo "$PS1"')
+    assert (r.returncode, r.stdout) == (0, python.stdout), r.stderr
+
+
+def test_a_failure_after_unshare_is_one_line_and_drops_the_recipe(fast, image, work):
+    """Past the first namespace there is no way back to Python: one line, exit 255, nothing
+    left running, and the recipe removed so that the next launch is planned again."""
+    hp, strict = fast["dir"] / "hpccont", fast["strict"] / "hpccont"
+    assert _launch(hp, work, "exec", str(image), "true").returncode == 0
+    [recipe] = _cold_recipes(image)
+    data = recipe.read_bytes()
+    server = next(f for f in data.split(b"\0") if f.startswith(b"Q"))
+    recipe.write_bytes(data.replace(b"\0" + server + b"\0", b"\0Q/bin/false\0"))
+    r = _launch(strict, work, "exec", str(image), "true")
+    assert r.returncode == 255, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("hpccont: cannot start container (")
+    assert not recipe.exists()
+    assert _no_server_left(image)
+    assert _launch(hp, work, "exec", str(image), "true").returncode == 0
+    assert _launch(strict, work, "exec", str(image), "true").returncode == 0
+
+
+def test_executable_image_loop_builds_from_c(fast, busybox_sif, shared_tmp):
+    """./tool.sif ARG in a loop, with sharing off: one recipe, written by the first start."""
+    img = shared_tmp / "tool.sif"
+    shutil.copy(busybox_sif, img)
+    img.chmod(0o755)
+    loop = ["sh", "-c", 'cd "$0" && for f in a b c; do ./tool.sif echo "$f"; done',
+            str(shared_tmp)]
+    # One PATH for every round (the environment is in the key): its run-singularity is the
+    # launcher with Python behind it, then the strict one.
+    bindir = shared_tmp / "bin"
+    bindir.mkdir()
+    link = bindir / "run-singularity"
+    env = {"PATH": f"{bindir}:/usr/bin:/bin"}
+    link.symlink_to(fast["dir"] / "run-singularity")
+    r = helpers.as_user(loop, env=env)
+    assert r.stdout.splitlines() == [f"runscript args: echo {f}" for f in "abc"], r.stderr
+    [recipe] = _cold_recipes(img)
+    stamp = recipe.stat().st_mtime_ns
+    link.unlink()
+    link.symlink_to(fast["strict"] / "run-singularity")
+    r = helpers.as_user(loop, env=env)
+    assert r.stdout.splitlines() == [f"runscript args: echo {f}" for f in "abc"], r.stderr
+    assert recipe.stat().st_mtime_ns == stamp
+
+
+# -- no privileges: what is recorded -----------------------------------------------------------
+def _plan(**kw):
+    img = ImageSource(kind="sif", path="/x.sif", offset=4096, size=1, fs_type="squashfs")
+    ident = Identity(uid=1000, gid=1000, user="u", home="/home/u")
+    return LaunchPlan(image=img, mode=kw.pop("mode", "rootless"), identity=ident,
+                      mounts=[Mount(kind="bind", target="/tmp", source="/tmp")], env={},
+                      cwd="/", argv=["true"], **kw)
+
+
+CFG = {"runtime": {"overlay": "kernel", "tmp_size": "64m"}}
+
+
+@pytest.mark.parametrize("plan_kw, req_kw, why", [
+    ({}, {}, None),
+    ({"mode": "root"}, {}, "root launches"),
+    ({}, {"nv": True}, "--nv"),
+    ({}, {"mpi": "bind"}, "--mpi"),
+    ({}, {"debug": True}, "--debug"),
+    ({"overlays": [{"kind": "dir"}]}, {}, "overlays"),
+    ({"pid": True}, {}, "pid"),
+    ({"warnings": ["w"]}, {}, "warnings"),
+    ({"umask": 0o22}, {}, "umask"),
+])
+def test_what_is_never_recorded(plan_kw, req_kw, why):
+    got = cold.unrecordable(_plan(**plan_kw), CFG, ContainerRequest(image="/x.sif", **req_kw))
+    assert (got is None) if why is None else (why in got)
+
+
+def test_fuse_overlayfs_and_sandboxes_are_planned_every_time():
+    req = ContainerRequest(image="/x.sif")
+    assert "fuse-overlayfs" in cold.unrecordable(_plan(), {"runtime": {"overlay": "fuse-overlayfs"}},
+                                                 req)
+    plan = _plan()
+    plan.image = ImageSource(kind="sandbox", path="/d", fs_type="dir")
+    assert cold.unrecordable(plan, CFG, req)
+
+
+@pytest.mark.parametrize("cmd, cls", [
+    ([], "none"), ([b"/bin/sh"], "sh1"), ([b"/bin/sh", b"-c", b"x"], "sh"),
+    ([b"/bin/bash"], "sh"), ([b"sh"], ""), ([b"/bin/true"], ""),
+])
+def test_command_class(cmd, cls):
+    assert share.command_class(cmd) == cls
+
+
+def test_a_nul_in_any_payload_records_nothing(tmp_path):
+    (tmp_path / "files").mkdir()
+    plan = _plan()
+    plan.mounts = [Mount(kind="bind", target="/a\0b", source="/tmp")]
+    with pytest.raises(ValueError):
+        cold.build_fields(plan, {"runtime": {"tmp_size": "1m", "prefetch": False}},
+                          str(tmp_path), "/usr/bin/squashfuse_ll", "lowerdir=x", [])
+    assert os.listdir(tmp_path / "files") == []

@@ -7,7 +7,6 @@ as the Python path.  Everything runs as the unprivileged test user.
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 

@@ -22,6 +22,7 @@ again by the C side before it changes anything.
 from __future__ import annotations
 
 import os
+import sys
 
 from .recipe import encode
 
@@ -59,9 +60,17 @@ def unrecordable(plan, cfg: dict, req) -> str | None:
     return None
 
 
+def launcher_installed() -> bool:
+    """Is the C launcher next to this entry point (``make install`` puts hpccont-fast there and
+    links hpccont to it)?  Only it reads recipes: without it, recording would cost every
+    launch ~3 ms for nothing."""
+    return os.path.exists(os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])),
+                                       "hpccont-fast"))
+
+
 def recorder(plan, cfg: dict, req) -> "Recorder | None":
     """A Recorder for this launch when the fast path could repeat it, else None."""
-    if unrecordable(plan, cfg, req) is not None:
+    if not launcher_installed() or unrecordable(plan, cfg, req) is not None:
         return None
     from .share import fast_inputs, fast_material
     fast = fast_inputs(req)

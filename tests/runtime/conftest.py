@@ -15,8 +15,13 @@ def fast(install, world_tmp, test_user):
     recipe)}."""
     if not shutil.which("cc"):
         pytest.skip("no C compiler")
+    # The Python entry points behind the launcher, with it beside them as `make install`
+    # leaves them (runtime/cold.py records only where the launcher will read the recipe).
+    py = world_tmp / "fast-py"
+    py.mkdir(exist_ok=True)
+    helpers.write_launchers(py, install["lib"])
     out = {}
-    for name, bindir in (("dir", install["bin"]), ("strict", "/nonexistent")):
+    for name, bindir in (("dir", py), ("strict", "/nonexistent")):
         d = world_tmp / f"fast-{name}"
         d.mkdir(exist_ok=True)
         subprocess.run(["make", "-s", "-C", str(helpers.REPO / "launcher"), f"O={d}",
@@ -26,4 +31,7 @@ def fast(install, world_tmp, test_user):
             (d / n).symlink_to(d / "hpccont-fast")
         subprocess.run(["chmod", "-R", "a+rX", str(d)], check=True)
         out[name] = d
+    (py / "hpccont-fast").unlink(missing_ok=True)
+    (py / "hpccont-fast").symlink_to(out["dir"] / "hpccont-fast")
+    subprocess.run(["chmod", "-R", "a+rX", str(py)], check=True)
     return out

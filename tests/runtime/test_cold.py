@@ -183,6 +183,14 @@ def test_executable_image_loop_builds_from_c(fast, busybox_sif, shared_tmp):
     assert recipe.stat().st_mtime_ns == stamp
 
 
+def test_nothing_is_recorded_without_the_launcher(hpccont_user, image, work):
+    """The Python entry point alone (no hpccont-fast beside it, as without a C compiler at
+    install time) writes no recipe that nobody would read."""
+    r = hpccont_user("exec", image, "true", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert _cold_recipes(image) == []
+
+
 # -- no privileges: what is recorded -----------------------------------------------------------
 def _plan(**kw):
     img = ImageSource(kind="sif", path="/x.sif", offset=4096, size=1, fs_type="squashfs")

@@ -8,9 +8,12 @@
  * made from (the words up to the image, the working directory, the ids, the image's, site
  * config's, /etc/passwd's and /etc/group's file stamps, the whole environment).  Here the same
  * key is computed; when a recipe with exactly that key exists and its keeper is alive, it is
- * applied by the same code that starts Slurm tasks (spank_plugin/recipe.c).  Anything else
- * (no recipe, another key, a dead keeper, root, an option the recipe was not made for) execs
- * the Python entry point with the same arguments and environment, which plans as always.
+ * applied by the same code that starts Slurm tasks (spank_plugin/recipe.c).  A launch with a
+ * container of its own leaves a cold recipe under the same key instead (hpccont/runtime/cold.py):
+ * the whole build, which cold.c applies before the same exec.  Anything else (no recipe,
+ * another key, a dead keeper, root, an option the recipe was not made for, a host that changed
+ * under a cold recipe) execs the Python entry point with the same arguments and environment,
+ * which plans as always.
  */
 #define _GNU_SOURCE
 #include <errno.h>

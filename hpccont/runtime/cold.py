@@ -164,6 +164,8 @@ def exec_fields(plan, host_cwd: str, argv: list, env: dict, cmd: list) -> list |
     words = [os.fsencode(a) for a in argv]
     if len(words) < len(cmd) or (cmd and words[len(words) - len(cmd):] != cmd):
         return None
+    if plan.action == "run" and plan.argv and plan.argv[0] not in argv:
+        return None          # no runscript: the Python path says so at every launch
     prefix = words[:len(words) - len(cmd)]
     if not cmd and not prefix:
         return None

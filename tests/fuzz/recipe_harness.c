@@ -8,7 +8,8 @@
  *   0, recipe length, recipe, environment length, environment (NUL-terminated entries), argv0
  *      length, argv0  ->  u8 0 (refused) or 1, then for an accepted recipe the counts of its
  *      lists (a k u U s c f), the keep_only and exact flags, and the task environment it makes
- *      (u32 count, NUL-terminated entries)
+ *      (u32 count, NUL-terminated entries), whether it fits argv0's command (recipe_fits),
+ *      and a cold recipe's operations (one_build)
  *   1, file length, file  ->  u8 0 (read_recipe refused the file), 1 (read, recipe refused),
  *      2 (read and parsed); the key is the fixed material "hpccont-fast-1\0fuzz\0"
  * Built with -fsanitize=address,undefined where the compiler has them: a memory error aborts
@@ -17,6 +18,7 @@
 #define main fast_main
 #include "fast.c"
 #undef main
+#include "cold.c"
 
 static int get_u32(uint32_t *v)
 {
@@ -72,6 +74,34 @@ static void free_recipe(struct recipe *r)
 	free(r->data);
 }
 
+/* A cold recipe's operations (cold.c parse_ops): u32 0xfffffffe (not a cold recipe),
+ * 0xffffffff (refused) or the count, then each as its kind byte, flags (NUL-terminated) and
+ * its arguments (u32 count, NUL-terminated strings). */
+static void one_build(const struct recipe *r)
+{
+	struct op *ops;
+	int n = 0, i, j;
+
+	if (!r->build) {
+		put_u32(0xfffffffe);
+		return;
+	}
+	ops = parse_ops(r, &n);
+	if (ops == NULL) {
+		put_u32(0xffffffff);
+		return;
+	}
+	put_u32(n);
+	for (i = 0; i < n; i++) {
+		fputc(ops[i].kind, stdout);
+		fwrite(ops[i].flags, 1, strlen(ops[i].flags) + 1, stdout);
+		put_u32(ops[i].nargs);
+		for (j = 0; j < ops[i].nargs; j++)
+			fwrite(ops[i].arg[j], 1, strlen(ops[i].arg[j]) + 1, stdout);
+	}
+	free(ops);
+}
+
 static int one_recipe(void)
 {
 	uint32_t rlen, elen, alen, i, n = 0;
@@ -111,6 +141,8 @@ static int one_recipe(void)
 		for (i = 0; out[i]; i++)
 			fwrite(out[i], 1, strlen(out[i]) + 1, stdout);
 		free(out);
+		put_u32(recipe_fits(&r, argv));
+		one_build(&r);
 		free_recipe(&r);
 	}
 	free(env);
@@ -123,7 +155,7 @@ static int one_recipe(void)
 static int one_file(const char *dir, const struct buf *m, const char *path)
 {
 	uint32_t flen;
-	char *fdata = get_bytes(&flen), *data;
+	char *fdata = get_bytes(&flen), *data, buf[PATH_MAX + 32];
 	size_t len = 0;
 	struct recipe r;
 	int fd;
@@ -136,7 +168,7 @@ static int one_file(const char *dir, const struct buf *m, const char *path)
 		exit(3);
 	}
 	free(fdata);
-	data = read_recipe(dir, m, &len);
+	data = read_recipe(dir, "fast", m, &len, buf, sizeof(buf));
 	if (data == NULL) {
 		fputc(0, stdout);
 	} else if (recipe_parse(&r, data, len) != 0) {

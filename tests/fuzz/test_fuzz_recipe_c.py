@@ -49,6 +49,16 @@ def seeds() -> list:
                        ("s", "PS1=x"), ("c", "OMP_NUM_THREADS")]),
         recipe.encode(base + [("x", ""), ("L", "/run/u/join-k.lock"), ("G", "/run/u/join-k.guests"),
                               ("a", "/usr/bin/env"), ("s", "PATH=/bin"), ("s", "LANG=C.UTF-8")]),
+        # a cold recipe as runtime/cold.py writes it
+        recipe.encode([("B", "1000 1000"), ("S", "/opt/h/data/session"), ("T", "mode=0755,size=64m"),
+                       ("Q", "/usr/bin/squashfuse_ll"), ("I", "/img.sif"), ("J", "40960"),
+                       ("Y", "lowerdir=/s/lower,upperdir=/s/upper,workdir=/s/work"), ("E", ""),
+                       ("V", "true"), ("R", "/bin/busybox"), ("Mb", ""), ("A", "/proc"),
+                       ("A", "/proc"), ("Mbro", ""), ("A", "/etc/hosts"), ("A", "/etc/hosts"),
+                       ("McC", ""), ("A", "passwd"), ("A", "/etc/passwd"), ("A", "u:x:1:1::/:/bin/sh\n"),
+                       ("Mt", ""), ("A", "/dev/shm"), ("A", "mode=1777"), ("Ml", ""),
+                       ("A", "/proc/self/fd"), ("A", "/dev/fd"), ("m", "rootless"), ("h", "/w"),
+                       ("w", "/w"), ("x", ""), ("W", ""), ("K", ""), ("s", "PATH=/bin")]),
     ]
 
 
@@ -67,13 +77,41 @@ def fields_of(data: bytes):
     first = {}
     for tag, payload in out:
         first.setdefault(tag, payload)
-    if not all(t in first for t in (b"m", b"p", b"t", b"h", b"w")):
+    build = b"B" in first           # a cold recipe has no keeper
+    if not all(t in first for t in (b"m", b"h", b"w") + (() if build else (b"p", b"t"))):
         return None
     if first[b"m"] not in (b"rootless", b"root"):
         return None
-    if not _strtol_ok(first[b"p"]):
+    if not build and not _strtol_ok(first[b"p"]):
         return None
     return out
+
+
+def ops_of(fields):
+    """cold.c parse_ops's rules: an 'M' with a payload starts an operation (kind, then flags),
+    each 'A' is an argument of the last one (at most 4); an 'A' before any, or a fifth, refuses
+    the recipe.  None: refused; "-": not a cold recipe."""
+    if not any(tag == b"B" for tag, _ in fields):
+        return "-"
+    ops = []
+    for tag, payload in fields:
+        if tag == b"M" and payload:
+            ops.append((payload[:1], payload[1:], []))
+        elif tag == b"A":
+            if not ops or len(ops[-1][2]) == 4:
+                return None
+            ops[-1][2].append(payload)
+    return ops
+
+
+def fits(fields, argv0: bytes) -> int:
+    """recipe_fits with argv = [argv0] (or none): the first 'W' field, if any, must be the
+    command's class (share.command_class)."""
+    made_for = next((p for tag, p in fields if tag == b"W"), None)
+    if made_for is None:
+        return 1
+    from hpccont.runtime.share import command_class
+    return int(made_for == command_class([argv0] if argv0 else []).encode())
 
 
 def _strtol_ok(text: bytes) -> bool:
@@ -180,7 +218,22 @@ def run_harness(harness, cases: list) -> list:
                     end = out.index(b"\0", pos)
                     env.append(out[pos:end])
                     pos = end + 1
-                results.append((1, counts[:9], env))
+                fit, n = struct.unpack_from("<II", out, pos)
+                pos += 8
+                ops = "-" if n == 0xfffffffe else None if n == 0xffffffff else []
+                for _ in range(n if isinstance(ops, list) else 0):
+                    kind = out[pos:pos + 1]
+                    end = out.index(b"\0", pos + 1)
+                    flags, pos = out[pos + 1:end], end + 1
+                    (nargs,) = struct.unpack_from("<I", out, pos)
+                    pos += 4
+                    args = []
+                    for _ in range(nargs):
+                        end = out.index(b"\0", pos)
+                        args.append(out[pos:end])
+                        pos = end + 1
+                    ops.append((kind, flags, args))
+                results.append((1, counts[:9], env, fit, ops))
             else:
                 results.append((status,))
     except (IndexError, ValueError, struct.error):
@@ -212,7 +265,10 @@ def check(case, result) -> str:
     counts += [int(any(t == b"K" for t, _ in fields)), int(any(t == b"x" for t, _ in fields))]
     assert list(result[1]) == counts, case
     assert result[2] == environment_of(fields, env, argv0), case
-    return "accepted"
+    assert result[3] == fits(fields, argv0), case
+    ops = ops_of(fields)
+    assert result[4] == ops, case
+    return "accepted" if ops == "-" else "cold, refused" if ops is None else "cold"
 
 
 # ------------------------------------------------------------------- the inputs
@@ -251,6 +307,7 @@ def test_fuzz_c_recipe_parser(harness):
             what = check(case, result)
             seen[what] = seen.get(what, 0) + 1
     assert seen.get("accepted") and seen.get("refused") and seen.get("file read"), seen
+    assert seen.get("cold") and seen.get("cold, refused"), seen
     sanitizers = "ASan+UBSan" if harness[2] else "no sanitizers"
     print(f"C recipe readers ({sanitizers}): {len(cases)} inputs: {seen}")
 

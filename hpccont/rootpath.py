@@ -194,7 +194,9 @@ def open_mountpoint(root: str, path: str, is_dir: bool, *, escape: str = "refuse
             if last:
                 return fd
             stack.append(fd)
-        return os.dup(stack[0])          # the root itself
+        # Only "." and ".." were left: the directory they led to ("/" itself, or "x/.." ->
+        # the directory holding x; it used to return the root for any such path).
+        return os.dup(stack[-1])
     finally:
         for fd in stack:
             os.close(fd)

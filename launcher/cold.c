@@ -170,6 +170,23 @@ static void do_mount(const char *src, const char *dst, const char *type, unsigne
 		fail("mounting ", what);
 }
 
+/* Is nothing but "." components (and slashes) left in p?  As rootpath.components, which drops
+ * them: "file/." names the file. */
+static int nothing_left(const char *p)
+{
+	while (*p) {
+		size_t len;
+
+		while (*p == '/')
+			p++;
+		len = strcspn(p, "/");
+		if (len && !(len == 1 && p[0] == '.'))
+			return 0;
+		p += len;
+	}
+	return 1;
+}
+
 /* rootpath.open_mountpoint: an O_PATH descriptor of container path `path` under rootfd, made
  * when missing (parents as directories, itself a directory or, !is_dir, an empty file).  One
  * component at a time relative to its parent's descriptor, links resolved as inside the root,
@@ -235,7 +252,7 @@ static int mountpoint(int rootfd, const char *path, int is_dir, int clamp)
 			p = rest;
 			continue;
 		}
-		last = strspn(p, "/") == strlen(p);
+		last = nothing_left(p);
 		fd = openat(stack[depth - 1], part, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0 && errno == ENOENT) {
 			int made;

@@ -12,6 +12,8 @@
  *      and a cold recipe's operations (one_build)
  *   1, file length, file  ->  u8 0 (read_recipe refused the file), 1 (read, recipe refused),
  *      2 (read and parsed); the key is the fixed material "hpccont-fast-1\0fuzz\0"
+ *   3, root length, root, path length, path, u32 flags  ->  cold.c's mount-point walk
+ *      (one_walk)
  * Built with -fsanitize=address,undefined where the compiler has them: a memory error aborts
  * the run and the test reports the input being read.
  */
@@ -180,6 +182,43 @@ static int one_file(const char *dir, const struct buf *m, const char *path)
 	return 0;
 }
 
+/* cold.c mountpoint(): root, path, flags (1 is_dir, 2 clamp) -> u8 0 and errno, or u8 1 and
+ * the path of the descriptor it returns (NUL-terminated, from /proc/self/fd). */
+static int one_walk(void)
+{
+	uint32_t rlen, plen, flags;
+	char *root = get_bytes(&rlen), *path = root ? get_bytes(&plen) : NULL;
+	char *rootz, *pathz, link[64], where[PATH_MAX];
+	ssize_t n;
+	int rootfd, fd;
+
+	if (path == NULL || get_u32(&flags) != 0)
+		return -1;
+	rootz = strndup(root, rlen);
+	pathz = strndup(path, plen);
+	rootfd = open(rootz, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	errno = 0;
+	fd = rootfd < 0 ? -1 : mountpoint(rootfd, pathz, flags & 1, flags & 2);
+	if (fd < 0) {
+		fputc(0, stdout);
+		put_u32(errno);
+	} else {
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+		n = readlink(link, where, sizeof(where) - 1);
+		where[n > 0 ? n : 0] = '\0';
+		fputc(1, stdout);
+		fwrite(where, 1, strlen(where) + 1, stdout);
+		close(fd);
+	}
+	if (rootfd >= 0)
+		close(rootfd);
+	free(root);
+	free(path);
+	free(rootz);
+	free(pathz);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const char key[] = "hpccont-fast-1\0fuzz";
@@ -192,7 +231,7 @@ int main(int argc, char **argv)
 	snprintf(path, sizeof(path), "%s/fast-%016llx", argv[1],
 		 (unsigned long long)fnv1a(m.data, m.len));
 	while (get_u32(&kind) == 0) {
-		if ((kind == 0 ? one_recipe() : one_file(argv[1], &m, path)) != 0)
+		if ((kind == 0 ? one_recipe() : kind == 3 ? one_walk() : one_file(argv[1], &m, path)) != 0)
 			return 4;
 		fflush(stdout);
 	}

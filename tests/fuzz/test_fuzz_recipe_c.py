@@ -319,3 +319,105 @@ def test_fuzz_c_recipe_parser(harness):
 def test_edge_recipes(harness, data):
     case = ("recipe", data, [b"A=1"], b"/bin/sh")
     check(case, run_harness(harness, [case])[0])
+
+
+# ------------------------------------------------------------------- cold.c's mount-point walk
+WALK_PARTS = ["a", "b", "inner", "rel", "up", "abs", "loop", "file", "flink", "dangling", "new",
+              "..", "."]
+
+
+def _walk_tree(root: Path) -> None:
+    """Links that stay inside, climb out, loop, dangle, or pass through a file."""
+    import os
+    (root / "b" / "inner").mkdir(parents=True)
+    (root / "file").write_text("x")
+    for name, target in (("a", "/b"), ("rel", "b/inner"), ("up", "../../.."), ("abs", "/"),
+                         ("loop", "loop"), ("flink", "file"), ("dangling", "/missing/dir"),
+                         ("fdir", "file/x")):
+        os.symlink(target, root / name)
+
+
+def _listing(root: Path) -> list:
+    import os
+    out = []
+    for d, dirs, files in os.walk(root):
+        for n in sorted(dirs + files):
+            p = Path(d) / n
+            rel = str(p.relative_to(root))
+            out.append((rel, os.readlink(p) if p.is_symlink() else
+                        "dir" if p.is_dir() else "file"))
+    return sorted(out)
+
+
+def _python_walk(root: Path, path: str, is_dir: bool, clamp: bool):
+    import errno
+    import os
+    from hpccont.rootpath import open_mountpoint
+    try:
+        fd = open_mountpoint(str(root), path, is_dir, escape="clamp" if clamp else "refuse",
+                             error=ValueError)
+    except ValueError as e:
+        return ("error", errno.EXDEV if "escapes" in str(e) else errno.ELOOP)
+    except OSError as e:
+        return ("error", e.errno)
+    try:
+        where = os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    return ("fd", where)
+
+
+def _c_walks(harness, cases) -> list:
+    exe, state, _ = harness
+    blob = b"".join(struct.pack("<II", 3, len(bytes(r))) + bytes(r) + struct.pack("<I", len(p))
+                    + p + struct.pack("<I", f) for r, p, f in cases)
+    r = subprocess.run([str(exe), str(state)], input=blob, capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
+    out, pos, results = r.stdout, 0, []
+    for _ in cases:
+        status, pos = out[pos], pos + 1
+        if status == 0:
+            results.append(("error", struct.unpack_from("<I", out, pos)[0]))
+            pos += 4
+        else:
+            end = out.index(b"\0", pos)
+            results.append(("fd", out[pos:end].decode()))
+            pos = end + 1
+    return results
+
+
+def test_c_mount_point_walk_matches_python(harness, tmp_path):
+    """cold.c's walk (what a cold recipe's mounts are placed on) against rootpath.open_mountpoint
+    (what apply.py places them on): the same directory found or made, the same refusal, and
+    the same entries created, for every path over a tree of links that stay inside, climb out,
+    loop, dangle or pass through a file; each side in its own fresh copy of the tree."""
+    import os
+    import errno
+    import random
+    rng = random.Random(17)
+    paths = {"/", "/b", "/a/inner", "/rel/new", "/up/x", "/abs/b", "/loop", "/file", "/flink",
+             "/dangling", "/fdir", "/new/deeper/x", "/..", "/b/../../b", "/a/../new", "/./b/."}
+    while len(paths) < 400:
+        paths.add("/" + "/".join(rng.choice(WALK_PARTS) for _ in range(rng.randint(1, 4))))
+    cases, python, trees = [], [], []
+    for i, path in enumerate(sorted(paths)):
+        flags = rng.randint(0, 3)
+        py_root, c_root = tmp_path / f"p{i}", tmp_path / f"c{i}"
+        for root in (py_root, c_root):
+            root.mkdir()
+            _walk_tree(root)
+        python.append(_python_walk(py_root, path, bool(flags & 1), bool(flags & 2)))
+        cases.append((os.fsencode(c_root), path.encode(), flags))
+        trees.append((py_root, c_root))
+    def inside(result, root):
+        if result[0] != "fd":
+            return result
+        rel = os.path.relpath(result[1], root)
+        return ("fd", "/" if rel == "." else "/" + rel)
+    outcomes = set()
+    for (_, path, flags), want, got, (py_root, c_root) in zip(
+            cases, python, _c_walks(harness, cases), trees):
+        assert inside(got, c_root) == inside(want, py_root), (path, flags)
+        assert _listing(c_root) == _listing(py_root), (path, flags)
+        outcomes.add(want[0] if want[0] == "fd" else want[1])
+    assert {"fd", errno.EXDEV, errno.ELOOP, errno.ENOTDIR} <= outcomes, outcomes

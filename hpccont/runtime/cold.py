@@ -24,13 +24,13 @@ from __future__ import annotations
 import os
 import sys
 
+from .plan_types import PRIVATE_TO_LAUNCH
 from .recipe import encode
 
 # Request fields whose mounts come from the host's state at planning time.
 HOST_STATE = ("nv", "rocm", "mpi")
 # Plan fields with no place in a recipe (their launches are planned every time).
-PRIVATE = ("join", "overlays", "writable", "fakeroot", "pid", "ipc", "uts", "net", "hostname",
-           "cgroup", "warnings")
+PRIVATE = ("join", "overlays", "writable", "fakeroot", "warnings") + PRIVATE_TO_LAUNCH
 MOUNT_OPS = {"bind": "b", "dev": "b", "proc": "p", "tmpfs": "t", "fs": "f", "symlink": "l",
              "file": "c", "passwd": "c", "group": "c"}
 

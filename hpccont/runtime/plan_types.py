@@ -63,6 +63,11 @@ class Identity:
     groups: list[int] = factory(list)
 
 
+# Plan fields that make namespaces or limits of the launch's own: such a container is never
+# shared (runtime/share.py) nor replayed from a recipe (runtime/cold.py).
+PRIVATE_TO_LAUNCH = ("pid", "ipc", "uts", "net", "hostname", "cgroup")
+
+
 @record
 class LaunchPlan:
     image: ImageSource

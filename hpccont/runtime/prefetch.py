@@ -85,15 +85,14 @@ def resolved(root: str, wanted: list[list[str]]) -> list[str]:
     """The container paths, every link resolved, of the files the reader reads for ``wanted``,
     in its order: a recipe that repeats the launch (runtime/cold.py) has them read in C."""
     from ..rootpath import resolve
+    found: list[str] = []
     rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        reader = Reader(rootfd)
-        reader.collected = []
-        reader.run(wanted, lambda path: reader.collected.append(
+        Reader(rootfd).run(wanted, lambda path: found.append(
             resolve(root, path)[len(root.rstrip("/")):] or "/"))
-        return reader.collected
     finally:
         os.close(rootfd)
+    return found
 
 
 def finish(pid: int) -> None:

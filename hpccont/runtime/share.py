@@ -55,7 +55,8 @@ def _unshareable(plan) -> str | None:
         return "root launches do not share (kernel mounts)"
     if plan.writable_tmpfs or getattr(plan, "writable", False) or getattr(plan, "overlays", None):
         return "a writable container is private to its launch"
-    for flag in ("pid", "ipc", "uts", "net", "hostname", "cgroup"):
+    from .plan_types import PRIVATE_TO_LAUNCH
+    for flag in PRIVATE_TO_LAUNCH:
         if getattr(plan, flag, None):
             return f"--{flag} namespaces or limits are private to their launch"
     return None

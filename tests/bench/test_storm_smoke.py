@@ -88,7 +88,10 @@ def test_counts_and_image_needs_far_fewer_metadata_operations(storm_ready, share
 def test_interrupted_run_leaves_nothing_mounted(storm_ready, shared_tmp):
     p = subprocess.Popen(storm_argv(storm_ready, shared_tmp, "--n", "2", "--delay-ms", "5",
                                     "--variants", "tree-slow,tree-local"),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         # Python takes SIGINT as Ctrl-C only where it is not ignored, which
+                         # a runner in the background (nohup, &) passes on
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         for line in p.stdout:

@@ -11,6 +11,7 @@ by that path, each a lookup of its own that follows links.
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -89,7 +90,8 @@ def test_swapping_user_cannot_redirect_root_mounts(hpccont, busybox_rootfs, shar
     data.mkdir()
     swapper = subprocess.Popen(
         ["runuser", "-u", helpers.TEST_USER, "--", "/usr/bin/python3", "-c", SWAPPER,
-         str(sandbox), outside], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         str(sandbox), outside], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
     results = []
     try:
         time.sleep(0.2)
@@ -102,7 +104,9 @@ def test_swapping_user_cannot_redirect_root_mounts(hpccont, busybox_rootfs, shar
             assert os.listdir(outside) == [], (i, r.stderr)
             assert not helpers.mounts_mentioning(outside)
     finally:
-        swapper.kill()
+        # The whole group: a SIGKILL to runuser alone left its Python child swapping (a CPU)
+        # for the rest of the test run.
+        os.killpg(swapper.pid, signal.SIGKILL)
         swapper.wait()
     assert os.listdir(outside) == []
     assert 0 in results, results            # the launches did run, not only fail

@@ -687,3 +687,27 @@ def test_bytecode_of_the_test_install(install):
     pkg = os.path.join(install["lib"], "hpccont")
     r = run(Context(package_dir=pkg), "bytecode")
     assert r.status == OK, r.line()
+
+
+@needs_cc
+def test_launcher_in_front_of_the_entry_point(install, tmp_path):
+    """The C launcher built for this install is OK; the Python entry point alone WARNs with the
+    build command; a launcher whose Python is not where it was built for FAILs; none: SKIP."""
+    built = {}
+    for name, bindir in (("good", install["bin"]), ("broken", "/nonexistent")):
+        d = tmp_path / name
+        d.mkdir()
+        subprocess.run(["make", "-s", "-C", str(helpers.REPO / "launcher"), f"O={d}",
+                        f"PY_BINDIR={bindir}"], check=True)
+        (d / "hpccont").symlink_to(d / "hpccont-fast")
+        built[name] = d
+    r = run(Context(bin_dirs=[str(built["good"])]), "launcher")
+    assert r.status == OK and "the C launcher (hpccont " in r.found, r.line()
+    r = run(Context(bin_dirs=[install["bin"]]), "launcher")
+    assert r.status == WARN and "Python entry point" in r.found, r.line()
+    assert f"PY_BINDIR={install['bin']}" in r.fix
+    r = run(Context(bin_dirs=[str(built["broken"])]), "launcher")
+    assert r.status == FAIL and "/nonexistent/hpccont" in r.found, r.line()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(Context(bin_dirs=[str(empty)]), "launcher").status == SKIP

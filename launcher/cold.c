@@ -119,18 +119,30 @@ static int wants(const struct op *o)
 {
 	switch (o->kind) {
 	case 'p': return 1;
-	case 'b': case 't': case 'l': return 2;
-	case 'f': case 'c': return 3;
+	case 't': case 'l': return 2;
+	case 'b': case 'f': case 'c': return 3;
 	}
 	return -1;
 }
 
+/* A bind source still resolves to the path the plan judged (the bind policy compares
+ * resolved paths: a link retargeted since must be judged again), or is an optional source
+ * that is simply gone (skipped, as Python skips it). */
+static int same_source(const struct op *o)
+{
+	char real[PATH_MAX];
+	struct stat st;
+
+	if (stat(o->arg[0], &st) != 0)
+		return has(o, 'o');
+	return realpath(o->arg[0], real) != NULL && strcmp(real, o->arg[2]) == 0;
+}
+
 /* What may have changed on the host since the plan was made, checked before any change:
- * the FUSE server, and every bind source that is not optional. */
+ * the FUSE server, and every bind source. */
 static int usable(const struct recipe *r, const struct op *ops, int n)
 {
 	const char *server = recipe_field(r, 'Q');
-	struct stat st;
 	int i;
 
 	if (!server || !recipe_field(r, 'I') || !recipe_field(r, 'J') || !recipe_field(r, 'S') ||
@@ -139,7 +151,7 @@ static int usable(const struct recipe *r, const struct op *ops, int n)
 	for (i = 0; i < n; i++) {
 		if (wants(&ops[i]) != ops[i].nargs)
 			return 0;
-		if (ops[i].kind == 'b' && !has(&ops[i], 'o') && stat(ops[i].arg[0], &st) != 0)
+		if (ops[i].kind == 'b' && !same_source(&ops[i]))
 			return 0;
 	}
 	return 1;

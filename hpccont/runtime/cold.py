@@ -144,8 +144,11 @@ def build_fields(plan, cfg: dict, stage: str, server: str, overlay_options: str,
             flags = "C" if m.kind != "file" else "x" if content.startswith(b"#!") else ""
             fields += [("M" + op + flags, ""), ("A", name), ("A", m.target), ("A", content)]
         elif op == "b":
+            # The source as resolved now (the bind policy judged that path): a link retargeted
+            # since makes the C side hand the launch back to be planned and judged again.
             flags = ("r" if m.readonly else "") + ("o" if m.optional else "")
-            fields += [("M" + op + flags, ""), ("A", m.source), ("A", m.target)]
+            fields += [("M" + op + flags, ""), ("A", m.source), ("A", m.target),
+                       ("A", os.path.realpath(m.source))]
         elif op == "l":
             fields += [("Ml", ""), ("A", m.source), ("A", m.target)]
         elif op == "p":

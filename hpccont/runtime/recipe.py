@@ -44,8 +44,9 @@ TAGS = {
     "R": "a file the page-cache reader reads, as a container path with every link resolved",
     "M": "a mount, in order: kind (b bind, p proc, t tmpfs, f fs, l symlink, c content) and "
          "flags (r read-only, o optional, C clamp '..' at the root, x executable content)",
-    "A": "an argument of the 'M' before it: bind SOURCE TARGET, proc TARGET, tmpfs TARGET DATA, "
-         "fs TYPE TARGET DATA, symlink TEXT TARGET, content NAME TARGET CONTENT",
+    "A": "an argument of the 'M' before it: bind SOURCE TARGET RESOLVED (the source as it "
+         "resolved when planned), proc TARGET, tmpfs TARGET DATA, fs TYPE TARGET DATA, symlink "
+         "TEXT TARGET, content NAME TARGET CONTENT",
 }
 
 

@@ -129,6 +129,33 @@ def test_anything_in_the_key_or_on_the_host_changed_is_planned_again(fast, image
     assert str(src) in r.stderr
 
 
+def test_a_bind_through_a_retargeted_link_is_judged_again(fast, image, work, shared_tmp):
+    """The bind policy compares resolved paths: a link allowed when the recipe was made and
+    pointed at a denied directory since must not be bound from the recipe.  C hands the launch
+    back; Python refuses it as always."""
+    hp, strict = fast["dir"] / "hpccont", fast["strict"] / "hpccont"
+    allowed, denied = shared_tmp / "allowed", shared_tmp / "denied"
+    for d in (allowed, denied):
+        d.mkdir()
+        (d / "f").write_text(d.name + "\n")
+        os.system(f"chmod -R a+rX {d}")
+    link = shared_tmp / "link"
+    link.symlink_to(allowed)
+    site = shared_tmp / "site.yaml"
+    site.write_text(f"mounts:\n  user_bind_denylist: [{denied}]\n")
+    site.chmod(0o644)
+    env = {"HPCCONT_CONFIG": str(site)}
+    args = ["exec", "-B", f"{link}:/d", str(image), "cat", "/d/f"]
+    assert _launch(hp, work, *args, env=env).stdout == "allowed\n"
+    assert _launch(strict, work, *args, env=env).stdout == "allowed\n"     # from the recipe
+    link.unlink()
+    link.symlink_to(denied)
+    r = _launch(strict, work, *args, env=env)
+    assert r.returncode == 127 and NO_PYTHON in r.stderr and "denied" not in r.stdout
+    r = _launch(hp, work, *args, env=env)
+    assert r.returncode != 0 and "not allowed" in r.stderr and "denied" not in r.stdout, r.stderr
+
+
 def test_a_shell_is_planned_for_itself(fast, image, work):
     """The exec part depends on whether the command is a shell (prompt, /bin/sh -> bash): a
     recipe made for another command is not applied to one."""

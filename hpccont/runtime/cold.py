@@ -60,6 +60,17 @@ def unrecordable(plan, cfg: dict, req) -> str | None:
     return None
 
 
+def describe(plan, cfg: dict, req) -> dict:
+    """For --dry-run and --debug: whether this launch, run for real, would be recorded."""
+    import copy
+    real = copy.copy(req)
+    real.dry_run = real.debug = False
+    why = unrecordable(plan, cfg, real)
+    if why is None and not launcher_installed():
+        why = "no C launcher beside the entry point (hpccont-fast, make install)"
+    return {"record": why is None} if why is None else {"record": False, "why": why}
+
+
 def launcher_installed() -> bool:
     """Is the C launcher next to this entry point (``make install`` puts hpccont-fast there and
     links hpccont to it)?  Only it reads recipes: without it, recording would cost every

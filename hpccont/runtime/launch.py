@@ -58,6 +58,9 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) 
         info = sharing.describe(plan, cfg, environ, share)
         if info is not None:
             shown["share"] = info
+        if info is None or not info.get("share"):
+            from . import cold
+            shown["recipe"] = cold.describe(plan, cfg, req)
         text = json.dumps(shown, indent=2) + "\n"
         (sys.stdout if req.dry_run else sys.stderr).write(text)
         if req.dry_run:

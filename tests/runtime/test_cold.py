@@ -229,6 +229,17 @@ def test_32_concurrent_builds_from_one_recipe(fast, image, work):
     assert _no_server_left(image)
 
 
+def test_dry_run_says_whether_a_launch_is_recorded(fast, image, work, hpccont_user):
+    import json
+    r = _launch(fast["dir"] / "hpccont", work, "exec", "--dry-run", str(image), "true")
+    assert json.loads(r.stdout)["recipe"] == {"record": True}, r.stderr
+    r = _launch(fast["dir"] / "hpccont", work, "exec", "--dry-run", "--pid", str(image), "true")
+    assert json.loads(r.stdout)["recipe"] == {"record": False,
+                                              "why": "pid is planned at every launch"}
+    r = hpccont_user("exec", "--dry-run", image, "true", cwd=work)
+    assert "no C launcher" in json.loads(r.stdout)["recipe"]["why"]
+
+
 def test_nothing_is_recorded_without_the_launcher(hpccont_user, image, work):
     """The Python entry point alone (no hpccont-fast beside it, as without a C compiler at
     install time) writes no recipe that nobody would read."""

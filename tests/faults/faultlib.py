@@ -84,7 +84,12 @@ class Launch:
         """Wait until the command ``name`` runs in place of the runtime."""
         wait_for(lambda: comm(self.pid) == name or proc_state(self.pid) in ("Z", "gone"),
                  what=f"the command {name}")
-        self.ns = mnt_ns(self.pid)
+        try:
+            self.ns = mnt_ns(self.pid)
+        except FileNotFoundError:
+            # A quick command may have ended already (a zombie has no ns links): its mount
+            # namespace went with it, and wait_clean checks what else could be left.
+            self.ns = None
 
     def fuse_server(self) -> int:
         """The squashfuse child, once it has exec'd (the runtime may stop before it has)."""

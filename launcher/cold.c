@@ -139,14 +139,17 @@ static int same_source(const struct op *o)
 }
 
 /* What may have changed on the host since the plan was made, checked before any change:
- * the FUSE server, and every bind source. */
+ * the FUSE server, the staging directory, and every bind source. */
 static int usable(const struct recipe *r, const struct op *ops, int n)
 {
-	const char *server = recipe_field(r, 'Q');
+	const char *server = recipe_field(r, 'Q'), *stage = recipe_field(r, 'S');
+	struct stat st;
 	int i;
 
-	if (!server || !recipe_field(r, 'I') || !recipe_field(r, 'J') || !recipe_field(r, 'S') ||
-	    !recipe_field(r, 'T') || !recipe_field(r, 'Y') || access(server, X_OK) != 0)
+	/* the staging directory is in the installed package: gone after a move or an upgrade */
+	if (!server || !recipe_field(r, 'I') || !recipe_field(r, 'J') || !stage ||
+	    !recipe_field(r, 'T') || !recipe_field(r, 'Y') || access(server, X_OK) != 0 ||
+	    stat(stage, &st) != 0 || !S_ISDIR(st.st_mode))
 		return 0;
 	for (i = 0; i < n; i++) {
 		if (wants(&ops[i]) != ops[i].nargs)

@@ -33,6 +33,11 @@
 #ifndef PY_BINDIR
 #define PY_BINDIR "/opt/hpccont/venv/bin"
 #endif
+/* Where the entry points stamped into the key are: PY_BINDIR, except in the tests' launcher
+ * that falls back nowhere (proof that a launch took a C path). */
+#ifndef ENTRY_BINDIR
+#define ENTRY_BINDIR PY_BINDIR
+#endif
 #define CONFIG_PATH "/etc/hpccont/hpccont.yaml"
 #define MAGIC "hpccont-fast-1"
 #define MAX_CANDIDATES 6
@@ -144,6 +149,13 @@ static int material(struct buf *b, const char *kind, char **head, int nhead, con
 		return -1;
 	stamp("/etc/group", st, sizeof(st));
 	snprintf(line, sizeof(line), "group=%s", st);
+	if (add(b, line))
+		return -1;
+	/* The entry point this launcher falls back to: every install rewrites it, so recipes
+	 * planned by another version of hpccont are never replayed. */
+	snprintf(line, sizeof(line), "%s/%s", ENTRY_BINDIR, kind);
+	stamp(line, st, sizeof(st));
+	snprintf(line, sizeof(line), "entry=%s", st);
 	if (add(b, line))
 		return -1;
 	for (e = environ; *e; e++)

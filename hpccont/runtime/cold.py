@@ -5,7 +5,7 @@ A launch that does not share its container (runtime/share.py) mounts everything 
 every start; Python's start, imports and planning are then most of its cost.  The plan,
 though, is a pure function of what the fast path's key holds (share.fast_material: the words
 up to the image, the working directory, the ids, the stamps of the image, the site config,
-/etc/passwd and /etc/group, the whole environment).  So the first launch records, next to the
+/etc/passwd, /etc/group and the entry point, the whole environment).  So the first launch records, next to the
 key, what apply.py did: the staging tmpfs, the image's FUSE server and offset, the overlay,
 each mount in order with its flags, the identity files' contents, the files the page-cache
 reader read, and, decided inside the container, the program and its environment after the

@@ -156,7 +156,9 @@ def fast_inputs(req):
 
 
 def fast_material(kind: bytes, head: list, cwd: bytes, cmd=None) -> bytes:
-    """The fast path's key, as launcher/fast.c builds it (NUL-terminated strings)."""
+    """The fast path's key, as launcher/fast.c builds it (NUL-terminated strings).  ``entry``
+    is this entry point, the file fast.c falls back to: each install rewrites it, so recipes
+    planned by another version of hpccont never match."""
     from ..config import config_path
     cfg_path = os.fsencode(config_path(os.environ))
     try:
@@ -169,7 +171,7 @@ def fast_material(kind: bytes, head: list, cwd: bytes, cmd=None) -> bytes:
              b"id=%d:%d:%d:%d" % (os.getuid(), os.geteuid(), os.getgid(), os.getegid()),
              b"image=" + stamp(head[-1]), b"config=" + cfg_path + b":" + stamp(cfg_path),
              b"passwd=" + stamp("/etc/passwd"), b"group=" + stamp("/etc/group"),
-             b"env=%d" % len(env), *env]
+             b"entry=" + stamp(sys.argv[0]), b"env=%d" % len(env), *env]
     return b"\0".join(parts) + b"\0"
 
 

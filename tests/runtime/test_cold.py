@@ -120,6 +120,13 @@ def test_anything_in_the_key_or_on_the_host_changed_is_planned_again(fast, image
     assert r.returncode == 127 and NO_PYTHON in r.stderr
     assert _launch(hp, work, *args).returncode == 0
     assert _launch(strict, work, *args).returncode == 0
+    # hpccont installed again (its entry point rewritten): recipes of the old one never match
+    entry = fast["py"] / "hpccont"
+    entry.write_bytes(entry.read_bytes())
+    r = _launch(strict, work, *args)
+    assert r.returncode == 127 and NO_PYTHON in r.stderr
+    assert _launch(hp, work, *args).returncode == 0
+    assert _launch(strict, work, *args).returncode == 0
     # a bind source gone from the host: C changes nothing and hands over; Python's error
     src.rmdir()
     r = _launch(strict, work, *args)

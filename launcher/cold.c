@@ -170,12 +170,18 @@ static void write_file(const char *path, const char *text)
 	close(fd);
 }
 
-static void id_maps(const char *uid_map, const char *gid_map, int deny_setgroups)
+/* One id each way: "INSIDE OUTSIDE 1" in uid_map and gid_map. */
+static void id_maps(unsigned int uid_in, unsigned int uid_out, unsigned int gid_in,
+		    unsigned int gid_out, int deny_setgroups)
 {
+	char map[64];
+
 	if (deny_setgroups)
 		write_file("/proc/self/setgroups", "deny");
-	write_file("/proc/self/uid_map", uid_map);
-	write_file("/proc/self/gid_map", gid_map);
+	snprintf(map, sizeof(map), "%u %u 1", uid_in, uid_out);
+	write_file("/proc/self/uid_map", map);
+	snprintf(map, sizeof(map), "%u %u 1", gid_in, gid_out);
+	write_file("/proc/self/gid_map", map);
 }
 
 static void do_mount(const char *src, const char *dst, const char *type, unsigned long flags,
@@ -535,7 +541,7 @@ static pid_t start_reader(const struct recipe *r, const char *lower, char **cmd)
 
 void cold_build(const struct recipe *r, char **cmd, const char *path)
 {
-	char lower[PATH_MAX], root[PATH_MAX], files[PATH_MAX], map[64], **env;
+	char lower[PATH_MAX], root[PATH_MAX], files[PATH_MAX], **env;
 	const char *stage = recipe_field(r, 'S');
 	static const char *dirs[] = {"lower", "upper", "work", "root", "files"};
 	unsigned int uid, gid;
@@ -561,13 +567,7 @@ void cold_build(const struct recipe *r, char **cmd, const char *path)
 		return;
 	}
 	recipe_file = path;
-	snprintf(map, sizeof(map), "0 %u 1", uid);
-	{
-		char gmap[64];
-
-		snprintf(gmap, sizeof(gmap), "0 %u 1", gid);
-		id_maps(map, gmap, 1);
-	}
+	id_maps(0, uid, 0, gid, 1);          /* we are root in it, owning the mount namespace */
 	/* 2. nothing we mount propagates to the host */
 	do_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL, "/ private");
 	/* 3. the staging tmpfs */
@@ -602,13 +602,7 @@ void cold_build(const struct recipe *r, char **cmd, const char *path)
 		fail("pivoting into ", "the container root");
 	if (unshare(CLONE_NEWUSER) != 0)
 		fail("mapping back to ", "the caller's ids");
-	snprintf(map, sizeof(map), "%u 0 1", uid);
-	{
-		char gmap[64];
-
-		snprintf(gmap, sizeof(gmap), "%u 0 1", gid);
-		id_maps(map, gmap, 0);
-	}
+	id_maps(uid, 0, gid, 0, 0);
 	/* 8. the exec, once the reader is done (no child of ours left to the command) */
 	if (reader > 0)
 		waitpid(reader, NULL, 0);

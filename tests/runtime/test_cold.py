@@ -86,6 +86,29 @@ def test_c_build_gives_the_python_paths_results(fast, image, work):
     assert _no_server_left(image)
 
 
+def test_recipes_under_the_users_runtime_directory(fast, image, work):
+    """With XDG_RUNTIME_DIR (a login node's /run/user/UID), recipes live in
+    $XDG_RUNTIME_DIR/hpccont-UID, where both the Python and the C side look."""
+    pw = pwd.getpwnam("hpcuser")
+    runtime = Path(f"/run/user/{pw.pw_uid}")
+    made = not runtime.exists()
+    runtime.mkdir(parents=True, exist_ok=True)
+    os.chown(runtime, pw.pw_uid, pw.pw_gid)
+    runtime.chmod(0o700)
+    try:
+        env = {"XDG_RUNTIME_DIR": str(runtime)}
+        hp, strict = fast["dir"] / "hpccont", fast["strict"] / "hpccont"
+        assert _launch(hp, work, "exec", str(image), "true", env=env).returncode == 0
+        recipes = [p for p in (runtime / f"hpccont-{pw.pw_uid}").glob("cold-*")
+                   if str(image).encode() in p.read_bytes()]
+        assert len(recipes) == 1 and not _cold_recipes(image)
+        r = _launch(strict, work, "exec", str(image), "true", env=env)
+        assert r.returncode == 0, r.stderr
+    finally:
+        if made:
+            shutil.rmtree(runtime, ignore_errors=True)
+
+
 def test_exit_status_arguments_and_run(fast, image, work):
     """Another command after the same head reuses the recipe (the command is not in the key);
     exit statuses pass through; `run` keeps its runscript prefix; a missing command is one

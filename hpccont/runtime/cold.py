@@ -119,10 +119,11 @@ class Recorder:
         "prefix + the command's words" (then the Python path stays the only one)."""
         try:
             if self.build is not None:
+                from .share import exec_fields, write_recipe
                 fields = exec_fields(plan, self.host_cwd, argv, env, self.cmd)
                 if fields is not None:
-                    from .share import write_recipe
-                    write_recipe(self.dir_fd, "cold", self.material, self.build + fields)
+                    write_recipe(self.dir_fd, "cold", self.material,
+                                 self.build + [("m", plan.mode)] + fields)
         except (OSError, ValueError):
             pass             # no recipe: the next launch is planned again
         finally:
@@ -170,21 +171,3 @@ def build_fields(plan, cfg: dict, stage: str, server: str, overlay_options: str,
             fields += [("Mf", ""), ("A", m.source), ("A", m.target), ("A", m.options)]
     encode(fields)           # a NUL in any payload: ValueError, no recipe
     return fields
-
-
-def exec_fields(plan, host_cwd: str, argv: list, env: dict, cmd: list) -> list | None:
-    """The exec part, as share.py records it for a joining launch: the final program words
-    before the command's, and the final environment ("exact")."""
-    words = [os.fsencode(a) for a in argv]
-    if len(words) < len(cmd) or (cmd and words[len(words) - len(cmd):] != cmd):
-        return None
-    if plan.action == "run" and plan.argv and plan.argv[0] not in argv:
-        return None          # no runscript: the Python path says so at every launch
-    prefix = words[:len(words) - len(cmd)]
-    if not cmd and not prefix:
-        return None
-    from .share import command_class
-    fields = [("m", plan.mode), ("h", host_cwd), ("w", plan.cwd), ("x", ""),
-              ("W", command_class(cmd))]
-    fields += [("a", w) for w in prefix]
-    return fields + [("K", "")] + [("s", f"{k}={v}") for k, v in env.items()]

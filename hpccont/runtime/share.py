@@ -215,19 +215,31 @@ def _exec_and_record(plan, step, keeper: int, dir_fd: int, name: str, material: 
 
 def _record(plan, keeper, dir_fd, state, material, host_cwd, argv, env, cmd) -> None:
     from .join import start_time
+    fields = exec_fields(plan, host_cwd, argv, env, cmd)
+    if fields is None:
+        return
+    fields = [("m", plan.mode), ("p", str(keeper)), ("t", start_time(keeper))] + fields
+    fields += [("L", state + ".lock"), ("G", state + ".guests")]
+    write_recipe(dir_fd, "fast", material, fields)
+
+
+def exec_fields(plan, host_cwd: str, argv: list, env: dict, cmd: list) -> list | None:
+    """A recipe's exec part (shared and cold recipes alike): the program words before the
+    command's and the final environment, exactly as apply.exec_target decided them; None when
+    the exec is not "prefix + the command's words" or says something at every launch (then
+    the Python path stays the only one)."""
     words = [os.fsencode(a) for a in argv]
     if plan.umask is not None or len(words) < len(cmd) or (
             cmd and words[len(words) - len(cmd):] != cmd):
-        return          # the exec is not "prefix + the command's words": Python path only
+        return None
+    if plan.action == "run" and plan.argv and plan.argv[0] not in argv:
+        return None          # no runscript: the Python path says so at every launch
     prefix = words[:len(words) - len(cmd)]
     if not cmd and not prefix:
-        return
-    fields = [("m", plan.mode), ("p", str(keeper)), ("t", start_time(keeper)),
-              ("h", host_cwd), ("w", plan.cwd), ("x", ""), ("W", command_class(cmd))]
+        return None
+    fields = [("h", host_cwd), ("w", plan.cwd), ("x", ""), ("W", command_class(cmd))]
     fields += [("a", w) for w in prefix]
-    fields += [("K", "")] + [("s", f"{k}={v}") for k, v in env.items()]
-    fields += [("L", state + ".lock"), ("G", state + ".guests")]
-    write_recipe(dir_fd, "fast", material, fields)
+    return fields + [("K", "")] + [("s", f"{k}={v}") for k, v in env.items()]
 
 
 def write_recipe(dir_fd: int, kind: str, material: bytes, fields) -> None:

@@ -636,6 +636,11 @@ def check_launcher(ctx: Context) -> Result:
                       "build the C launcher in front of it (needs a C compiler): make -C "
                       f"launcher install O=DIR PY_BINDIR={os.path.dirname(real)}, then link "
                       f"{path} to DIR/hpccont-fast (make install does both)")
+    # Run as root, it runs only what no one else can change
+    bad = unsafe_reason(path) if ctx.is_root else None
+    if bad:
+        return Result(FAIL, name, f"{path} -> {real}: not run: {bad}",
+                      "install hpccont as root into root-owned directories (make install)")
     # It execs the Python entry point for everything it does not apply itself (--version too)
     out = _output([path, "--version"], timeout=30) or ""
     if not re.match(r"hpccont \d", out):

@@ -504,8 +504,10 @@ static pid_t start_reader(const struct recipe *r, const char *lower, char **cmd)
 	int rootfd, budget = TOTAL_BUDGET;
 	size_t i;
 
-	/* the list is the program's: only for the command it was made for */
-	if (planned_for == NULL || strcmp(planned_for, cmd[0] ? cmd[0] : "") != 0)
+	/* the list is the program's: for `exec`, only for the command it was made for (no 'V':
+	 * the image's runscript, test script or shell, whatever the arguments) */
+	if (recipe_field(r, 'R') == NULL ||
+	    (planned_for != NULL && strcmp(planned_for, cmd[0] ? cmd[0] : "") != 0))
 		return 0;
 	rootfd = open(lower, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (rootfd < 0)

@@ -89,7 +89,12 @@ def recorder(plan, cfg: dict, req) -> "Recorder | None":
         return None
     from .join import state_dir
     try:
-        dir_fd = os.open(state_dir(cfg), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        d = state_dir(cfg)
+        # fast.c looks in $XDG_RUNTIME_DIR/hpccont-UID and /tmp/hpccont-UID only, not in the
+        # fallback of a pre-empted /tmp name: a recipe there would never be read
+        if os.path.basename(d) != f"hpccont-{os.getuid()}":
+            return None
+        dir_fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None
     return Recorder(fast_material(*fast), fast[3], os.getcwd(), dir_fd)
@@ -141,8 +146,8 @@ def build_fields(plan, cfg: dict, stage: str, server: str, overlay_options: str,
     if not plan.writable_tmpfs:
         fields.append(("E", ""))
     if cfg["runtime"].get("prefetch", True):
-        program = cmd[0].decode("utf-8", "surrogateescape") if cmd else ""
-        fields.append(("V", program))
+        if plan.action == "exec":   # the program is the command's (run, test, shell: the image's)
+            fields.append(("V", cmd[0].decode("utf-8", "surrogateescape") if cmd else ""))
         wanted = prefetch.targets(plan.argv[0] if plan.argv else "", plan.env.get("PATH", ""))
         fields += [("R", p) for p in prefetch.resolved(f"{stage}/lower", wanted)]
     made = 0                 # apply._generated_file names its files by count

@@ -40,7 +40,8 @@ TAGS = {
     "J": "offset of the squashfs in the image file",
     "Y": "the kernel overlay's mount data",
     "E": "remount the root read-only (not with --writable-tmpfs; payload empty)",
-    "V": "the command the 'R' files were chosen for (read only for that command)",
+    "V": "the command the 'R' files were chosen for (read only for that command; absent: "
+         "the image's runscript, test script or shell, read for any arguments)",
     "R": "a file the page-cache reader reads, as a container path with every link resolved",
     "M": "a mount, in order: kind (b bind, p proc, t tmpfs, f fs, l symlink, c content) and "
          "flags (r read-only, o optional, C clamp '..' at the root, x executable content)",

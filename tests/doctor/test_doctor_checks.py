@@ -711,3 +711,7 @@ def test_launcher_in_front_of_the_entry_point(install, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run(Context(bin_dirs=[str(empty)]), "launcher").status == SKIP
+    if os.geteuid() == 0:       # root never runs a launcher someone else could replace
+        built["good"].chmod(0o777)
+        r = run(Context(bin_dirs=[str(built["good"])]), "launcher")
+        assert r.status == FAIL and "not run" in r.found and "writable" in r.found, r.line()

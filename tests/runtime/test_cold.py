@@ -18,6 +18,7 @@ import pytest
 
 import helpers
 from hpccont.runtime import cold, share
+from hpccont.runtime.recipe import decode
 from hpccont.runtime.plan_types import Identity, LaunchPlan, Mount
 from hpccont.runtime.request import ContainerRequest
 from hpccont.image.source import ImageSource
@@ -236,6 +237,10 @@ def test_executable_image_loop_builds_from_c(fast, busybox_sif, shared_tmp):
     assert r.stdout.splitlines() == [f"runscript args: echo {f}" for f in "abc"], r.stderr
     [recipe] = _cold_recipes(img)
     stamp = recipe.stat().st_mtime_ns
+    # the runscript's files are read for any arguments (no 'V': not tied to the command)
+    head, rest = recipe.read_bytes().split(b"\n", 1)
+    fields = decode(rest[int(head.split()[1]):])          # after the key material
+    assert "R" in fields and "V" not in fields
     link.unlink()
     link.symlink_to(fast["strict"] / "run-singularity")
     r = helpers.as_user(loop, env=env)

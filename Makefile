@@ -4,7 +4,7 @@ VENV := $(PREFIX)/venv
 PY := $(VENV)/bin/python
 
 DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev binutils procps \
-	squashfs-tools squashfuse fuse3 fuse-overlayfs busybox-static util-linux uidmap \
+	squashfs-tools squashfuse fuse3 libfuse3-dev fuse-overlayfs busybox-static util-linux uidmap \
 	debootstrap ca-certificates \
 	slurmctld slurmd slurm-client libslurm-dev munge libpmix-dev lua-posix \
 	openmpi-bin libopenmpi-dev mpich libmpich-dev \
@@ -35,6 +35,8 @@ install:
 	if $(MAKE) -s -C launcher O=$(VENV)/bin PY_BINDIR=$(VENV)/bin; then \
 		for f in hpccont run-singularity; do ln -sf $(VENV)/bin/hpccont-fast /usr/local/bin/$$f; done; \
 	fi
+	# The image server's caching adapter, beside the entry point (needs libfuse3's headers).
+	$(MAKE) -s -C launcher cache O=$(VENV)/bin || echo "no hpccont-fusecache.so: install libfuse3-dev"
 
 # The main job: build a small image and run a program in it, as root, as an unprivileged user,
 # and under Slurm.

@@ -56,6 +56,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "runtime": {
         "rootless": (str, "auto"),        # auto | always | never (never: non-root users refused)
         "squashfuse": (str, "squashfuse_ll"),   # FUSE server for rootless mounts
+        "fuse_cache": (bool, True),       # kernel caching of its opens, listings, links (fusecache.so)
         "overlay": (str, "kernel"),       # kernel | fuse-overlayfs
         "root_mount": (str, "loop"),      # loop (kernel squashfs) | fuse
         "prefetch": (bool, True),         # read the command into the page cache while mounting

@@ -651,6 +651,45 @@ def check_launcher(ctx: Context) -> Result:
     return Result(OK, name, f"{path} -> {real}: the C launcher ({out.strip()})")
 
 
+def check_fuse_cache(ctx: Context) -> Result:
+    """The image server's caching adapter (launcher/fusecache.c), which the runtime preloads
+    into squashfuse_ll from beside the entry point: without it every open, directory listing
+    and link of an image is a FUSE round trip (~3,500 per Python start, measured)."""
+    from .runtime.apply import CACHED_SERVERS, FUSE_CACHE
+    name = "fuse-cache"
+    cfg, _ = ctx.config()
+    server = cfg["runtime"]["squashfuse"]
+    if not cfg["runtime"]["fuse_cache"]:
+        return Result(SKIP, name, "off (runtime.fuse_cache: false)")
+    if server not in CACHED_SERVERS:
+        return Result(WARN, name, f"runtime.squashfuse is {server}: the caching adapter "
+                      f"serves {', '.join(CACHED_SERVERS)} only",
+                      "set runtime.squashfuse: squashfuse_ll")
+    path = ctx.which("hpccont")
+    if path is None:
+        return Result(SKIP, name, f"no hpccont in {', '.join(ctx.bin_dirs)}")
+    adapter = os.path.join(os.path.dirname(os.path.realpath(path)), FUSE_CACHE)
+    if not os.path.isfile(adapter):
+        return Result(WARN, name, f"no {adapter}: every open, listing and link in an image is "
+                      "a round trip to squashfuse (~3,500 per Python start)",
+                      "install libfuse3's headers (Debian: apt install libfuse3-dev) and run "
+                      f"make -C launcher cache O={os.path.dirname(adapter)} (make install does)")
+    bad = unsafe_reason(adapter) if ctx.is_root else None
+    if bad:
+        return Result(FAIL, name, f"{adapter}: {bad}",
+                      "install hpccont as root into root-owned directories (make install)")
+    real = ctx.which(server)
+    if real is None:
+        return Result(SKIP, name, f"{server} not installed (see the squashfuse check)")
+    dyn = elf.file_dynamic(real)
+    lib = next((n for n in (dyn.needed if dyn else []) if n.startswith("libfuse3.so")), None)
+    if lib is None:
+        return Result(WARN, name, f"{real} is not linked with libfuse3: {adapter} cannot "
+                      "wrap it, so opens, listings and links are not cached",
+                      "install the distribution's squashfuse (built with libfuse3)")
+    return Result(OK, name, f"{adapter}, preloaded into {real} ({lib})")
+
+
 # -- Slurm ----------------------------------------------------------------------------------
 
 def _slurm_missing(ctx: Context, name: str) -> Optional[Result]:
@@ -1070,6 +1109,7 @@ CHECKS: Dict[str, Callable[[Context], Result]] = {
     "site-config": check_site_config,
     "bytecode": check_bytecode,
     "launcher": check_launcher,
+    "fuse-cache": check_fuse_cache,
     "slurm-conf": check_slurm_conf,
     "plugstack": check_plugstack,
     "spank-plugin": check_spank_plugin,

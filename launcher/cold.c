@@ -139,17 +139,19 @@ static int same_source(const struct op *o)
 }
 
 /* What may have changed on the host since the plan was made, checked before any change:
- * the FUSE server, the staging directory, and every bind source. */
+ * the FUSE server and its caching adapter, the staging directory, and every bind source. */
 static int usable(const struct recipe *r, const struct op *ops, int n)
 {
 	const char *server = recipe_field(r, 'Q'), *stage = recipe_field(r, 'S');
+	const char *preload = recipe_field(r, 'P');
 	struct stat st;
 	int i;
 
 	/* the staging directory is in the installed package: gone after a move or an upgrade */
 	if (!server || !recipe_field(r, 'I') || !recipe_field(r, 'J') || !stage ||
 	    !recipe_field(r, 'T') || !recipe_field(r, 'Y') || access(server, X_OK) != 0 ||
-	    stat(stage, &st) != 0 || !S_ISDIR(st.st_mode))
+	    stat(stage, &st) != 0 || !S_ISDIR(st.st_mode) ||
+	    (preload && access(preload, R_OK) != 0))
 		return 0;
 	for (i = 0; i < n; i++) {
 		if (wants(&ops[i]) != ops[i].nargs)
@@ -454,6 +456,18 @@ static void apply_op(int rootfd, const char *files, const struct op *o)
 	close(fd);
 }
 
+/* The server's LD_PRELOAD: the adapter first, then whatever the caller had (as apply does). */
+static void set_preload(const char *preload)
+{
+	const char *had = getenv("LD_PRELOAD");
+	char *both;
+
+	if (had && *had && asprintf(&both, "%s %s", preload, had) > 0)
+		setenv("LD_PRELOAD", both, 1);
+	else
+		setenv("LD_PRELOAD", preload, 1);
+}
+
 /* apply._serve_fuse: we mount /dev/fuse ourselves (root of the namespace) and hand the
  * descriptor to the server as /dev/fd/N, libfuse's "already mounted" convention. */
 static void serve_image(const struct recipe *r, const char *lower)
@@ -474,7 +488,7 @@ static void serve_image(const struct recipe *r, const char *lower)
 	if (pid < 0)
 		fail("starting ", "squashfuse");
 	if (pid == 0) {
-		const char *server = recipe_field(r, 'Q');
+		const char *server = recipe_field(r, 'Q'), *preload = recipe_field(r, 'P');
 		char *argv[] = {(char *)server, "-f", "-o", offset, (char *)recipe_field(r, 'I'),
 				dev, NULL};
 		int null;
@@ -488,6 +502,8 @@ static void serve_image(const struct recipe *r, const char *lower)
 			dup2(null, 1);
 			dup2(null, 2);
 		}
+		if (preload)    /* apply.image_server_cache: for the server alone */
+			set_preload(preload);
 		execv(server, argv);
 		_exit(127);
 	}

@@ -103,6 +103,20 @@ def write_launchers(bindir: Path, libdir: Path, python: str = sys.executable) ->
     return write(str(bindir), str(libdir), python, (sysconfig.get_paths()["purelib"],))
 
 
+def build_fuse_cache(bindir: Path) -> "Path | None":
+    """launcher/fusecache.c built into ``bindir`` as ``make install`` does (beside the entry
+    points, where the runtime looks for it); None without a compiler or libfuse3's headers."""
+    import shutil
+    if not shutil.which("cc") or not os.path.isdir("/usr/include/fuse3"):
+        return None
+    r = subprocess.run(["make", "-s", "-B", "-C", str(REPO / "launcher"), "cache", f"O={bindir}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"building fusecache.so failed: {r.stderr.strip()}")
+    (bindir / "hpccont-fusecache.so").chmod(0o755)
+    return bindir / "hpccont-fusecache.so"
+
+
 def mounts_mentioning(fragment: str) -> list:
     """Host mount table lines mentioning ``fragment`` (to prove nothing was left mounted)."""
     with open("/proc/self/mountinfo") as f:

@@ -24,7 +24,8 @@ The sequence, and why it is in this order:
    "already mounted" convention), so squashfuse itself needs no privilege.  The kernel queues
    requests until squashfuse answers, so no readiness polling is needed.  squashfuse gets
    PR_SET_PDEATHSIG: when the command (which this process becomes) ends, it is killed, the
-   namespace has no process left and every mount in it is gone.  Root: a read-only autoclear
+   namespace has no process left and every mount in it is gone.  squashfuse_ll also gets the
+   caching adapter in its LD_PRELOAD (image_server_cache; docs/runtime.md says why).  Root: a read-only autoclear
    loop device and a kernel squashfs mount; the loop device frees itself with the last mount.
 5. An overlay with the image as lower layer and the staging tmpfs as upper layer: bind targets
    that the read-only image lacks (``-B /scratch``) are created in the upper layer without
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 
 from ..errors import BindError, CommandNotFound, CommandNotExecutable, LaunchError
 from . import kernel
@@ -61,6 +63,11 @@ from .plan_types import LaunchPlan, Mount
 SESSION_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "data", "session")
 FUSE_SERVERS = {"squashfuse_ll": "squashfuse_ll", "squashfuse": "squashfuse"}
+# launcher/fusecache.c, installed beside the entry point: preloaded into a low-level image
+# server, it negotiates the kernel caching squashfuse leaves off (no-open, cached listings and
+# links).  Only squashfuse_ll: the high-level server's table is libfuse's own.
+FUSE_CACHE = "hpccont-fusecache.so"
+CACHED_SERVERS = ("squashfuse_ll",)
 # Looked up here rather than through the user's PATH: faster, and a user's PATH must not pick
 # the program that serves every file of the container.
 SYSTEM_BIN = ("/usr/bin", "/usr/local/bin", "/bin", "/usr/sbin", "/sbin")
@@ -124,7 +131,7 @@ def apply(plan: LaunchPlan, cfg: dict[str, dict], *, debug: bool = False,
         root, reader = setup(plan, cfg, step)
         if recorder is not None:
             stage = os.path.dirname(root)
-            recorder.capture(plan, cfg, root, _image_server(cfg),
+            recorder.capture(plan, cfg, root, _image_server(cfg), image_server_cache(cfg),
                              _overlay_options(f"{stage}/lower", stage))
         enter(root, plan, step)
     except OSError as e:
@@ -361,11 +368,21 @@ def _image_server(cfg) -> str:
     return _system_program(FUSE_SERVERS[cfg["runtime"]["squashfuse"]])
 
 
+def image_server_cache(cfg) -> str:
+    """The caching adapter to preload into the image's FUSE server, or "" for none."""
+    if not cfg["runtime"].get("fuse_cache", True) or \
+            cfg["runtime"]["squashfuse"] not in CACHED_SERVERS:
+        return ""
+    path = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), FUSE_CACHE)
+    return path if os.path.isfile(path) else ""
+
+
 def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:
     server = _image_server(cfg)
+    preload = image_server_cache(cfg)
     _serve_fuse(target, "squashfuse", kernel.MS_RDONLY, uid, gid,
                 [server, "-f", "-o", f"offset={img.offset}", img.handle or img.path],
-                keep=_handle_fd(img))
+                keep=_handle_fd(img), preload=preload)
     return target
 
 
@@ -375,13 +392,14 @@ def _handle_fd(img) -> tuple:
 
 
 def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: list,
-                keep: tuple = ()) -> None:
+                keep: tuple = (), preload: str = "") -> None:
     """Mount a FUSE filesystem at ``target`` ourselves and start ``argv`` to serve it.
 
     We hold CAP_SYS_ADMIN in the namespace, so we open /dev/fuse and mount; the server gets the
     descriptor as its mount point ``/dev/fd/N`` (libfuse's "already mounted" convention) and
     needs no privilege.  PR_SET_PDEATHSIG ends the server with the process that becomes the
     command; the kernel queues requests until the server answers, so nothing waits here.
+    ``preload`` (image_server_cache) goes into the server's LD_PRELOAD, and only its.
     """
     fd = os.open("/dev/fuse", os.O_RDWR)   # inheritable on purpose: the server reads it
     os.set_inheritable(fd, True)
@@ -402,6 +420,9 @@ def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: li
             devnull = os.open("/dev/null", os.O_RDWR)
             for std in (0, 1, 2):
                 os.dup2(devnull, std)
+            if preload:
+                os.environ["LD_PRELOAD"] = " ".join(
+                    filter(None, (preload, os.environ.get("LD_PRELOAD", ""))))
             os.execv(argv[0], argv)
         except BaseException:
             pass

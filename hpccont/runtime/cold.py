@@ -110,11 +110,12 @@ class Recorder:
         self.dir_fd = dir_fd
         self.build: list | None = None
 
-    def capture(self, plan, cfg: dict, root: str, server: str, overlay_options: str) -> None:
+    def capture(self, plan, cfg: dict, root: str, server: str, preload: str,
+                overlay_options: str) -> None:
         """Right after apply.setup: what it did, as recipe fields (None when it cannot be
         written down)."""
         try:
-            self.build = build_fields(plan, cfg, os.path.dirname(root), server,
+            self.build = build_fields(plan, cfg, os.path.dirname(root), server, preload,
                                       overlay_options, self.cmd)
         except (OSError, ValueError, UnicodeError):
             self.build = None
@@ -135,14 +136,16 @@ class Recorder:
             os.close(self.dir_fd)
 
 
-def build_fields(plan, cfg: dict, stage: str, server: str, overlay_options: str,
-                 cmd: list) -> list:
+def build_fields(plan, cfg: dict, stage: str, server: str, preload: str,
+                 overlay_options: str, cmd: list) -> list:
     """The container's construction, in apply.setup's order (launcher/cold.c applies it)."""
     from . import prefetch
     img, ident = plan.image, plan.identity
     fields = [("B", f"{ident.uid} {ident.gid}"), ("S", stage),
               ("T", f"mode=0755,size={cfg['runtime']['tmp_size']}"), ("Q", server),
               ("I", img.path), ("J", str(img.offset)), ("Y", overlay_options)]
+    if preload:              # apply.image_server_cache: the server's LD_PRELOAD
+        fields.append(("P", preload))
     if not plan.writable_tmpfs:
         fields.append(("E", ""))
     if cfg["runtime"].get("prefetch", True):

@@ -36,6 +36,8 @@ TAGS = {
     "S": "staging directory (the tmpfs under which the image, overlay and root are mounted)",
     "T": "the staging tmpfs's mount data",
     "Q": "the image's FUSE server (absolute path)",
+    "P": "the caching adapter preloaded into the server (apply.image_server_cache; absent: "
+         "none)",
     "I": "the image file",
     "J": "offset of the squashfs in the image file",
     "Y": "the kernel overlay's mount data",

@@ -715,3 +715,39 @@ def test_launcher_in_front_of_the_entry_point(install, tmp_path):
         built["good"].chmod(0o777)
         r = run(Context(bin_dirs=[str(built["good"])]), "launcher")
         assert r.status == FAIL and "not run" in r.found and "writable" in r.found, r.line()
+
+
+def test_fuse_cache_beside_the_entry_point(install, tmp_path):
+    """The caching adapter beside hpccont and a squashfuse_ll linked with libfuse3: OK; no
+    adapter: WARN with the build line; a server not linked with libfuse3: WARN; the
+    high-level server configured: WARN; turned off by the site: SKIP."""
+    if install["fusecache"] is None:
+        pytest.skip("no C compiler or no libfuse3 headers (libfuse3-dev): adapter not built")
+    real = shutil.which("squashfuse_ll")
+    if real is None:
+        pytest.skip("squashfuse_ll not installed")
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "hpccont").symlink_to(install["hpccont"])
+    (good / "squashfuse_ll").symlink_to(real)
+    for d in (tmp_path, good):
+        d.chmod(0o755)
+    r = run(Context(bin_dirs=(str(good),)), "fuse-cache")
+    # the entry point's own directory: where the runtime looks (beside sys.argv[0])
+    assert r.status == OK and f"{install['fusecache']}, preloaded into" in r.found, r.line()
+    assert "libfuse3.so" in r.found
+    bare = tmp_path / "bare"        # an entry point with no adapter beside it
+    fake_program(bare, "squashfuse_ll", "squashfuse 0.1.105")
+    shutil.copy(install["hpccont"], bare / "hpccont")
+    r = run(Context(bin_dirs=(str(bare),)), "fuse-cache")
+    assert r.status == WARN and "hpccont-fusecache.so" in r.found and "libfuse3-dev" in r.fix
+    shutil.copy(install["fusecache"], bare / "hpccont-fusecache.so")
+    r = run(Context(bin_dirs=(str(bare),)), "fuse-cache")      # a shell script as server
+    assert r.status == WARN and "not linked with libfuse3" in r.found, r.line()
+    for text, status in (("runtime:\n  squashfuse: squashfuse\n", WARN),
+                         ("runtime:\n  fuse_cache: false\n", SKIP)):
+        cfg = tmp_path / "site.yaml"
+        cfg.write_text(text)
+        r = run(Context(bin_dirs=(str(good),), environ={"HPCCONT_CONFIG": str(cfg)}),
+                "fuse-cache")
+        assert r.status == status, r.line()

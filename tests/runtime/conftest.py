@@ -20,6 +20,7 @@ def fast(install, world_tmp, test_user):
     py = world_tmp / "fast-py"
     py.mkdir(exist_ok=True)
     helpers.write_launchers(py, install["lib"])
+    helpers.build_fuse_cache(py)
     out = {}
     for name, bindir in (("dir", py), ("strict", "/nonexistent")):
         d = world_tmp / f"fast-{name}"

@@ -334,5 +334,5 @@ def test_a_nul_in_any_payload_records_nothing(tmp_path):
     plan.mounts = [Mount(kind="bind", target="/a\0b", source="/tmp")]
     with pytest.raises(ValueError):
         cold.build_fields(plan, {"runtime": {"tmp_size": "1m", "prefetch": False}},
-                          str(tmp_path), "/usr/bin/squashfuse_ll", "lowerdir=x", [])
+                          str(tmp_path), "/usr/bin/squashfuse_ll", "", "lowerdir=x", [])
     assert os.listdir(tmp_path / "files") == []

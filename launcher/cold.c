@@ -470,7 +470,7 @@ static void set_preload(const char *preload)
 
 /* apply._serve_fuse: we mount /dev/fuse ourselves (root of the namespace) and hand the
  * descriptor to the server as /dev/fd/N, libfuse's "already mounted" convention. */
-static void serve_image(const struct recipe *r, const char *lower)
+static pid_t serve_image(const struct recipe *r, const char *lower)
 {
 	char data[128], offset[64], dev[32];
 	int fd = open("/dev/fuse", O_RDWR);     /* inherited on purpose: the server reads it */
@@ -508,6 +508,7 @@ static void serve_image(const struct recipe *r, const char *lower)
 		_exit(127);
 	}
 	close(fd);
+	return pid;
 }
 
 /* prefetch.start with the files Python's reader chose (resolved in the image at recording):
@@ -565,7 +566,7 @@ void cold_build(const struct recipe *r, char **cmd, const char *path)
 	unsigned int uid, gid;
 	struct op *ops;
 	int n, i, rootfd;
-	pid_t reader;
+	pid_t reader, server;
 
 	if (strcmp(r->mode, "rootless") != 0 || sscanf(r->build, "%u %u", &uid, &gid) != 2 ||
 	    (ops = parse_ops(r, &n)) == NULL)
@@ -599,7 +600,7 @@ void cold_build(const struct recipe *r, char **cmd, const char *path)
 			fail("making ", d);
 	}
 	/* 4. the image, and the reader warming its page cache for the exec */
-	serve_image(r, lower);
+	server = serve_image(r, lower);
 	reader = start_reader(r, lower, cmd);
 	/* 5. the overlay (writable mount points over the read-only image), then the mounts */
 	do_mount("overlay", root, "overlay", MS_NOSUID | MS_NODEV, recipe_field(r, 'Y'),
@@ -624,6 +625,12 @@ void cold_build(const struct recipe *r, char **cmd, const char *path)
 	/* 8. the exec, once the reader is done (no child of ours left to the command) */
 	if (reader > 0)
 		waitpid(reader, NULL, 0);
+	/* apply.check_servers: a server gone now would leave the command what the kernel had
+	 * cached (the caching adapter lets lookups and opens stay there) and a fault elsewhere */
+	if (waitpid(server, NULL, WNOHANG) == server) {
+		errno = ENOTCONN;
+		fail("the image's FUSE server exited", NULL);
+	}
 	recipe_file = NULL;
 	recipe_run(r, cmd, env);
 }

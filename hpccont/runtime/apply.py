@@ -408,6 +408,8 @@ def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: li
     argv = argv + [f"/dev/fd/{fd}"]
     parent = os.getpid()
     pid = os.fork()
+    if pid:
+        SERVERS.append(pid)
     if pid == 0:  # child: becomes the FUSE server
         try:
             kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGKILL)
@@ -428,6 +430,25 @@ def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: li
             pass
         os._exit(127)
     os.close(fd)
+
+
+# The FUSE servers this process started (their parent until the exec).
+SERVERS: list = []
+
+
+def check_servers() -> None:
+    """Just before the exec: a server already gone (killed, out of memory) fails the launch
+    with one line.  Once it is gone the kernel answers what it has cached (the caching adapter
+    lets lookups and opens stay there) and nothing else, so the command would start and then
+    fault, or crash, on its first page not yet read."""
+    for pid in SERVERS:
+        try:
+            done = os.waitpid(pid, os.WNOHANG)[0] == pid
+        except ChildProcessError:   # another process's child now (a keeper's): not ours to say
+            done = False
+        if done:
+            raise LaunchError("cannot start container (the image's FUSE server exited): "
+                              f"{os.strerror(errno.ENOTCONN)}")
 
 
 def _mount_overlay(cfg, root: str, lower: str, stage: str) -> None:
@@ -658,6 +679,7 @@ def exec_command(plan: LaunchPlan, step: Step, path: str, argv: list, env: dict,
     if reader:
         step("waiting for the page-cache reader")
         prefetch.finish(reader)
+    check_servers()
     if plan.umask is not None:
         os.umask(plan.umask)
     step(f"exec {path}")

@@ -297,3 +297,23 @@ def test_a_cold_recipe_preloads_it_too(fast, busybox_sif, test_user, shared_tmp)
         assert _preload_of(pid) == str(adapter)
     finally:
         _stop(proc)
+
+
+def test_which_servers_get_it(tmp_path, monkeypatch):
+    """Only squashfuse_ll (the high-level server's operation table is libfuse's own), only
+    with runtime.fuse_cache on, only from beside the entry point, and only when it is there."""
+    import sys
+    from hpccont.config import defaults
+    from hpccont.runtime import apply
+    entry = tmp_path / "hpccont"
+    entry.write_text("")
+    monkeypatch.setattr(sys, "argv", [str(entry)])
+    cfg = defaults()
+    assert apply.image_server_cache(cfg) == ""          # not installed there
+    (tmp_path / apply.FUSE_CACHE).write_bytes(b"")
+    assert apply.image_server_cache(cfg) == str(tmp_path / apply.FUSE_CACHE)
+    cfg["runtime"]["squashfuse"] = "squashfuse"
+    assert apply.image_server_cache(cfg) == ""
+    cfg["runtime"]["squashfuse"] = "squashfuse_ll"
+    cfg["runtime"]["fuse_cache"] = False
+    assert apply.image_server_cache(cfg) == ""

@@ -24,6 +24,10 @@
  * reaches the server to refuse an open for writing: the runtime mounts images read-only
  * (MS_RDONLY), so the kernel refuses it first (EROFS).
  *
+ * Built against libfuse 3.14's headers (Debian 12; RHEL 9 has 3.10, and every 3.x keeps these
+ * structures' layout).  libfuse 3.17 renamed the entry point a server links against
+ * (_fuse_session_new_317): there nothing is wrapped and the server runs as it would alone.
+ *
  * The server's handlers answer synchronously (squashfuse's do); to take a handle from its
  * open without answering the kernel, fuse_reply_open/fuse_reply_err are interposed and, while
  * `capture` is armed on this thread, record the answer instead of sending it.

@@ -453,7 +453,9 @@ def test_step_keeper_killed_mid_step(submit, images, shared_tmp, test_user):
     """kill -9 of the step's keeper while its tasks read the image: the FUSE server goes with it
     (PR_SET_PDEATHSIG), the tasks see the image go and end, the plugin's step exit removes the
     join state; nothing stays mounted or running, and the next step starts a new container."""
-    body = "while cat /etc/hostname >/dev/null; do sleep 0.05; done; echo image-gone; exit 7"
+    # a new absent name each round reaches the server (what it has served, the kernel keeps)
+    body = ("i=0; while cat /etc/hostname >/dev/null; do i=$((i+1)); ls /etc/absent-$i 2>&1 | "
+            "grep connected >&2 && break; sleep 0.05; done; echo image-gone; exit 7")
     job, tasks = _background_step(submit, images["sqsh"], shared_tmp, body=body, ntasks=2)
     keeper, fuse = _keeper_and_fuse(images["sqsh"])
     os.kill(keeper, signal.SIGKILL)

@@ -228,6 +228,16 @@ def write_root_launcher(dest_dir: str, python: str) -> str:
     return write_launchers(dest_dir, package_parent(), python)["hpccont"]
 
 
+def _install_file(src: str, dest: str) -> None:
+    """Copy in place of ``dest``, root's 0755, by rename: a running slurmstepd or FUSE server
+    keeps its mapped copy."""
+    import shutil
+    tmp = dest + ".new"
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, dest)
+
+
 def plugstack_line(so_path: str, values: Dict[str, str]) -> str:
     args = " ".join(f"{k}={v}" for k, v in values.items())
     return f"required {so_path} {args}\n"
@@ -278,13 +288,20 @@ def cmd_install_plugin(argv: List[str]) -> int:
         os.makedirs(dest_dir, mode=0o755, exist_ok=True)
         write_root_launcher(os.path.dirname(launcher), ns.python)
         so = os.path.join(dest_dir, "hpccont_spank.so")
-        tmp = so + ".new"
-        shutil.copyfile(os.path.join(build, "hpccont_spank.so"), tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, so)   # a running slurmstepd keeps its mapped copy
+        _install_file(os.path.join(build, "hpccont_spank.so"), so)
+    # The steps' containers are built by that launcher: the image server's caching adapter
+    # must sit beside it too (the runtime looks beside the entry point).
+    from ..runtime.apply import FUSE_CACHE, installed_fuse_cache
+    adapter = installed_fuse_cache()
+    if adapter:
+        _install_file(adapter, os.path.join(os.path.dirname(launcher), FUSE_CACHE))
     plugstack = ns.plugstack or os.path.join(_slurm_conf_dir(), "plugstack.conf.d", "hpccont.conf")
     _write(plugstack, plugstack_line(so, values))
-    sys.stdout.write(f"installed {so}\ninstalled {launcher}\nwrote {plugstack}\n")
+    sys.stdout.write(f"installed {so}\ninstalled {launcher}\n"
+                     + (f"installed {os.path.dirname(launcher)}/{FUSE_CACHE}\n" if adapter else
+                        f"no {FUSE_CACHE} beside this hpccont (make install builds it): "
+                        "steps' image servers run without it\n")
+                     + f"wrote {plugstack}\n")
     if not ns.no_cli_filter:
         filt = ns.cli_filter or os.path.join(_slurm_conf_dir(), "cli_filter.lua")
         with open(os.path.join(ns.source, "cli_filter.lua")) as f:

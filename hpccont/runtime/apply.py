@@ -368,13 +368,19 @@ def _image_server(cfg) -> str:
     return _system_program(FUSE_SERVERS[cfg["runtime"]["squashfuse"]])
 
 
+def installed_fuse_cache() -> str:
+    """The caching adapter beside this entry point (``make install`` builds it there, and
+    ``hpccont slurm install-plugin`` copies it beside the plugin's launcher), or ""."""
+    path = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), FUSE_CACHE)
+    return path if os.path.isfile(path) else ""
+
+
 def image_server_cache(cfg) -> str:
     """The caching adapter to preload into the image's FUSE server, or "" for none."""
     if not cfg["runtime"].get("fuse_cache", True) or \
             cfg["runtime"]["squashfuse"] not in CACHED_SERVERS:
         return ""
-    path = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), FUSE_CACHE)
-    return path if os.path.isfile(path) else ""
+    return installed_fuse_cache()
 
 
 def _mount_fuse(img, cfg, target: str, uid: int, gid: int) -> str:

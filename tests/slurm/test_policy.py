@@ -269,7 +269,7 @@ def test_lone_task_does_not_join(make_image, tmp_path):
     assert plan.request.join is None
 
 
-def test_install_plugin(make_image, tmp_path, hpccont):
+def test_install_plugin(make_image, tmp_path, hpccont, install):
     src = Path(__file__).resolve().parents[2] / "spank_plugin"
     r = hpccont("slurm", "install-plugin", "--source", src, "--prefix", tmp_path / "usr",
                 "--plugstack", tmp_path / "plugstack.d/hpccont.conf",
@@ -278,6 +278,7 @@ def test_install_plugin(make_image, tmp_path, hpccont):
         assert r.returncode == 9 and len(r.stderr.splitlines()) == 1
         return
     assert r.returncode == 0, r.stderr
+    said = r.stdout
     so = tmp_path / "usr/lib/hpccont/hpccont_spank.so"
     assert so.exists()
     line = (tmp_path / "plugstack.d/hpccont.conf").read_text().split()
@@ -294,6 +295,13 @@ def test_install_plugin(make_image, tmp_path, hpccont):
     assert r.returncode == 0 and r.stdout.startswith("hpccont ")
     assert "wrap_batch=no" in line
     assert "slurm_cli_pre_submit" in (tmp_path / "cli_filter.lua").read_text()
+    # the image server's caching adapter beside the launcher that builds the steps' containers
+    adapter = tmp_path / "usr/lib/hpccont/bin/hpccont-fusecache.so"
+    if install["fusecache"] is not None:
+        assert adapter.read_bytes() == install["fusecache"].read_bytes() and f"installed {adapter}" in said
+        assert adapter.stat().st_uid == 0 and not adapter.stat().st_mode & 0o022
+    else:
+        assert not adapter.exists() and "run without it" in said
     bad = hpccont("slurm", "install-plugin", "--source", src, "--prefix", tmp_path / "u2", "--wrap-batch", "maybe",
                   "--plugstack", tmp_path / "p2", "--no-cli-filter")
     assert bad.returncode == 9 and "wrap_batch" in bad.stderr and len(bad.stderr.splitlines()) == 1

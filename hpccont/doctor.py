@@ -665,19 +665,23 @@ def check_fuse_cache(ctx: Context) -> Result:
         return Result(WARN, name, f"runtime.squashfuse is {server}: the caching adapter "
                       f"serves {', '.join(CACHED_SERVERS)} only",
                       "set runtime.squashfuse: squashfuse_ll")
-    path = ctx.which("hpccont")
-    if path is None:
+    entries = _fuse_cache_entries(ctx)
+    if not entries:
         return Result(SKIP, name, f"no hpccont in {', '.join(ctx.bin_dirs)}")
-    adapter = os.path.join(os.path.dirname(os.path.realpath(path)), FUSE_CACHE)
-    if not os.path.isfile(adapter):
-        return Result(WARN, name, f"no {adapter}: every open, listing and link in an image is "
-                      "a round trip to squashfuse (~3,500 per Python start)",
-                      "install libfuse3's headers (Debian: apt install libfuse3-dev) and run "
-                      f"make -C launcher cache O={os.path.dirname(adapter)} (make install does)")
-    bad = unsafe_reason(adapter) if ctx.is_root else None
-    if bad:
-        return Result(FAIL, name, f"{adapter}: {bad}",
-                      "install hpccont as root into root-owned directories (make install)")
+    for what, entry in entries:
+        adapter = os.path.join(os.path.dirname(entry), FUSE_CACHE)
+        if not os.path.isfile(adapter):
+            fix = ("install libfuse3's headers (Debian: apt install libfuse3-dev) and run "
+                   f"make -C launcher cache O={os.path.dirname(adapter)} (make install does)")
+            if what != "hpccont":
+                fix = "rerun 'hpccont slurm install-plugin' from an hpccont that has it beside it"
+            return Result(WARN, name, f"no {adapter} beside {what}: every open, listing and "
+                          "link in an image is a round trip to squashfuse (~3,500 per Python "
+                          "start)", fix)
+        bad = unsafe_reason(adapter) if ctx.is_root else None
+        if bad:
+            return Result(FAIL, name, f"{adapter}: {bad}",
+                          "install hpccont as root into root-owned directories (make install)")
     real = ctx.which(server)
     if real is None:
         return Result(SKIP, name, f"{server} not installed (see the squashfuse check)")
@@ -687,7 +691,25 @@ def check_fuse_cache(ctx: Context) -> Result:
         return Result(WARN, name, f"{real} is not linked with libfuse3: {adapter} cannot "
                       "wrap it, so opens, listings and links are not cached",
                       "install the distribution's squashfuse (built with libfuse3)")
-    return Result(OK, name, f"{adapter}, preloaded into {real} ({lib})")
+    found = ", ".join(os.path.join(os.path.dirname(e), FUSE_CACHE) for _, e in entries)
+    return Result(OK, name, f"{found}, preloaded into {real} ({lib})")
+
+
+def _fuse_cache_entries(ctx: Context) -> list:
+    """(what, path) of the entry points beside which the runtime looks for the adapter: the
+    first hpccont here (through the C launcher's link, the Python entry point beside it) and
+    the launcher the Slurm plugin runs, which builds the steps' containers."""
+    out = []
+    path = ctx.which("hpccont")
+    if path:
+        out.append(("hpccont", os.path.realpath(path)))
+    conf = ctx.slurm()
+    if conf.ok:
+        ours = hpccont_lines(read_plugstack(plugstack_path(conf))[1])
+        launcher = ours[0].arg("hpccont") if len(ours) == 1 else None
+        if launcher and os.path.isabs(launcher) and os.path.isfile(launcher):
+            out.append(("the Slurm plugin's launcher", launcher))
+    return out
 
 
 # -- Slurm ----------------------------------------------------------------------------------

@@ -726,28 +726,46 @@ def test_fuse_cache_beside_the_entry_point(install, tmp_path):
     real = shutil.which("squashfuse_ll")
     if real is None:
         pytest.skip("squashfuse_ll not installed")
+    no_slurm = str(tmp_path / "no-slurm.conf")      # this node's Slurm is not the subject
     good = tmp_path / "good"
     good.mkdir()
     (good / "hpccont").symlink_to(install["hpccont"])
     (good / "squashfuse_ll").symlink_to(real)
     for d in (tmp_path, good):
         d.chmod(0o755)
-    r = run(Context(bin_dirs=(str(good),)), "fuse-cache")
+    r = run(Context(bin_dirs=(str(good),), slurm_conf=no_slurm), "fuse-cache")
     # the entry point's own directory: where the runtime looks (beside sys.argv[0])
     assert r.status == OK and f"{install['fusecache']}, preloaded into" in r.found, r.line()
     assert "libfuse3.so" in r.found
     bare = tmp_path / "bare"        # an entry point with no adapter beside it
     fake_program(bare, "squashfuse_ll", "squashfuse 0.1.105")
     shutil.copy(install["hpccont"], bare / "hpccont")
-    r = run(Context(bin_dirs=(str(bare),)), "fuse-cache")
+    r = run(Context(bin_dirs=(str(bare),), slurm_conf=no_slurm), "fuse-cache")
     assert r.status == WARN and "hpccont-fusecache.so" in r.found and "libfuse3-dev" in r.fix
     shutil.copy(install["fusecache"], bare / "hpccont-fusecache.so")
-    r = run(Context(bin_dirs=(str(bare),)), "fuse-cache")      # a shell script as server
+    r = run(Context(bin_dirs=(str(bare),), slurm_conf=no_slurm), "fuse-cache")      # a shell script as server
     assert r.status == WARN and "not linked with libfuse3" in r.found, r.line()
     for text, status in (("runtime:\n  squashfuse: squashfuse\n", WARN),
                          ("runtime:\n  fuse_cache: false\n", SKIP)):
         cfg = tmp_path / "site.yaml"
         cfg.write_text(text)
-        r = run(Context(bin_dirs=(str(good),), environ={"HPCCONT_CONFIG": str(cfg)}),
+        r = run(Context(bin_dirs=(str(good),), slurm_conf=no_slurm,
+                        environ={"HPCCONT_CONFIG": str(cfg)}),
                 "fuse-cache")
         assert r.status == status, r.line()
+
+
+def test_fuse_cache_beside_the_slurm_plugins_launcher(install, tree):
+    """The plugstack's launcher builds the steps' containers: without the adapter beside it,
+    WARN naming it and install-plugin; with it, OK naming both places."""
+    if install["fusecache"] is None:
+        pytest.skip("no C compiler or no libfuse3 headers (libfuse3-dev): adapter not built")
+    if shutil.which("squashfuse_ll") is None:
+        pytest.skip("squashfuse_ll not installed")
+    bin_dirs = (install["bin"], "/usr/bin")
+    r = run(tree.context(bin_dirs=bin_dirs), "fuse-cache")
+    assert r.status == WARN and "the Slurm plugin's launcher" in r.found, r.line()
+    assert str(tree.bin / "hpccont-fusecache.so") in r.found and "install-plugin" in r.fix
+    shutil.copy(install["fusecache"], tree.bin / "hpccont-fusecache.so")
+    r = run(tree.context(bin_dirs=bin_dirs), "fuse-cache")
+    assert r.status == OK and str(tree.bin / "hpccont-fusecache.so") in r.found, r.line()

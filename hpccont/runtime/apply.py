@@ -415,7 +415,7 @@ def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: li
     parent = os.getpid()
     pid = os.fork()
     if pid:
-        SERVERS.append(pid)
+        SERVERS.append((pid, name))
     if pid == 0:  # child: becomes the FUSE server
         try:
             kernel.prctl(kernel.PR_SET_PDEATHSIG, kernel.SIGKILL)
@@ -438,8 +438,9 @@ def _serve_fuse(target: str, name: str, flags: int, uid: int, gid: int, argv: li
     os.close(fd)
 
 
-# The FUSE servers this process started (their parent until the exec).
+# The FUSE servers this process started, (pid, name): their parent until the exec.
 SERVERS: list = []
+SERVER_WHAT = {"squashfuse": "the image's FUSE server"}
 
 
 def check_servers() -> None:
@@ -447,14 +448,14 @@ def check_servers() -> None:
     with one line.  Once it is gone the kernel answers what it has cached (the caching adapter
     lets lookups and opens stay there) and nothing else, so the command would start and then
     fault, or crash, on its first page not yet read."""
-    for pid in SERVERS:
+    for pid, name in SERVERS:
         try:
             done = os.waitpid(pid, os.WNOHANG)[0] == pid
         except ChildProcessError:   # another process's child now (a keeper's): not ours to say
             done = False
         if done:
-            raise LaunchError("cannot start container (the image's FUSE server exited): "
-                              f"{os.strerror(errno.ENOTCONN)}")
+            raise LaunchError(f"cannot start container ({SERVER_WHAT.get(name, name)} "
+                              f"exited): {os.strerror(errno.ENOTCONN)}")
 
 
 def _mount_overlay(cfg, root: str, lower: str, stage: str) -> None:

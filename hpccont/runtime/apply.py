@@ -25,8 +25,9 @@ The sequence, and why it is in this order:
    requests until squashfuse answers, so no readiness polling is needed.  squashfuse gets
    PR_SET_PDEATHSIG: when the command (which this process becomes) ends, it is killed, the
    namespace has no process left and every mount in it is gone.  squashfuse_ll also gets the
-   caching adapter in its LD_PRELOAD (image_server_cache; docs/runtime.md says why).  Root: a read-only autoclear
-   loop device and a kernel squashfs mount; the loop device frees itself with the last mount.
+   caching adapter in its LD_PRELOAD (image_server_cache; docs/runtime.md says why).  Root: a
+   read-only autoclear loop device and a kernel squashfs mount; the loop device frees itself
+   with the last mount.
 5. An overlay with the image as lower layer and the staging tmpfs as upper layer: bind targets
    that the read-only image lacks (``-B /scratch``) are created in the upper layer without
    touching the image.  Unless ``--writable-tmpfs`` was asked for, the overlay is remounted

@@ -140,13 +140,13 @@ def fuse_trace(connection: int):
     instance of our own, so no other tracer is disturbed."""
     if not os.access(TRACING / "instances", os.W_OK):
         pytest.skip("no writable tracefs at /sys/kernel/tracing")
+    if not (TRACING / "events" / "fuse" / "fuse_request_send").is_dir():
+        pytest.skip("kernel without the fuse:fuse_request_send tracepoint")
     inst = TRACING / "instances" / f"hpccont-fusecache-{uuid.uuid4().hex[:8]}"
     inst.mkdir()
     counts: dict = {}
+    event = inst / "events" / "fuse" / "fuse_request_send"
     try:
-        event = inst / "events" / "fuse" / "fuse_request_send"
-        if not event.exists():
-            pytest.skip("kernel without the fuse:fuse_request_send tracepoint")
         (event / "filter").write_text(f"connection == {connection}\n")
         (event / "enable").write_text("1\n")
         (inst / "tracing_on").write_text("1\n")
@@ -157,7 +157,7 @@ def fuse_trace(connection: int):
                 op = line.split("(", 1)[1].split(")", 1)[0]
                 counts[op] = counts.get(op, 0) + 1
     finally:
-        (inst / "events" / "fuse" / "fuse_request_send" / "enable").write_text("0\n")
+        (event / "enable").write_text("0\n")
         inst.rmdir()
 
 

@@ -207,7 +207,10 @@ def test_handles_come_back_after_the_kernel_forgets(server, adapter, image, tmp_
     with served(server, image, tmp_path / "cached", adapter) as (where, conn, proc):
         want = snapshot(where)
         os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("2\n")
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("2\n")
+        except OSError as e:
+            pytest.skip(f"cannot drop the kernel's caches here: {e.strerror}")
         with fuse_trace(conn) as counts:
             again = snapshot(where)
         assert counts.get("FUSE_LOOKUP", 0) > 700, counts

@@ -103,6 +103,14 @@ def write_launchers(bindir: Path, libdir: Path, python: str = sys.executable) ->
     return write(str(bindir), str(libdir), python, (sysconfig.get_paths()["purelib"],))
 
 
+def private_copy(image: Path, dest: Path, mode: int = 0o644) -> Path:
+    """A copy of ``image`` that is one test's alone (its keepers and recipes are keyed on the
+    file), readable by the test user; ``mode`` 0o755 for ``./img.sif``.  Returns ``dest``."""
+    shutil.copy(image, dest)
+    dest.chmod(mode)
+    return dest
+
+
 def build_fuse_cache(bindir: Path) -> "Path | None":
     """launcher/fusecache.c built into ``bindir`` as ``make install`` does (beside the entry
     points, where the runtime looks for it); None without a compiler or libfuse3's headers."""

@@ -369,10 +369,16 @@ def _image_server(cfg) -> str:
     return _system_program(FUSE_SERVERS[cfg["runtime"]["squashfuse"]])
 
 
+def beside_entry_point(name: str) -> str:
+    """``name`` in this entry point's directory, where ``make install`` puts the C parts (the
+    launcher, the caching adapter)."""
+    return os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), name)
+
+
 def installed_fuse_cache() -> str:
     """The caching adapter beside this entry point (``make install`` builds it there, and
     ``hpccont slurm install-plugin`` copies it beside the plugin's launcher), or ""."""
-    path = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), FUSE_CACHE)
+    path = beside_entry_point(FUSE_CACHE)
     return path if os.path.isfile(path) else ""
 
 

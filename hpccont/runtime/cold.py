@@ -5,8 +5,8 @@ A launch that does not share its container (runtime/share.py) mounts everything 
 every start; Python's start, imports and planning are then most of its cost.  The plan,
 though, is a pure function of what the fast path's key holds (share.fast_material: the words
 up to the image, the working directory, the ids, the stamps of the image, the site config,
-/etc/passwd, /etc/group and the entry point, the whole environment).  So the first launch records, next to the
-key, what apply.py did: the staging tmpfs, the image's FUSE server and offset, the overlay,
+/etc/passwd, /etc/group and the entry point, the whole environment).  So the first launch
+records, next to the key, what apply.py did: the staging tmpfs, the image's FUSE server and offset, the overlay,
 each mount in order with its flags, the identity files' contents, the files the page-cache
 reader read, and, decided inside the container, the program and its environment after the
 image's env scripts.  launcher/fast.c finds the recipe by the same key and replays it in C;
@@ -22,7 +22,6 @@ again by the C side before it changes anything.
 from __future__ import annotations
 
 import os
-import sys
 
 from .plan_types import PRIVATE_TO_LAUNCH
 from .recipe import encode
@@ -75,8 +74,8 @@ def launcher_installed() -> bool:
     """Is the C launcher next to this entry point (``make install`` puts hpccont-fast there and
     links hpccont to it)?  Only it reads recipes: without it, recording would cost every
     launch ~3 ms for nothing."""
-    return os.path.exists(os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])),
-                                       "hpccont-fast"))
+    from .apply import beside_entry_point
+    return os.path.exists(beside_entry_point("hpccont-fast"))
 
 
 def recorder(plan, cfg: dict, req) -> "Recorder | None":

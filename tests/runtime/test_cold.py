@@ -34,10 +34,7 @@ NO_PYTHON = "cannot execute /nonexistent/hpccont"
 @pytest.fixture
 def image(busybox_sif, shared_tmp):
     """A private copy of the image, so that its recipes are this test's alone."""
-    p = shared_tmp / "img.sif"
-    shutil.copy(busybox_sif, p)
-    p.chmod(0o644)
-    return p
+    return helpers.private_copy(busybox_sif, shared_tmp / "img.sif")
 
 
 @pytest.fixture
@@ -221,9 +218,7 @@ def test_a_failure_after_unshare_is_one_line_and_drops_the_recipe(fast, image, w
 
 def test_executable_image_loop_builds_from_c(fast, busybox_sif, shared_tmp):
     """./tool.sif ARG in a loop, with sharing off: one recipe, written by the first start."""
-    img = shared_tmp / "tool.sif"
-    shutil.copy(busybox_sif, img)
-    img.chmod(0o755)
+    img = helpers.private_copy(busybox_sif, shared_tmp / "tool.sif", 0o755)
     loop = ["sh", "-c", 'cd "$0" && for f in a b c; do ./tool.sif echo "$f"; done',
             str(shared_tmp)]
     # One PATH for every round (the environment is in the key): its run-singularity is the

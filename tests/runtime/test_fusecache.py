@@ -279,9 +279,7 @@ def test_a_cold_recipe_preloads_it_too(fast, busybox_sif, test_user, shared_tmp)
     adapter = fast["py"] / "hpccont-fusecache.so"
     if not adapter.exists():
         pytest.skip("no C compiler or no libfuse3 headers (libfuse3-dev): adapter not built")
-    image = shared_tmp / "img.sif"
-    shutil.copy(busybox_sif, image)
-    image.chmod(0o644)
+    image = helpers.private_copy(busybox_sif, shared_tmp / "img.sif")
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": test_user.pw_dir,
            "USER": test_user.pw_name, "HPCCONT_SHARE": "0"}
     first = subprocess.run([str(fast["dir"] / "hpccont"), "exec", str(image), "true"],

@@ -5,7 +5,6 @@ from C, applying the recipe Python wrote, with the same environment, directory, 
 as the Python path.  Everything runs as the unprivileged test user.
 """
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -24,9 +23,7 @@ PROBE = ('echo "ns=$(readlink /proc/self/ns/mnt)"; echo "pwd=$(pwd)"; echo "id=$
 @pytest.fixture
 def image(busybox_squashfs, shared_tmp):
     """A private copy of the image: its keepers are this test's alone."""
-    p = shared_tmp / "img.sqsh"
-    shutil.copy(busybox_squashfs, p)
-    p.chmod(0o644)
+    p = helpers.private_copy(busybox_squashfs, shared_tmp / "img.sqsh")
     yield p
     _stop_keepers(p)
 
@@ -196,9 +193,7 @@ def test_c_path_gives_the_python_paths_results(fast, image, test_user, shared_tm
 def test_executable_image_in_a_loop_takes_the_c_path(fast, busybox_sif, test_user, shared_tmp):
     """./tool.sif in a shell loop: after the first start, no Python (the recipe the first
     start wrote is never rewritten, as every Python launch would)."""
-    img = shared_tmp / "tool.sif"
-    shutil.copy(busybox_sif, img)
-    img.chmod(0o755)
+    img = helpers.private_copy(busybox_sif, shared_tmp / "tool.sif", 0o755)
     env = {"HPCCONT_SHARE": "1", "PATH": f"{fast['dir']}:/usr/bin:/bin"}
     loop = ["sh", "-c", 'cd "$0" && for f in a b c; do ./tool.sif echo "$f"; done',
             str(shared_tmp)]

@@ -558,9 +558,9 @@ static pid_t start_reader(const struct recipe *r, const char *lower, char **cmd)
 	_exit(0);
 }
 
-void cold_build(const struct recipe *r, char **cmd, const char *path)
+int cold_setup(const struct recipe *r, char **cmd, const char *path)
 {
-	char lower[PATH_MAX], root[PATH_MAX], files[PATH_MAX], **env;
+	char lower[PATH_MAX], root[PATH_MAX], files[PATH_MAX];
 	const char *stage = recipe_field(r, 'S');
 	static const char *dirs[] = {"lower", "upper", "work", "root", "files"};
 	unsigned int uid, gid;
@@ -568,13 +568,12 @@ void cold_build(const struct recipe *r, char **cmd, const char *path)
 	int n, i, rootfd;
 	pid_t reader, server;
 
-	if (strcmp(r->mode, "rootless") != 0 || sscanf(r->build, "%u %u", &uid, &gid) != 2 ||
-	    (ops = parse_ops(r, &n)) == NULL)
-		return;
-	if (!usable(r, ops, n) || strlen(stage) > PATH_MAX - 16 ||
-	    (env = recipe_environment(r, environ, cmd)) == NULL) {
+	if (!r->build || strcmp(r->mode, "rootless") != 0 ||
+	    sscanf(r->build, "%u %u", &uid, &gid) != 2 || (ops = parse_ops(r, &n)) == NULL)
+		return -1;
+	if (!usable(r, ops, n) || strlen(stage) > PATH_MAX - 16) {
 		free(ops);
-		return;
+		return -1;
 	}
 	snprintf(lower, sizeof(lower), "%s/lower", stage);
 	snprintf(root, sizeof(root), "%s/root", stage);
@@ -582,8 +581,7 @@ void cold_build(const struct recipe *r, char **cmd, const char *path)
 	/* 1. namespaces: nothing has changed if this fails, so Python can still take over */
 	if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) {
 		free(ops);
-		free(env);
-		return;
+		return -1;
 	}
 	recipe_file = path;
 	id_maps(0, uid, 0, gid, 1);          /* we are root in it, owning the mount namespace */
@@ -622,7 +620,7 @@ void cold_build(const struct recipe *r, char **cmd, const char *path)
 	if (unshare(CLONE_NEWUSER) != 0)
 		fail("mapping back to ", "the caller's ids");
 	id_maps(uid, 0, gid, 0, 0);
-	/* 8. the exec, once the reader is done (no child of ours left to the command) */
+	/* 8. ready once the reader is done (no child of ours left to the command) */
 	if (reader > 0)
 		waitpid(reader, NULL, 0);
 	/* apply.check_servers: a server gone now would leave the command what the kernel had
@@ -632,5 +630,17 @@ void cold_build(const struct recipe *r, char **cmd, const char *path)
 		fail("the image's FUSE server exited", NULL);
 	}
 	recipe_file = NULL;
+	free(ops);
+	return 0;
+}
+
+void cold_build(const struct recipe *r, char **cmd, const char *path)
+{
+	char **env = recipe_environment(r, environ, cmd);
+
+	if (env == NULL || cold_setup(r, cmd, path) != 0) {
+		free(env);
+		return;
+	}
 	recipe_run(r, cmd, env);
 }

@@ -29,6 +29,7 @@
 
 #include "cold.h"
 #include "recipe.h"
+#include "store.h"
 
 #ifndef PY_BINDIR
 #define PY_BINDIR "/opt/hpccont/venv/bin"
@@ -38,10 +39,7 @@
 #ifndef ENTRY_BINDIR
 #define ENTRY_BINDIR PY_BINDIR
 #endif
-#define CONFIG_PATH "/etc/hpccont/hpccont.yaml"
-#define MAGIC "hpccont-fast-1"
 #define MAX_CANDIDATES 6
-#define MAX_RECIPE (1 << 20)
 
 extern char **environ;
 
@@ -63,191 +61,60 @@ static void fallback(char **argv, const char *kind)
 	_exit(127);
 }
 
-struct buf {
-	char *data;
-	size_t len, cap;
-};
-
-static int add(struct buf *b, const char *s)
-{
-	size_t n = strlen(s) + 1;
-
-	if (b->len + n > b->cap) {
-		size_t cap = b->cap ? b->cap * 2 : 8192;
-		char *p;
-
-		while (cap < b->len + n)
-			cap *= 2;
-		if ((p = realloc(b->data, cap)) == NULL)
-			return -1;
-		b->data = p;
-		b->cap = cap;
-	}
-	memcpy(b->data + b->len, s, n);
-	b->len += n;
-	return 0;
-}
-
-/* The file stamp share.py's _stamp writes: device, inode, size, mtime and ctime (ns). */
-static void stamp(const char *path, char *out, size_t size)
-{
-	struct stat st;
-
-	if (stat(path, &st) != 0) {
-		snprintf(out, size, "-");
-		return;
-	}
-	snprintf(out, size, "%llu:%llu:%lld:%lld.%09ld:%lld.%09ld", (unsigned long long)st.st_dev,
-		 (unsigned long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
-		 st.st_mtim.tv_nsec, (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
-}
-
-/* config.config_path: $HPCCONT_CONFIG where no site config is installed (never for users
- * otherwise), else the site's. */
-static const char *config_path(void)
-{
-	const char *o = getenv("HPCCONT_CONFIG");
-
-	if (o && *o && access(CONFIG_PATH, F_OK) != 0)
-		return o;
-	return CONFIG_PATH;
-}
-
 /* share.fast_material: the key, as NUL-terminated strings. */
 static int material(struct buf *b, const char *kind, char **head, int nhead, const char *cwd)
 {
 	char line[PATH_MAX + 256], st[160];
-	const char *cfg = config_path();
+	const char *cfg = store_config_path();
 	char **e;
 	int i, n = 0;
 
 	b->len = 0;
 	snprintf(line, sizeof(line), "n=%d", nhead);
-	if (add(b, MAGIC) || add(b, kind) || add(b, line))
+	if (store_add(b, MAGIC) || store_add(b, kind) || store_add(b, line))
 		return -1;
 	for (i = 0; i < nhead; i++)
-		if (add(b, head[i]))
+		if (store_add(b, head[i]))
 			return -1;
 	snprintf(line, sizeof(line), "cwd=%s", cwd);
-	if (add(b, line))
+	if (store_add(b, line))
 		return -1;
 	snprintf(line, sizeof(line), "id=%d:%d:%d:%d", (int)getuid(), (int)geteuid(), (int)getgid(),
 		 (int)getegid());
-	if (add(b, line))
+	if (store_add(b, line))
 		return -1;
-	stamp(head[nhead - 1], st, sizeof(st));
+	store_stamp(head[nhead - 1], st, sizeof(st));
 	snprintf(line, sizeof(line), "image=%s", st);
-	if (add(b, line))
+	if (store_add(b, line))
 		return -1;
-	stamp(cfg, st, sizeof(st));
+	store_stamp(cfg, st, sizeof(st));
 	snprintf(line, sizeof(line), "config=%s:%s", cfg, st);
-	if (add(b, line))
+	if (store_add(b, line))
 		return -1;
-	stamp("/etc/passwd", st, sizeof(st));
+	store_stamp("/etc/passwd", st, sizeof(st));
 	snprintf(line, sizeof(line), "passwd=%s", st);
-	if (add(b, line))
+	if (store_add(b, line))
 		return -1;
-	stamp("/etc/group", st, sizeof(st));
+	store_stamp("/etc/group", st, sizeof(st));
 	snprintf(line, sizeof(line), "group=%s", st);
-	if (add(b, line))
+	if (store_add(b, line))
 		return -1;
 	/* The entry point this launcher falls back to: every install rewrites it, so recipes
 	 * planned by another version of hpccont are never replayed. */
 	snprintf(line, sizeof(line), "%s/%s", ENTRY_BINDIR, kind);
-	stamp(line, st, sizeof(st));
+	store_stamp(line, st, sizeof(st));
 	snprintf(line, sizeof(line), "entry=%s", st);
-	if (add(b, line))
+	if (store_add(b, line))
 		return -1;
 	for (e = environ; *e; e++)
 		n++;
 	snprintf(line, sizeof(line), "env=%d", n);
-	if (add(b, line))
+	if (store_add(b, line))
 		return -1;
 	for (e = environ; *e; e++)
-		if (add(b, *e))
+		if (store_add(b, *e))
 			return -1;
 	return 0;
-}
-
-static uint64_t fnv1a(const char *p, size_t n)
-{
-	uint64_t h = 0xcbf29ce484222325ULL;
-
-	while (n--) {
-		h ^= (unsigned char)*p++;
-		h *= 0x100000001b3ULL;
-	}
-	return h;
-}
-
-/* join.state_dir for a user: $XDG_RUNTIME_DIR/hpccont-UID when that is really theirs, else
- * /tmp/hpccont-UID; both private (a fallback directory elsewhere: the Python path). */
-static int private_dir(const char *path, uid_t uid)
-{
-	struct stat st;
-
-	return lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == uid &&
-	       !(st.st_mode & 0077);
-}
-
-static int state_dir(char *out, size_t size, uid_t uid)
-{
-	const char *base = getenv("XDG_RUNTIME_DIR");
-	struct stat st;
-
-	if (base && base[0] == '/' && lstat(base, &st) == 0 && S_ISDIR(st.st_mode) &&
-	    st.st_uid == uid && !(st.st_mode & 0022)) {
-		snprintf(out, size, "%s/hpccont-%d", base, (int)uid);
-		if (private_dir(out, uid))
-			return 0;
-	}
-	snprintf(out, size, "/tmp/hpccont-%d", (int)uid);
-	return private_dir(out, uid) ? 0 : -1;
-}
-
-/* The recipe file for this key ("fast-" joins a shared container, "cold-" builds one):
- * "MAGIC <material length>\n", the material, the recipe.  `path` gets its name. */
-static char *read_recipe(const char *dir, const char *kind, const struct buf *m, size_t *len,
-			 char *path, size_t size)
-{
-	char head[64], *data, *end;
-	struct stat st;
-	size_t want, got = 0;
-	ssize_t n;
-	int fd;
-
-	snprintf(path, size, "%.4000s/%s-%016llx", dir, kind,
-		 (unsigned long long)fnv1a(m->data, m->len));
-	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return NULL;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != getuid() ||
-	    (st.st_mode & 0077) || st.st_size > MAX_RECIPE) {
-		close(fd);
-		return NULL;
-	}
-	data = malloc(st.st_size + 1);
-	if (data == NULL) {
-		close(fd);
-		return NULL;
-	}
-	while (got < (size_t)st.st_size && (n = read(fd, data + got, st.st_size - got)) > 0)
-		got += n;
-	close(fd);
-	snprintf(head, sizeof(head), MAGIC " %zu\n", m->len);
-	want = strlen(head);
-	if (got < want + m->len || memcmp(data, head, want) != 0 ||
-	    memcmp(data + want, m->data, m->len) != 0) {
-		free(data);
-		return NULL;
-	}
-	/* the recipe itself, moved to the start of its own allocation (recipe_parse owns it) */
-	*len = got - want - m->len;
-	end = malloc(*len ? *len : 1);
-	if (end)
-		memcpy(end, data + want + m->len, *len);
-	free(data);
-	return end;
 }
 
 /* join._locked: an exclusive lock on a file that was not removed meanwhile. */
@@ -277,7 +144,7 @@ int main(int argc, char **argv)
 	int first, i, tried = 0, lock = -1, guests = -1, dashdash = 0;
 
 	if (argc < 2 || geteuid() == 0 || getcwd(cwd, sizeof(cwd)) == NULL ||
-	    state_dir(dir, sizeof(dir), getuid()) != 0)
+	    store_dir(dir, sizeof(dir), getuid()) != 0)
 		fallback(argv, kind);
 	first = 1;
 	if (strcmp(kind, "hpccont") == 0) {
@@ -297,9 +164,9 @@ int main(int argc, char **argv)
 		tried++;
 		if (material(&m, kind, argv + 1, i, cwd) != 0)
 			break;
-		data = read_recipe(dir, "fast", &m, &len, path, sizeof(path));
+		data = store_read(dir, "fast", &m, &len, path, sizeof(path));
 		if (data == NULL)
-			data = read_recipe(dir, "cold", &m, &len, path, sizeof(path));
+			data = store_read(dir, "cold", &m, &len, path, sizeof(path));
 		if (data != NULL) {
 			if (recipe_parse(&r, data, len) == 0)
 				cmd = argv + i + 1;

@@ -35,6 +35,8 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 	case S_CTX_LOCAL:
 	case S_CTX_ALLOCATOR:
 		return client_init_post_opt(sp);
+	case S_CTX_REMOTE:
+		return stepd_init_post_opt(sp);
 	default:
 		return 0;
 	}

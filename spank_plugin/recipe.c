@@ -157,7 +157,7 @@ bad:
 }
 
 /* /proc/PID/stat field 22, after the last ')' (the command name may contain anything). */
-static int start_time(pid_t pid, char *out, size_t size)
+int recipe_start_time(pid_t pid, char *out, size_t size)
 {
 	char path[64], buf[1024], *p, *tok, *save = NULL;
 	ssize_t n;
@@ -193,7 +193,7 @@ int recipe_keeper_alive(const struct recipe *r, uid_t uid)
 	snprintf(path, sizeof(path), "/proc/%d", (int)r->keeper);
 	if (stat(path, &st) != 0 || st.st_uid != uid)
 		return 0;
-	return start_time(r->keeper, start, sizeof(start)) == 0 && strcmp(start, r->start) == 0;
+	return recipe_start_time(r->keeper, start, sizeof(start)) == 0 && strcmp(start, r->start) == 0;
 }
 
 static size_t name_len(const char *entry)

@@ -41,6 +41,9 @@ int recipe_fits(const struct recipe *r, char **argv);
 /* The first field with this tag, or NULL. */
 const char *recipe_field(const struct recipe *r, char tag);
 
+/* /proc/PID/stat's start time (field 22), as join.start_time gives it; 0, or -1. */
+int recipe_start_time(pid_t pid, char *out, size_t size);
+
 /* Is the keeper the process that prepare started (alive, same start time, same uid)? */
 int recipe_keeper_alive(const struct recipe *r, uid_t uid);
 

@@ -1,10 +1,11 @@
 /*
  * slurmstepd side (remote context).
  *
- * stepd_user_init runs once per node per step in slurmstepd (the first hook where the options
- * are known there; slurmstepd has only set its effective uid to the user's): it lets
- * "hpccont slurm account", as root again, write the accounting line (image path and digest) to
- * a file only admins can write.  stepd_task_init runs in each forked task, already as the user, just before
+ * stepd_init_post_opt runs once per node per step in slurmstepd (the first hook where the
+ * options are known there): it starts "hpccont slurm account", as root, which writes the
+ * accounting line (image path and digest) to a file only admins can write.  stepd_user_init
+ * (slurmstepd has only set its effective uid to the user's by then) waits for it before the
+ * tasks start.  stepd_task_init runs in each forked task, already as the user, just before
  * Slurm would exec the task: we exec "hpccont slurm task" instead, which decides everything and
  * execs either the container or the original command.  The process keeps its PID, so it stays in
  * the step's cgroup, and scancel, --signal and the exit status work as for any task.
@@ -317,12 +318,24 @@ static ssize_t read_bounded(int fd, char **out, int timeout_s)
 	return (ssize_t)len;
 }
 
+/* hpccont-step beside the plugin's launcher (install-plugin puts it there), or "". */
+static void step_builder(char *out, size_t size)
+{
+	const char *slash = strrchr(hpccont_args.hpccont, '/');
+	int n = slash ? (int)(slash - hpccont_args.hpccont) : 0;
+
+	if (slash == NULL || (size_t)snprintf(out, size, "%.*s/hpccont-step", n,
+					      hpccont_args.hpccont) >= size ||
+	    access(out, X_OK) != 0)
+		out[0] = '\0';
+}
+
 /* Run "hpccont slurm prepare" as the user and keep the recipe it prints.  A failure of its
  * own (bad options, no image...) leaves no recipe: the tasks then take the Python path, which
  * reports the error to the user.  A prepare that floods its output or hangs fails the step. */
 static int prepare(spank_t sp, char **env)
 {
-	char **argv;
+	char **argv, builder[4096];
 	char *buf = NULL;
 	ssize_t len;
 	uint32_t ntasks = 0;
@@ -331,6 +344,7 @@ static int prepare(spank_t sp, char **env)
 
 	if (spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &ntasks) != ESPANK_SUCCESS || ntasks < 1)
 		return 0;
+	step_builder(builder, sizeof(builder));
 	argv = build_argv(sp, "prepare", 1, NULL, 0);
 	if (argv == NULL || pipe2(fds, O_CLOEXEC) != 0)
 		return 0;
@@ -348,6 +362,10 @@ static int prepare(spank_t sp, char **env)
 		dup2(fds[1], 1);      /* dup2 clears close-on-exec on the copy */
 		dup2(devnull, 2);
 		close_inherited();
+		/* The step builder beside the launcher (launcher/step.c) takes the same arguments
+		 * and runs the launcher itself for a step it has no template for. */
+		if (builder[0])
+			execve(builder, argv, env);
 		execve(hpccont_args.hpccont, argv, env);
 		_exit(127);
 	}
@@ -374,10 +392,25 @@ static int prepare(spank_t sp, char **env)
 	return 0;
 }
 
+/* The accounting program, started in init_post_opt: slurmstepd still sets up the step (its
+ * cgroups, the MPI plugin's server) for a few milliseconds before user_init, and with the
+ * step's container built in C (launcher/step.c) the accounting program is the longer of the
+ * two that user_init waits for. */
+static pid_t accountant;
+
+int stepd_init_post_opt(spank_t sp)
+{
+	char **env;
+
+	if (!hpccont_requested(sp) || (env = job_env(sp)) == NULL)
+		return 0;
+	accountant = start_account(sp, env);
+	return 0;
+}
+
 int stepd_user_init(spank_t sp)
 {
 	char **env;
-	pid_t accountant;
 	int rc;
 
 	if (!hpccont_requested(sp))
@@ -387,9 +420,12 @@ int stepd_user_init(spank_t sp)
 		slurm_error("hpccont: cannot read the step's environment");
 		return 0;
 	}
-	accountant = start_account(sp, env);
+	/* not started in init_post_opt (no environment there): now, beside prepare */
+	if (accountant == 0)
+		accountant = start_account(sp, env);
 	rc = prepare(sp, env);
 	finish_account(accountant);
+	accountant = 0;
 	return rc;
 }
 

@@ -125,6 +125,20 @@ def build_fuse_cache(bindir: Path) -> "Path | None":
     return bindir / "hpccont-fusecache.so"
 
 
+def build_step_builder(bindir: Path) -> "Path | None":
+    """launcher/step.c built into ``bindir`` as ``make install`` does (beside the entry points:
+    the SPANK plugin runs it from beside its launcher); None without a compiler."""
+    import shutil
+    if not shutil.which("cc"):
+        return None
+    r = subprocess.run(["make", "-s", "-B", "-C", str(REPO / "launcher"), "step", f"O={bindir}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"building hpccont-step failed: {r.stderr.strip()}")
+    (bindir / "hpccont-step").chmod(0o755)
+    return bindir / "hpccont-step"
+
+
 def mounts_mentioning(fragment: str) -> list:
     """Host mount table lines mentioning ``fragment`` (to prove nothing was left mounted)."""
     with open("/proc/self/mountinfo") as f:

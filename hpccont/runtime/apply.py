@@ -131,9 +131,7 @@ def apply(plan: LaunchPlan, cfg: dict[str, dict], *, debug: bool = False,
     try:
         root, reader = setup(plan, cfg, step)
         if recorder is not None:
-            stage = os.path.dirname(root)
-            recorder.capture(plan, cfg, root, _image_server(cfg), image_server_cache(cfg),
-                             _overlay_options(f"{stage}/lower", stage))
+            recorder.capture(plan, cfg, root)
         enter(root, plan, step)
     except OSError as e:
         raise LaunchError(f"cannot start container ({step.name}): "

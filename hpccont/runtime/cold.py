@@ -34,8 +34,9 @@ MOUNT_OPS = {"bind": "b", "dev": "b", "proc": "p", "tmpfs": "t", "fs": "f", "sym
              "file": "c", "passwd": "c", "group": "c"}
 
 
-def unrecordable(plan, cfg: dict, req) -> str | None:
-    """Why this launch cannot be repeated from a recipe, or None."""
+def unrecordable(plan, cfg: dict, req, keeper: bool = False) -> str | None:
+    """Why this launch cannot be repeated from a recipe, or None.  ``keeper``: the container
+    is built for a keeper that others join (a Slurm step's, schedulers/slurm/template.py)."""
     if plan.mode != "rootless":
         return "root launches use kernel mounts"
     if req.dry_run or req.debug:
@@ -44,7 +45,7 @@ def unrecordable(plan, cfg: dict, req) -> str | None:
         if getattr(req, name, None):
             return f"--{name} reads the host's state at every launch"
     for name in PRIVATE:
-        if getattr(plan, name, None):
+        if getattr(plan, name, None) and not (keeper and name == "join"):
             return f"{name} is planned at every launch"
     if plan.umask is not None:
         return "a --umask is applied by the Python path"
@@ -109,15 +110,10 @@ class Recorder:
         self.dir_fd = dir_fd
         self.build: list | None = None
 
-    def capture(self, plan, cfg: dict, root: str, server: str, preload: str,
-                overlay_options: str) -> None:
+    def capture(self, plan, cfg: dict, root: str) -> None:
         """Right after apply.setup: what it did, as recipe fields (None when it cannot be
         written down)."""
-        try:
-            self.build = build_fields(plan, cfg, os.path.dirname(root), server, preload,
-                                      overlay_options, self.cmd)
-        except (OSError, ValueError, UnicodeError):
-            self.build = None
+        self.build = build_of(plan, cfg, root, self.cmd)
 
     def write(self, plan, argv: list, env: dict) -> None:
         """Inside the container, once the exec is decided: the recipe, unless the exec is not
@@ -133,6 +129,19 @@ class Recorder:
             pass             # no recipe: the next launch is planned again
         finally:
             os.close(self.dir_fd)
+
+
+def build_of(plan, cfg: dict, root: str, cmd: list) -> list | None:
+    """build_fields for the container apply.setup has just made at ``root`` (in this process's
+    mount namespace, before the pivot); None when it cannot be written down.  Also how the
+    Slurm step's keeper records its build (schedulers/slurm/template.py)."""
+    from .apply import _image_server, _overlay_options, image_server_cache
+    stage = os.path.dirname(root)
+    try:
+        return build_fields(plan, cfg, stage, _image_server(cfg), image_server_cache(cfg),
+                            _overlay_options(f"{stage}/lower", stage), cmd)
+    except (OSError, ValueError, UnicodeError):
+        return None
 
 
 def build_fields(plan, cfg: dict, stage: str, server: str, preload: str,

@@ -238,31 +238,34 @@ def apply_joined(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = Fals
 
 
 def ensure_keeper(plan: LaunchPlan, cfg: dict[str, dict], persistent: bool = True,
-                  watch_pid: int = 0) -> tuple[int, bool]:
+                  watch_pid: int = 0, capture=None) -> tuple[int, bool]:
     """The keeper of ``plan.join``'s container, started now if none is alive, without entering it.
 
     Returns (keeper PID, whether the image has /.singularity.d/env/*.sh scripts and a /bin/sh
     to run them: then the command goes through ``env_script``).  Used where something other than
     this process enters the container later (the SPANK plugin's tasks).  ``watch_pid``: a
     persistent keeper also leaves when that process (slurmstepd) is gone, so that a crashed
-    step cannot leave a container behind."""
+    step cannot leave a container behind.  ``capture(plan, cfg, root)``: called in a keeper
+    started now, once its container is set up and before the pivot (the Slurm step template
+    records the build there)."""
     d = state_dir(cfg)
     name = state_name(plan)
     lock = _locked(os.path.join(d, name + ".lock"))
     try:
-        return _ensure_locked(plan, cfg, d, name, (lock,), persistent, watch_pid)
+        return _ensure_locked(plan, cfg, d, name, (lock,), persistent, watch_pid,
+                              capture=capture)
     finally:
         os.close(lock)
 
 
 def _ensure_locked(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,
                    persistent: bool, watch_pid: int = 0,
-                   linger_s: float = LINGER_S) -> tuple[int, bool]:
+                   linger_s: float = LINGER_S, capture=None) -> tuple[int, bool]:
     """Under ``.lock``: the live keeper, or a new one."""
     found = _live_keeper(os.path.join(d, name))
     if found is not None:
         return found
-    return _start_keeper(plan, cfg, d, name, fds, persistent, watch_pid, linger_s)
+    return _start_keeper(plan, cfg, d, name, fds, persistent, watch_pid, linger_s, capture)
 
 
 def _locked(path: str) -> int:
@@ -385,7 +388,7 @@ def in_its_pid_namespace() -> None:
 
 def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds: tuple,
                   persistent: bool, watch_pid: int = 0,
-                  linger_s: float = LINGER_S) -> tuple[int, bool]:
+                  linger_s: float = LINGER_S, capture=None) -> tuple[int, bool]:
     """Double-fork a keeper that builds the container; (its PID, env scripts) once it is ready."""
     rfd, wfd = os.pipe()
     child = os.fork()
@@ -399,7 +402,7 @@ def _start_keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, fds
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            _keeper(plan, cfg, d, name, wfd, persistent, watch_pid, linger_s)
+            _keeper(plan, cfg, d, name, wfd, persistent, watch_pid, linger_s, capture)
         finally:
             os._exit(1)
     os.close(wfd)
@@ -480,7 +483,8 @@ def _recorded_pid(dir_fd: int, name: str) -> int:
 
 
 def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
-            persistent: bool, watch_pid: int = 0, linger_s: float = LINGER_S) -> None:
+            persistent: bool, watch_pid: int = 0, linger_s: float = LINGER_S,
+            capture=None) -> None:
     from .apply import Step, _handle_fd, enter, env_scripts, setup
     from .prefetch import finish
     # Keep no terminal, output pipe or launcher socket of the job open: srun and mpirun wait
@@ -498,6 +502,8 @@ def _keeper(plan: LaunchPlan, cfg: dict[str, dict], d: str, name: str, wfd: int,
     step = Step()
     try:
         root, reader = setup(plan, cfg, step)
+        if capture is not None:
+            capture(plan, cfg, root)
         me = int(os.readlink("/proc/self"))     # our PID on the host (--pid: not 1)
         step("pivoting into the container root")
         plan_root = plan.cwd

@@ -37,7 +37,7 @@ class Recipe:
     state_files: List[str]
 
 
-def recipe_bytes(r: Recipe) -> bytes:
+def recipe_fields(r: Recipe) -> List[tuple]:
     fields = [("m", r.mode), ("p", str(r.keeper)), ("t", r.keeper_start), ("h", r.host_cwd),
               ("w", r.cwd)]
     fields += [("a", a) for a in r.prefix]
@@ -46,8 +46,12 @@ def recipe_bytes(r: Recipe) -> bytes:
     fields += [("u", n) for n in r.env.unset] + [("U", p) for p in r.env.unset_prefixes]
     fields += [("s", f"{k}={v}") for k, v in r.env.set.items()]
     fields += [("c", n) for n in r.env.copy] + [("f", f) for f in r.state_files]
+    return fields
+
+
+def recipe_bytes(r: Recipe) -> bytes:
     out = b""
-    for tag, payload in fields:
+    for tag, payload in recipe_fields(r):
         data = payload.encode("utf-8", "surrogateescape")
         if b"\0" in data:
             raise SchedulerError(f"recipe field {tag!r} contains a NUL byte")
@@ -67,14 +71,45 @@ def prepare_step(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[st
                  program: List[str], environ: Mapping[str, str], cwd: str) -> Optional[Recipe]:
     """Start the step's container on this node; the recipe for its tasks, or None (then every
     task goes through run_task).  A lone task too: entering a prepared container costs it less
-    than starting one, and its FUSE server is not its child then."""
+    than starting one, and its FUSE server is not its child then.  Where it can, it also
+    records the step's template (template.py), from which the next such step is built in C."""
+    planned = _plan_step(step, args, spank, program, environ, cwd)
+    if planned is None:
+        return None
+    from ...runtime import join
+    from . import template
+    from .task import search_dirs
+    plan, cfg, req, delta, full_env = planned
+    d = join.state_dir(cfg)
+    dirs = search_dirs(environ, cwd)
+    why = template.unrecordable(step, plan, cfg, req, job_options(spank, environ).image or "",
+                                dirs[0] if dirs else cwd)
+    capture = template.Capture(template.build_file(d), program) if why is None else None
+    # slurmstepd forked us: if it dies, the keeper must not outlive it (see the plugin).
+    pid, scripts = join.ensure_keeper(plan, cfg, persistent=True, watch_pid=os.getppid(),
+                                      capture=capture)
+    delta, prefix = _task_environment(pid, scripts, plan, delta, full_env)
+    name = join.state_name(plan)
+    recipe = Recipe(mode=plan.mode, keeper=pid, keeper_start=join.start_time(pid),
+                    host_cwd=os.getcwd(), cwd=plan.cwd, prefix=prefix, env=delta,
+                    state_files=[os.path.join(d, name + s) for s in ("", ".lock", ".guests")])
+    if capture is not None:
+        build = capture.take()
+        if build is not None:
+            _record_template(step, args, spank, program, environ, cwd, plan, recipe, build,
+                             pid, scripts, d)
+    return recipe
+
+
+def _plan_step(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[str]],
+               program: List[str], environ: Mapping[str, str], cwd: str):
+    """(plan, cfg, request, environment delta, the tasks' environment) for the step's
+    container, or None when its tasks take the Python path."""
     tplan = plan_task(step, args, spank, program, environ, cwd)
     if tplan.image is None:
         return None
     from ... import config
-    from ...runtime import join
     from ...runtime.environment import apply_delta, environment_delta
-    from ...runtime.envscripts import shell_prefix
     from ...runtime.plan import make_plan
     # Variables passed by name differ from task to task (SLURM_PROCID): each task copies its own
     # value instead of the one this process sees.
@@ -101,21 +136,53 @@ def prepare_step(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[st
     if apply_delta(delta, full_env) != plan.env:
         return None    # not expressible as a delta: keep the exact path
     delta.copy = copy
-    # slurmstepd forked us: if it dies, the keeper must not outlive it (see the plugin).
-    pid, scripts = join.ensure_keeper(plan, cfg, persistent=True, watch_pid=os.getppid())
-    prefix = []
-    if scripts:
-        evaluated = _evaluated_environment(pid, plan)
-        merged = _with_scripts_applied(delta, full_env, evaluated) if evaluated else None
-        if merged is not None:
-            delta = merged       # tasks exec their command directly: no shell per task
-        else:
-            prefix = shell_prefix(plan)
-    d = join.state_dir(cfg)
-    name = join.state_name(plan)
-    return Recipe(mode=plan.mode, keeper=pid, keeper_start=join.start_time(pid),
-                  host_cwd=os.getcwd(), cwd=plan.cwd, prefix=prefix, env=delta,
-                  state_files=[os.path.join(d, name + s) for s in ("", ".lock", ".guests")])
+    return plan, cfg, req, delta, full_env
+
+
+def _task_environment(keeper: int, scripts: bool, plan, delta, full_env):
+    """(delta, prefix) for the tasks: the image's env scripts applied once, here, when they
+    can be said as a delta (no shell per task), else the shell prefix that runs them."""
+    from ...runtime.envscripts import shell_prefix
+    if not scripts:
+        return delta, []
+    evaluated = _evaluated_environment(keeper, plan)
+    merged = _with_scripts_applied(delta, full_env, evaluated) if evaluated else None
+    if merged is not None:
+        return merged, []
+    return delta, shell_prefix(plan)
+
+
+def _record_template(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[str]],
+                     program: List[str], environ: Mapping[str, str], cwd: str, plan,
+                     recipe: Recipe, build: bytes, keeper: int, scripts: bool, d: str) -> None:
+    """The step's template, once planning the step under another name (and other VARYING
+    values) has given the same container and task recipe (template.py says why)."""
+    import sys
+    from . import template
+    tasks = [(t, v) for t, v in recipe_fields(recipe) if t in template.TASK_TAGS]
+    other, other_env = template.synthetic(step, environ)
+    again = _plan_step(other, args, spank, program, other_env, cwd)
+    if again is None:
+        return
+    plan2, _, _, delta2, full_env2 = again
+    delta2, prefix2 = _task_environment(keeper, scripts, plan2, delta2, full_env2)
+    r2 = Recipe(mode=plan2.mode, keeper=keeper, keeper_start=recipe.keeper_start,
+                host_cwd=recipe.host_cwd, cwd=plan2.cwd, prefix=prefix2, env=delta2,
+                state_files=[])
+    tasks2 = [(t, v) for t, v in recipe_fields(r2) if t in template.TASK_TAGS]
+    if template.signature(plan, tasks, step.key) != template.signature(plan2, tasks2, other.key):
+        return
+    key = template.material(sys.argv, cwd, template.own_environ())
+    try:
+        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        template.write(dir_fd, key, build, template.stamps(plan, environ), tasks, step.key)
+    except (OSError, ValueError):
+        pass             # no template: the next step is planned again
+    finally:
+        os.close(dir_fd)
 
 
 def _evaluated_environment(keeper: int, plan) -> Optional[Dict[str, str]]:

@@ -1,0 +1,140 @@
+/*
+ * The user's recipe store (store.h).
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store.h"
+
+int store_add(struct buf *b, const char *s)
+{
+	size_t n = strlen(s) + 1;
+
+	if (b->len + n > b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 8192;
+		char *p;
+
+		while (cap < b->len + n)
+			cap *= 2;
+		if ((p = realloc(b->data, cap)) == NULL)
+			return -1;
+		b->data = p;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, s, n);
+	b->len += n;
+	return 0;
+}
+
+/* The file stamp share.py's _stamp writes: device, inode, size, mtime and ctime (ns). */
+void store_stamp(const char *path, char *out, size_t size)
+{
+	struct stat st;
+
+	if (stat(path, &st) != 0) {
+		snprintf(out, size, "-");
+		return;
+	}
+	snprintf(out, size, "%llu:%llu:%lld:%lld.%09ld:%lld.%09ld", (unsigned long long)st.st_dev,
+		 (unsigned long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+		 st.st_mtim.tv_nsec, (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+}
+
+/* config.config_path: $HPCCONT_CONFIG where no site config is installed (never for users
+ * otherwise), else the site's. */
+const char *store_config_path(void)
+{
+	const char *o = getenv("HPCCONT_CONFIG");
+
+	if (o && *o && access(CONFIG_PATH, F_OK) != 0)
+		return o;
+	return CONFIG_PATH;
+}
+
+static uint64_t fnv1a(const char *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	while (n--) {
+		h ^= (unsigned char)*p++;
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+/* join.state_dir for a user: $XDG_RUNTIME_DIR/hpccont-UID when that is really theirs, else
+ * /tmp/hpccont-UID; both private (a fallback directory elsewhere: the Python path). */
+static int private_dir(const char *path, uid_t uid)
+{
+	struct stat st;
+
+	return lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == uid &&
+	       !(st.st_mode & 0077);
+}
+
+int store_dir(char *out, size_t size, uid_t uid)
+{
+	const char *base = getenv("XDG_RUNTIME_DIR");
+	struct stat st;
+
+	if (base && base[0] == '/' && lstat(base, &st) == 0 && S_ISDIR(st.st_mode) &&
+	    st.st_uid == uid && !(st.st_mode & 0022)) {
+		snprintf(out, size, "%s/hpccont-%d", base, (int)uid);
+		if (private_dir(out, uid))
+			return 0;
+	}
+	snprintf(out, size, "/tmp/hpccont-%d", (int)uid);
+	return private_dir(out, uid) ? 0 : -1;
+}
+
+/* The recipe file for this key ("fast-" joins a shared container, "cold-" builds one):
+ * "MAGIC <material length>\n", the material, the recipe.  `path` gets its name. */
+char *store_read(const char *dir, const char *kind, const struct buf *m, size_t *len,
+			 char *path, size_t size)
+{
+	char head[64], *data, *end;
+	struct stat st;
+	size_t want, got = 0;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, size, "%.4000s/%s-%016llx", dir, kind,
+		 (unsigned long long)fnv1a(m->data, m->len));
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != getuid() ||
+	    (st.st_mode & 0077) || st.st_size > MAX_RECIPE) {
+		close(fd);
+		return NULL;
+	}
+	data = malloc(st.st_size + 1);
+	if (data == NULL) {
+		close(fd);
+		return NULL;
+	}
+	while (got < (size_t)st.st_size && (n = read(fd, data + got, st.st_size - got)) > 0)
+		got += n;
+	close(fd);
+	snprintf(head, sizeof(head), MAGIC " %zu\n", m->len);
+	want = strlen(head);
+	if (got < want + m->len || memcmp(data, head, want) != 0 ||
+	    memcmp(data + want, m->data, m->len) != 0) {
+		free(data);
+		return NULL;
+	}
+	/* the recipe itself, moved to the start of its own allocation (recipe_parse owns it) */
+	*len = got - want - m->len;
+	end = malloc(*len ? *len : 1);
+	if (end)
+		memcpy(end, data + want + m->len, *len);
+	free(data);
+	return end;
+}
+

@@ -1,0 +1,40 @@
+/*
+ * The user's recipe store: recipe files in the private state directory (runtime/join.py's
+ * state_dir), each "MAGIC <material length>\n", the key material, the recipe fields
+ * (hpccont/runtime/share.py write_recipe writes them).  Shared by the exec fast path (fast.c)
+ * and the Slurm step builder (step.c).
+ */
+#ifndef HPCCONT_STORE_H
+#define HPCCONT_STORE_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#define CONFIG_PATH "/etc/hpccont/hpccont.yaml"
+#define MAGIC "hpccont-fast-1"
+#define MAX_RECIPE (1 << 20)
+
+/* Key material: NUL-terminated strings, one after the other. */
+struct buf {
+	char *data;
+	size_t len, cap;
+};
+
+/* Append s and its NUL; -1 when out of memory. */
+int store_add(struct buf *b, const char *s);
+
+/* share.stamp: "dev:ino:size:mtime:ctime" (ns), or "-" for a path that cannot be stat'ed. */
+void store_stamp(const char *path, char *out, size_t size);
+
+/* config.config_path as a launch sees it. */
+const char *store_config_path(void);
+
+/* The state directory of uid (0), or -1 when there is no private one the C paths may use. */
+int store_dir(char *out, size_t size, uid_t uid);
+
+/* The recipe of KIND whose key material is exactly m, or NULL; `path` gets the file's name.
+ * The returned fields (malloc'd, *len bytes) are for recipe_parse. */
+char *store_read(const char *dir, const char *kind, const struct buf *m, size_t *len,
+		 char *path, size_t size);
+
+#endif

@@ -302,6 +302,13 @@ def test_install_plugin(make_image, tmp_path, hpccont, install):
         assert adapter.stat().st_uid == 0 and not adapter.stat().st_mode & 0o022
     else:
         assert not adapter.exists() and "run without it" in said
+    # and the step builder the plugin runs in place of that launcher's prepare
+    builder = tmp_path / "usr/lib/hpccont/bin/hpccont-step"
+    if install["step"] is not None:
+        assert builder.read_bytes() == install["step"].read_bytes() and f"installed {builder}" in said
+        assert builder.stat().st_uid == 0 and not builder.stat().st_mode & 0o022
+    else:
+        assert not builder.exists() and "planned and built by Python" in said
     bad = hpccont("slurm", "install-plugin", "--source", src, "--prefix", tmp_path / "u2", "--wrap-batch", "maybe",
                   "--plugstack", tmp_path / "p2", "--no-cli-filter")
     assert bad.returncode == 9 and "wrap_batch" in bad.stderr and len(bad.stderr.splitlines()) == 1

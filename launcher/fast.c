@@ -65,7 +65,6 @@ static void fallback(char **argv, const char *kind)
 static int material(struct buf *b, const char *kind, char **head, int nhead, const char *cwd)
 {
 	char line[PATH_MAX + 256], st[160];
-	const char *cfg = store_config_path();
 	char **e;
 	int i, n = 0;
 
@@ -87,24 +86,8 @@ static int material(struct buf *b, const char *kind, char **head, int nhead, con
 	snprintf(line, sizeof(line), "image=%s", st);
 	if (store_add(b, line))
 		return -1;
-	store_stamp(cfg, st, sizeof(st));
-	snprintf(line, sizeof(line), "config=%s:%s", cfg, st);
-	if (store_add(b, line))
-		return -1;
-	store_stamp("/etc/passwd", st, sizeof(st));
-	snprintf(line, sizeof(line), "passwd=%s", st);
-	if (store_add(b, line))
-		return -1;
-	store_stamp("/etc/group", st, sizeof(st));
-	snprintf(line, sizeof(line), "group=%s", st);
-	if (store_add(b, line))
-		return -1;
-	/* The entry point this launcher falls back to: every install rewrites it, so recipes
-	 * planned by another version of hpccont are never replayed. */
 	snprintf(line, sizeof(line), "%s/%s", ENTRY_BINDIR, kind);
-	store_stamp(line, st, sizeof(st));
-	snprintf(line, sizeof(line), "entry=%s", st);
-	if (store_add(b, line))
+	if (store_add_stamps(b, line))
 		return -1;
 	for (e = environ; *e; e++)
 		n++;

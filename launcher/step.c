@@ -54,11 +54,12 @@
 extern char **environ;
 
 /* template.VARYING: the job variables that differ from step to step whatever the user does;
- * they are left out of the key (a template may not depend on them, see template.py). */
+ * they are left out of the key (a template may not depend on them, see template.py).  srun
+ * names a job it creates after its command: SLURM_JOB_NAME. */
 static const char *varying[] = {
 	"SLURM_JOB_ID", "SLURM_JOBID", "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_SRUN_COMM_PORT",
 	"SLURM_STEP_LAUNCHER_PORT", "SLURM_TASK_PID", "SLURM_JOB_START_TIME",
-	"SLURM_JOB_END_TIME", "SLURM_PTY_PORT", "SLURM_STEP_RESV_PORTS", NULL
+	"SLURM_JOB_END_TIME", "SLURM_PTY_PORT", "SLURM_STEP_RESV_PORTS", "SLURM_JOB_NAME", NULL
 };
 
 static void fallback(char **argv)
@@ -83,8 +84,7 @@ static int is_varying(const char *entry)
  * "slurm prepare", up to "--", the step's name left out. */
 static int material(struct buf *b, const char *entry, char **argv, int nwords, const char *cwd)
 {
-	char line[PATH_MAX + 256], st[160];
-	const char *cfg = store_config_path();
+	char line[PATH_MAX + 256];
 	char **e;
 	int i, n = 0;
 
@@ -102,22 +102,7 @@ static int material(struct buf *b, const char *entry, char **argv, int nwords, c
 		 (int)getegid());
 	if (store_add(b, line))
 		return -1;
-	store_stamp(cfg, st, sizeof(st));
-	snprintf(line, sizeof(line), "config=%s:%s", cfg, st);
-	if (store_add(b, line))
-		return -1;
-	store_stamp("/etc/passwd", st, sizeof(st));
-	snprintf(line, sizeof(line), "passwd=%s", st);
-	if (store_add(b, line))
-		return -1;
-	store_stamp("/etc/group", st, sizeof(st));
-	snprintf(line, sizeof(line), "group=%s", st);
-	if (store_add(b, line))
-		return -1;
-	/* the launcher this falls back to: each install rewrites it */
-	store_stamp(entry, st, sizeof(st));
-	snprintf(line, sizeof(line), "entry=%s", st);
-	if (store_add(b, line))
+	if (store_add_stamps(b, entry))     /* the launcher this falls back to */
 		return -1;
 	for (e = environ; *e; e++)
 		n += !is_varying(*e);

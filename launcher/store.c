@@ -3,6 +3,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,3 +139,25 @@ char *store_read(const char *dir, const char *kind, const struct buf *m, size_t 
 	return end;
 }
 
+
+int store_add_stamps(struct buf *b, const char *entry)
+{
+	char line[PATH_MAX + 256], st[160];
+	const char *cfg = store_config_path();
+
+	store_stamp(cfg, st, sizeof(st));
+	snprintf(line, sizeof(line), "config=%s:%s", cfg, st);
+	if (store_add(b, line))
+		return -1;
+	store_stamp("/etc/passwd", st, sizeof(st));
+	snprintf(line, sizeof(line), "passwd=%s", st);
+	if (store_add(b, line))
+		return -1;
+	store_stamp("/etc/group", st, sizeof(st));
+	snprintf(line, sizeof(line), "group=%s", st);
+	if (store_add(b, line))
+		return -1;
+	store_stamp(entry, st, sizeof(st));
+	snprintf(line, sizeof(line), "entry=%s", st);
+	return store_add(b, line);
+}

@@ -1,7 +1,7 @@
 /*
  * Fuzz harness for the launch recipe's C readers: recipe_parse and recipe_environment
  * (spank_plugin/recipe.c, used by the Slurm tasks and by the exec fast path) and the fast
- * path's recipe file reader (launcher/fast.c, read_recipe: header, key, then the recipe).
+ * path's recipe file reader (launcher/store.c, store_read: header, key, then the recipe).
  *
  * One process reads every input from stdin, so thousands of inputs cost one start.  Records
  * (integers little-endian u32):
@@ -10,7 +10,7 @@
  *      lists (a k u U s c f), the keep_only and exact flags, and the task environment it makes
  *      (u32 count, NUL-terminated entries), whether it fits argv0's command (recipe_fits),
  *      and a cold recipe's operations (one_build)
- *   1, file length, file  ->  u8 0 (read_recipe refused the file), 1 (read, recipe refused),
+ *   1, file length, file  ->  u8 0 (store_read refused the file), 1 (read, recipe refused),
  *      2 (read and parsed); the key is the fixed material "hpccont-fast-1\0fuzz\0"
  *   3, root length, root, path length, path, u32 flags  ->  cold.c's mount-point walk
  *      (one_walk)
@@ -21,6 +21,7 @@
 #include "fast.c"
 #undef main
 #include "cold.c"
+#include "store.c"
 
 static int get_u32(uint32_t *v)
 {
@@ -170,7 +171,7 @@ static int one_file(const char *dir, const struct buf *m, const char *path)
 		exit(3);
 	}
 	free(fdata);
-	data = read_recipe(dir, "fast", m, &len, buf, sizeof(buf));
+	data = store_read(dir, "fast", m, &len, buf, sizeof(buf));
 	if (data == NULL) {
 		fputc(0, stdout);
 	} else if (recipe_parse(&r, data, len) != 0) {

@@ -152,3 +152,15 @@ def test_material_leaves_out_the_step_and_its_varying_variables():
     assert key != template.material(argv, "/w", b"HOME=/home/v\0")
     assert key != template.material(argv, "/elsewhere", env_a)
     assert key != template.material(argv[:6] + ["a=c", "--", "true"], "/w", env_a)
+
+
+def test_step_c_has_the_same_rules():
+    """step.c keeps its own copy of the key's rules (it runs before any Python): the same
+    VARYING names, magic and placeholder as template.py."""
+    import re
+    src = (helpers.REPO / "launcher" / "step.c").read_text()
+    names = re.search(r"static const char \*varying\[\] = \{(.*?)NULL", src, re.S).group(1)
+    assert tuple(re.findall(r'"([A-Z_]+)"', names)) == template.VARYING
+    assert f'#define STEP_MAGIC "{template.STEP_MAGIC.decode()}"' in src
+    assert "#define PLACEHOLDER '\\001'" in src and template.PLACEHOLDER == "\x01"
+    assert f'strchr("{template.TASK_TAGS}", data[i])' in src

@@ -32,10 +32,11 @@ STEP_MAGIC = b"hpccont-step-1"
 PLACEHOLDER = "\x01"
 # Job variables that differ from step to step whatever the user does (step.c has the list):
 # out of the key, and checked to change nothing of a template.
+# (SLURM_JOB_NAME: srun names a job it creates after its command.)
 VARYING = ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_STEP_ID", "SLURM_STEPID",
            "SLURM_SRUN_COMM_PORT", "SLURM_STEP_LAUNCHER_PORT", "SLURM_TASK_PID",
            "SLURM_JOB_START_TIME", "SLURM_JOB_END_TIME", "SLURM_PTY_PORT",
-           "SLURM_STEP_RESV_PORTS")
+           "SLURM_STEP_RESV_PORTS", "SLURM_JOB_NAME")
 JOB_VARS = ("SLURM_JOB_ID", "SLURM_JOBID")
 STEP_VARS = ("SLURM_STEP_ID", "SLURM_STEPID")
 # The task recipe's tags step.c prints from a template (then the keeper's 'p' and 't').

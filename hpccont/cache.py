@@ -87,6 +87,22 @@ def loads(text: str):
     return value
 
 
+def dumps(value, sort_keys: bool = False) -> str:
+    """json.dumps(value, sort_keys=...) through the C encoder alone (loads says why), for
+    values made of dicts, lists, strings, ints, floats, booleans and None."""
+    try:
+        from _json import encode_basestring_ascii, make_encoder
+    except ImportError:
+        import json
+        return json.dumps(value, sort_keys=sort_keys)
+
+    def unknown(o):
+        raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+    encode = make_encoder({}, unknown, encode_basestring_ascii, None, ": ", ", ", sort_keys,
+                          False, True)
+    return "".join(encode(value, 0))
+
+
 def write(kind: str, key: str, stamp: list, value) -> None:
     import json
     path = _path(kind, key)

@@ -392,6 +392,68 @@ static int prepare(spank_t sp, char **env)
 	return 0;
 }
 
+/*
+ * Cgroup moves without the grace period.  A write to cgroup.procs takes the kernel's
+ * cgroup_threadgroup_rwsem for writing: a per-CPU rwsem, whose writer waits for an RCU grace
+ * period (rcu_sync_enter, kernel/rcu/sync.c) unless another writer ran within the last one.
+ * In a bare step slurmstepd moves its task into the step's cgroups right after its own set-up
+ * moves and never waits; with a container, user_init runs for ~30 ms in between, and the
+ * task's move then waited 11-14 ms (measured: strace of slurmstepd, and the hooks stamped).
+ * So while user_init runs, a child moves itself into the cgroup it is already in (nothing
+ * changes) every WARM_US: the first move pays the grace period beside the container's build,
+ * and the task's move comes within one of the last.  Root's child: cgroup files are root's.
+ */
+#define WARM_US 2000
+#define WARM_MAX 5000              /* moves at most (10 s): it never outlives a stuck hook */
+
+static pid_t start_warmer(void)
+{
+	char line[512], path[640];
+	pid_t pid = fork();
+	FILE *f;
+	int fd = -1, i;
+
+	if (pid != 0)
+		return pid > 0 ? pid : 0;
+	close_inherited();
+	if (setresuid(0, 0, 0) != 0 || (f = fopen("/proc/self/cgroup", "re")) == NULL)
+		_exit(0);
+	/* any hierarchy will do (the rwsem is one for all): the first, "ID:CONTROLLERS:PATH" */
+	if (fgets(line, sizeof(line), f) != NULL) {
+		char *ctrls = strchr(line, ':'), *cg = ctrls ? strchr(ctrls + 1, ':') : NULL;
+
+		if (cg != NULL) {
+			*cg++ = '\0';
+			cg[strcspn(cg, "\n")] = '\0';
+			ctrls++;
+			if (strncmp(ctrls, "name=", 5) == 0)
+				ctrls += 5;
+			snprintf(path, sizeof(path), "/sys/fs/cgroup/%s%s%s/cgroup.procs", ctrls,
+				 *ctrls ? "" : "unified", cg);
+			fd = open(path, O_WRONLY | O_CLOEXEC);
+			if (fd < 0 && !*ctrls) {
+				snprintf(path, sizeof(path), "/sys/fs/cgroup%s/cgroup.procs", cg);
+				fd = open(path, O_WRONLY | O_CLOEXEC);
+			}
+		}
+	}
+	fclose(f);
+	snprintf(line, sizeof(line), "%d\n", (int)getpid());
+	for (i = 0; fd >= 0 && i < WARM_MAX && write(fd, line, strlen(line)) > 0; i++)
+		usleep(WARM_US);
+	_exit(0);
+}
+
+static void stop_warmer(pid_t pid)
+{
+	int status;
+
+	if (pid <= 0)
+		return;
+	kill(pid, SIGKILL);
+	wait_child(pid, &status);
+}
+
 /* The accounting program, started in init_post_opt: slurmstepd still sets up the step (its
  * cgroups, the MPI plugin's server) for a few milliseconds before user_init, and with the
  * step's container built in C (launcher/step.c) the accounting program is the longer of the
@@ -411,6 +473,7 @@ int stepd_init_post_opt(spank_t sp)
 int stepd_user_init(spank_t sp)
 {
 	char **env;
+	pid_t warmer;
 	int rc;
 
 	if (!hpccont_requested(sp))
@@ -423,9 +486,11 @@ int stepd_user_init(spank_t sp)
 	/* not started in init_post_opt (no environment there): now, beside prepare */
 	if (accountant == 0)
 		accountant = start_account(sp, env);
+	warmer = start_warmer();
 	rc = prepare(sp, env);
 	finish_account(accountant);
 	accountant = 0;
+	stop_warmer(warmer);
 	return rc;
 }
 

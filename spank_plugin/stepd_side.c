@@ -168,10 +168,12 @@ static void close_inherited(void)
 	}
 }
 
-/* "--user UID:GID:G1,G2,..." and "--jobenv NAME=VALUE" for each job variable. */
+/* "--user UID:GID:G1,G2,...", "--node N" (this node's index in the step: its first sets the
+ * job's AdminComment) and "--jobenv NAME=VALUE" for each job variable. */
 static char **account_extra(spank_t sp, char **env, int *count)
 {
-	static char user[4096];
+	static char user[4096], node[16];
+	uint32_t nodeid = 0;
 	uid_t uid;
 	gid_t gid, *gids = NULL;
 	int ngids = 0, nenv = 0, i, n = 0;
@@ -187,11 +189,16 @@ static char **account_extra(spank_t sp, char **env, int *count)
 		len += snprintf(user + len, sizeof(user) - len, "%s%u", i ? "," : "", (unsigned)gids[i]);
 	while (env[nenv])
 		nenv++;
-	extra = calloc(2 + 2 * nenv, sizeof(char *));
+	extra = calloc(4 + 2 * nenv, sizeof(char *));
 	if (extra == NULL)
 		return NULL;
 	extra[n++] = "--user";
 	extra[n++] = user;
+	if (spank_get_item(sp, S_JOB_NODEID, &nodeid) == ESPANK_SUCCESS) {
+		snprintf(node, sizeof(node), "%u", (unsigned)nodeid);
+		extra[n++] = "--node";
+		extra[n++] = node;
+	}
 	for (i = 0; i < nenv; i++) {
 		extra[n++] = "--jobenv";
 		extra[n++] = env[i];

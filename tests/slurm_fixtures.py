@@ -161,7 +161,7 @@ def slurm_multinode(site_install, test_user, site_images):
     try:
         cluster.accounting = cluster.log_dir / "accounting" / "steps.jsonl"
         cluster.plugstack = plugstack_text(site_install["so"], site_install, site_images,
-                                           cluster.accounting)
+                                           cluster.accounting, slurm_conf=cluster.conf)
         cluster.default_plugstack = cluster.plugstack
         try:
             cluster.start()

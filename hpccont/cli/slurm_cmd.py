@@ -39,13 +39,15 @@ def main(name: str, argv: List[str]) -> int:
 
 # -- plugin entry points -------------------------------------------------------------------------
 def _plugin_argv(argv: List[str]):
-    """--step J.S --arg K=V... --opt NAME[=V]... [--user U:G:GROUPS] [--jobenv N=V]... -- PROGRAM...
+    """--step J.S --arg K=V... --opt NAME[=V]... [--user U:G:GROUPS] [--node N] [--jobenv N=V]...
+    -- PROGRAM...
 
-    ``--user`` and ``--jobenv`` come only for ``account`` (root): the job's identity from Slurm
-    and the job's variables as plain values (its process environment is the plugin's own)."""
+    ``--user``, ``--node`` and ``--jobenv`` come only for ``account`` (root): the job's
+    identity and this node's index in the step from Slurm, and the job's variables as plain
+    values (its process environment is the plugin's own)."""
     from ..schedulers import slurm
     values: Dict[str, List[str]] = {"--step": [], "--arg": [], "--opt": [], "--user": [],
-                                    "--jobenv": []}
+                                    "--node": [], "--jobenv": []}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -60,27 +62,31 @@ def _plugin_argv(argv: List[str]):
     if len(values["--step"]) != 1:
         raise UsageError("--step is required")
     jobenv = dict(v.split("=", 1) for v in values["--jobenv"] if "=" in v)
+    node = values["--node"][-1] if values["--node"] else None
+    if node is not None and not node.isdigit():
+        raise UsageError(f"--node {node!r} is not a node index")
     return (slurm.parse_step(values["--step"][0]), slurm.parse_plugin_args(values["--arg"]),
             slurm.parse_spank_options(values["--opt"]), argv[i:],
-            slurm.parse_identity(values["--user"][-1]) if values["--user"] else None, jobenv)
+            slurm.parse_identity(values["--user"][-1]) if values["--user"] else None, jobenv,
+            int(node) if node is not None else None)
 
 
 def cmd_task(argv: List[str]) -> int:
     from ..schedulers import slurm
-    step, args, spank, program, _, _ = _plugin_argv(argv)
+    step, args, spank, program, _, _, _ = _plugin_argv(argv)
     return slurm.run_task(step, args, spank, program)
 
 
 def cmd_prepare(argv: List[str]) -> int:
     from ..schedulers import slurm
-    step, args, spank, program, _, _ = _plugin_argv(argv)
+    step, args, spank, program, _, _, _ = _plugin_argv(argv)
     _exit_at_once(slurm.run_prepare(step, args, spank, program))
 
 
 def cmd_account(argv: List[str]) -> int:
     from ..schedulers import slurm
-    step, args, spank, _, ident, jobenv = _plugin_argv(argv)
-    _exit_at_once(slurm.run_account(step, args, spank, jobenv, ident))
+    step, args, spank, _, ident, jobenv, node = _plugin_argv(argv)
+    _exit_at_once(slurm.run_account(step, args, spank, jobenv, ident, node))
 
 
 def _exit_at_once(status: int) -> None:

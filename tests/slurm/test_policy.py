@@ -336,3 +336,18 @@ def test_install_plugin_from_the_installed_package(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "usr/lib/hpccont/hpccont_spank.so").is_file()
     assert "slurm_cli_pre_submit" in (tmp_path / "cli_filter.lua").read_text()
+
+
+def test_the_steps_first_node_alone_sets_the_admin_comment():
+    from hpccont.schedulers.slurm.accounting import sets_admin_comment
+    from hpccont.schedulers.slurm.plugin import StepId
+    assert sets_admin_comment(StepId("5", "0"), 0)
+    assert not sets_admin_comment(StepId("5", "0"), 2)
+    assert sets_admin_comment(StepId("5", "0"), None)       # a plugin that did not say
+    assert sets_admin_comment(StepId("5", "batch"), 0)
+    assert not sets_admin_comment(StepId("5", "extern"), 0)
+
+
+def test_account_node_index_must_be_a_number(hpccont):
+    r = hpccont("slurm", "account", "--step", "5.0", "--node", "x", "--", "true")
+    assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "--node" in r.stderr

@@ -233,8 +233,17 @@ def set_admin_comment(rec: AccountingEntry, args: PluginArgs) -> None:
         pass
 
 
+def sets_admin_comment(step: StepId, node: Optional[int]) -> bool:
+    """One node per step writes the AdminComment, the step's first (``node``: this node's
+    index in the step, from Slurm; None when the plugin did not say): each write is an RPC
+    that slurmctld handles, and every node would otherwise send the same one at the same
+    instant (a 1000-node step, 1000 updates)."""
+    return step.kind in ("batch", "step", "interactive") and node in (None, 0)
+
+
 def run_account(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
-               jobenv: Mapping[str, str], ident: Optional[JobIdentity]) -> int:
+               jobenv: Mapping[str, str], ident: Optional[JobIdentity],
+               node: Optional[int] = None) -> int:
     if os.geteuid() != 0:
         raise SchedulerError("'hpccont slurm account' is run by slurmstepd as root")
     if ident is None:
@@ -247,7 +256,7 @@ def run_account(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
     if rec is None:
         return 0
     append_entry(rec, args.accounting)
-    if args.admin_comment and not rec.error and step.kind in ("batch", "step", "interactive"):
+    if args.admin_comment and not rec.error and sets_admin_comment(step, node):
         set_admin_comment(rec, args)
     return 0
 

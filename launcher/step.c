@@ -55,11 +55,13 @@ extern char **environ;
 
 /* template.VARYING: the job variables that differ from step to step whatever the user does;
  * they are left out of the key (a template may not depend on them, see template.py).  srun
- * names a job it creates after its command: SLURM_JOB_NAME. */
+ * names a job it creates after its command (SLURM_JOB_NAME); the last two are a PMIx
+ * step's. */
 static const char *varying[] = {
 	"SLURM_JOB_ID", "SLURM_JOBID", "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_SRUN_COMM_PORT",
 	"SLURM_STEP_LAUNCHER_PORT", "SLURM_TASK_PID", "SLURM_JOB_START_TIME",
-	"SLURM_JOB_END_TIME", "SLURM_PTY_PORT", "SLURM_STEP_RESV_PORTS", "SLURM_JOB_NAME", NULL
+	"SLURM_JOB_END_TIME", "SLURM_PTY_PORT", "SLURM_STEP_RESV_PORTS", "SLURM_JOB_NAME",
+	"PMIX_SERVER_TMPDIR", "SLURM_PMIXP_ABORT_AGENT_PORT", NULL
 };
 
 static void fallback(char **argv)

@@ -136,6 +136,29 @@ def test_env_script_using_the_job_id_is_never_templated(builder, submit, test_us
     assert _templates(test_user) == before, "a template was recorded for a job-dependent image"
 
 
+def test_pmix_step_is_templated_and_sees_its_own_directories(builder, submit, images, test_user,
+                                                              shared_tmp):
+    """A PMIx step's container binds the directories Slurm made for that step (its name is in
+    their paths): the template holds the name as a placeholder, and a step built from it sees
+    its own directories, not the first step's."""
+    cwd = _workdir(shared_tmp, test_user, "tpl-pmix")
+    probe = 'echo "$SLURM_JOB_ID $PMIX_SERVER_TMPDIR $(test -d "$PMIX_SERVER_TMPDIR" && echo seen)"'
+    seen = []
+    for i in range(2):
+        before = _templates(test_user)
+        r = submit("srun", "--mpi=pmix", "-n", "2", "--overcommit",
+                   f"--container={images['sqsh']}", "sh", "-c", probe, cwd=cwd)
+        assert r.returncode == 0, r.stderr
+        rows = [line.split() for line in r.stdout.splitlines()]
+        assert len(rows) == 2 and all(len(row) == 3 and row[2] == "seen" for row in rows), rows
+        job = rows[0][0]
+        assert all(f"pmix.{job}.0" in row[1] for row in rows), rows
+        seen.append(job)
+        changed = {p for p, v in _templates(test_user).items() if before.get(p) != v}
+        assert bool(changed) == (i == 0), f"step {i}: templates written {changed}"
+    assert seen[0] != seen[1]
+
+
 def test_named_replaces_whole_step_names_only():
     assert template.named("/spool/pmix.12.0/x", "12.0") == "/spool/pmix.\x01/x"
     assert template.named("/x/112.0 12.05 12.0", "12.0") == "/x/112.0 12.05 \x01"

@@ -102,10 +102,11 @@ def prepare_step(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[st
 
 
 def _plan_step(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[str]],
-               program: List[str], environ: Mapping[str, str], cwd: str):
+               program: List[str], environ: Mapping[str, str], cwd: str,
+               is_dir=os.path.isdir):
     """(plan, cfg, request, environment delta, the tasks' environment) for the step's
-    container, or None when its tasks take the Python path."""
-    tplan = plan_task(step, args, spank, program, environ, cwd)
+    container, or None when its tasks take the Python path (``is_dir``: plan_task's)."""
+    tplan = plan_task(step, args, spank, program, environ, cwd, is_dir)
     if tplan.image is None:
         return None
     from ... import config
@@ -160,8 +161,8 @@ def _record_template(step: StepId, args: PluginArgs, spank: Mapping[str, Optiona
     import sys
     from . import template
     tasks = [(t, v) for t, v in recipe_fields(recipe) if t in template.TASK_TAGS]
-    other, other_env = template.synthetic(step, environ)
-    again = _plan_step(other, args, spank, program, other_env, cwd)
+    other, other_env, other_is_dir = template.synthetic(step, environ)
+    again = _plan_step(other, args, spank, program, other_env, cwd, other_is_dir)
     if again is None:
         return
     plan2, _, _, delta2, full_env2 = again

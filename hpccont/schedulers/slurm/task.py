@@ -138,10 +138,12 @@ PMIX_ALIASES = (("PMIX_MCA_ptl", "PMIX_PTL_MODULE"), ("PMIX_MCA_psec", "PMIX_SEC
                 ("PMIX_MCA_gds", "PMIX_GDS_MODULE"))
 
 
-def step_binds(step: StepId, program: List[str], environ: Mapping[str, str]) -> list:
+def step_binds(step: StepId, program: List[str], environ: Mapping[str, str],
+               is_dir=os.path.isdir) -> list:
     """Files of Slurm's own that the tasks must see at their host paths, wherever the site keeps
     SlurmdSpoolDir and TmpFS: the batch script (read-only, the one file: other jobs' spool
-    files stay hidden), and the step's PMIx directories."""
+    files stay hidden), and the step's PMIx directories.  ``is_dir``: whether a directory
+    exists (template.py plans a step under another name, judged by the real step's)."""
     from ...runtime.request import Bind
     out = []
     if step.kind == "batch" and program and os.path.isabs(program[0]):
@@ -149,7 +151,7 @@ def step_binds(step: StepId, program: List[str], environ: Mapping[str, str]) -> 
     dirs = [environ.get(var, "") for var in STEP_DIR_VARS] + pmix_step_dirs(step, environ)
     for d in dirs:
         d = os.path.normpath(d or ".")
-        if os.path.isabs(d) and d != "/" and os.path.isdir(d) and \
+        if os.path.isabs(d) and d != "/" and is_dir(d) and \
                 all(b.src != d for b in out):
             out.append(Bind(d, d))
     return out
@@ -190,8 +192,9 @@ def step_env(environ: Mapping[str, str]) -> Dict[str, str]:
 
 
 def plan_task(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[str]],
-              program: List[str], environ: Mapping[str, str], cwd: str) -> TaskPlan:
-    """The whole decision for one task, without side effects."""
+              program: List[str], environ: Mapping[str, str], cwd: str,
+              is_dir=os.path.isdir) -> TaskPlan:
+    """The whole decision for one task, without side effects (``is_dir``: step_binds')."""
     from ..common import job_request
     opts = job_options(spank, environ)
     reason = skip_reason(opts, step, args, program)
@@ -212,7 +215,7 @@ def plan_task(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[str]]
     # A lone task has nobody to share with, and the shared container's keeper outlives it.
     join = None if tasks_on_this_node(environ) == 1 else step.key
     req = job_request(opts, program, full_env, join=join,
-                      scheduler_binds=step_binds(step, program, environ))
+                      scheduler_binds=step_binds(step, program, environ, is_dir))
     return TaskPlan(argv=list(program), image=image, env=env, request=req)
 
 

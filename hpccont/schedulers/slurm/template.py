@@ -32,11 +32,13 @@ STEP_MAGIC = b"hpccont-step-1"
 PLACEHOLDER = "\x01"
 # Job variables that differ from step to step whatever the user does (step.c has the list):
 # out of the key, and checked to change nothing of a template.
-# (SLURM_JOB_NAME: srun names a job it creates after its command.)
+# (SLURM_JOB_NAME: srun names a job it creates after its command; the last two: a PMIx step's,
+# its server's directory and its abort agent's port, see task.PMIX_STEP_VARS.)
 VARYING = ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_STEP_ID", "SLURM_STEPID",
            "SLURM_SRUN_COMM_PORT", "SLURM_STEP_LAUNCHER_PORT", "SLURM_TASK_PID",
            "SLURM_JOB_START_TIME", "SLURM_JOB_END_TIME", "SLURM_PTY_PORT",
-           "SLURM_STEP_RESV_PORTS", "SLURM_JOB_NAME")
+           "SLURM_STEP_RESV_PORTS", "SLURM_JOB_NAME", "PMIX_SERVER_TMPDIR",
+           "SLURM_PMIXP_ABORT_AGENT_PORT")
 JOB_VARS = ("SLURM_JOB_ID", "SLURM_JOBID")
 STEP_VARS = ("SLURM_STEP_ID", "SLURM_STEPID")
 # The task recipe's tags step.c prints from a template (then the keeper's 'p' and 't').
@@ -117,16 +119,23 @@ def signature(plan, task_fields: list, name: str) -> str:
 
 
 def synthetic(step, environ: dict):
-    """Another step and its job variables: every VARYING value changed."""
+    """Another step, its job variables (every VARYING value changed: the step's name, where a
+    value holds it, becomes the other's) and its step_binds ``is_dir``: a directory of the
+    other step's exists when the real step's does (Slurm made this step's, not the other's)."""
     from .plugin import StepId
     other = StepId(str(int(step.job) + 1000003), str(int(step.step) + 7))
     env = dict(environ)
     for var in VARYING:
         if var in env:
             v = env[var]
+            renamed = named(v, step.key).replace(PLACEHOLDER, other.key)
             env[var] = (other.job if var in JOB_VARS else other.step if var in STEP_VARS
+                        else renamed if renamed != v
                         else str(int(v) + 1) if v.isdigit() else v + "x")
-    return other, env
+
+    def is_dir(path: str) -> bool:
+        return os.path.isdir(named(path, other.key).replace(PLACEHOLDER, step.key))
+    return other, env, is_dir
 
 
 def stamps(plan, environ) -> list:

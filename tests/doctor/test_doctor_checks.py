@@ -769,3 +769,22 @@ def test_fuse_cache_beside_the_slurm_plugins_launcher(install, tree):
     shutil.copy(install["fusecache"], tree.bin / "hpccont-fusecache.so")
     r = run(tree.context(bin_dirs=bin_dirs), "fuse-cache")
     assert r.status == OK and str(tree.bin / "hpccont-fusecache.so") in r.found, r.line()
+
+
+def test_step_builder_beside_the_slurm_plugins_launcher(install, tree):
+    """WARN without hpccont-step beside the plugstack's launcher (every step planned by
+    Python), OK with it, FAIL as root when someone else could replace it (it runs as each
+    step's user)."""
+    if install["step"] is None:
+        pytest.skip("no C compiler: hpccont-step not built")
+    builder = tree.bin / "hpccont-step"
+    r = run(tree.context(), "step-builder")
+    assert r.status == WARN and str(builder) in r.found and "install-plugin" in r.fix, r.line()
+    shutil.copy(install["step"], builder)
+    builder.chmod(0o755)
+    r = run(tree.context(), "step-builder")
+    assert r.status == OK and str(builder) in r.found, r.line()
+    builder.chmod(0o775)
+    os.chown(builder, 0, 1)
+    r = run(tree.context(), "step-builder")
+    assert r.status == FAIL and str(builder) in r.found, r.line()

@@ -66,6 +66,16 @@ static const char *varying[] = {
 
 static void fallback(char **argv)
 {
+	struct stat self, target;
+
+	/* argv[0] is the launcher the plugin would have run; run under its own name, this
+	 * program would exec itself for ever */
+	if (argv[0] == NULL || stat("/proc/self/exe", &self) != 0 || stat(argv[0], &target) != 0 ||
+	    (self.st_dev == target.st_dev && self.st_ino == target.st_ino)) {
+		fprintf(stderr, "hpccont-step: run by the SPANK plugin in place of \"hpccont slurm "
+			"prepare\", with argv[0] naming that launcher\n");
+		_exit(2);
+	}
 	execve(argv[0], argv, environ);
 	fprintf(stderr, "hpccont: cannot execute %s: %s\n", argv[0], strerror(errno));
 	_exit(127);

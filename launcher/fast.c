@@ -75,19 +75,12 @@ static int material(struct buf *b, const char *kind, char **head, int nhead, con
 	for (i = 0; i < nhead; i++)
 		if (store_add(b, head[i]))
 			return -1;
-	snprintf(line, sizeof(line), "cwd=%s", cwd);
-	if (store_add(b, line))
-		return -1;
-	snprintf(line, sizeof(line), "id=%d:%d:%d:%d", (int)getuid(), (int)geteuid(), (int)getgid(),
-		 (int)getegid());
-	if (store_add(b, line))
+	snprintf(line, sizeof(line), "%s/%s", ENTRY_BINDIR, kind);
+	if (store_add_common(b, cwd, line))
 		return -1;
 	store_stamp(head[nhead - 1], st, sizeof(st));
 	snprintf(line, sizeof(line), "image=%s", st);
 	if (store_add(b, line))
-		return -1;
-	snprintf(line, sizeof(line), "%s/%s", ENTRY_BINDIR, kind);
-	if (store_add_stamps(b, line))
 		return -1;
 	for (e = environ; *e; e++)
 		n++;

@@ -107,14 +107,7 @@ static int material(struct buf *b, const char *entry, char **argv, int nwords, c
 	for (i = 0; i < nwords; i++)
 		if (store_add(b, i > 0 && strcmp(argv[i - 1], "--step") == 0 ? "-" : argv[i]))
 			return -1;
-	snprintf(line, sizeof(line), "cwd=%s", cwd);
-	if (store_add(b, line))
-		return -1;
-	snprintf(line, sizeof(line), "id=%d:%d:%d:%d", (int)getuid(), (int)geteuid(), (int)getgid(),
-		 (int)getegid());
-	if (store_add(b, line))
-		return -1;
-	if (store_add_stamps(b, entry))     /* the launcher this falls back to */
+	if (store_add_common(b, cwd, entry))     /* entry: the launcher this falls back to */
 		return -1;
 	for (e = environ; *e; e++)
 		n += !is_varying(*e);

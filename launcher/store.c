@@ -140,11 +140,18 @@ char *store_read(const char *dir, const char *kind, const struct buf *m, size_t 
 }
 
 
-int store_add_stamps(struct buf *b, const char *entry)
+int store_add_common(struct buf *b, const char *cwd, const char *entry)
 {
 	char line[PATH_MAX + 256], st[160];
 	const char *cfg = store_config_path();
 
+	snprintf(line, sizeof(line), "cwd=%s", cwd);
+	if (store_add(b, line))
+		return -1;
+	snprintf(line, sizeof(line), "id=%d:%d:%d:%d", (int)getuid(), (int)geteuid(), (int)getgid(),
+		 (int)getegid());
+	if (store_add(b, line))
+		return -1;
 	store_stamp(cfg, st, sizeof(st));
 	snprintf(line, sizeof(line), "config=%s:%s", cfg, st);
 	if (store_add(b, line))

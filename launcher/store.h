@@ -29,10 +29,11 @@ void store_stamp(const char *path, char *out, size_t size);
 /* config.config_path as a launch sees it. */
 const char *store_config_path(void);
 
-/* The stamps every key holds, in this order: the site config, /etc/passwd, /etc/group and
- * `entry` (the Python entry point a C path falls back to: each install rewrites it, so
- * recipes planned by another version of hpccont are never replayed). */
-int store_add_stamps(struct buf *b, const char *entry);
+/* What every key holds, in this order: the working directory, the ids, the stamps of the
+ * site config, /etc/passwd, /etc/group and `entry` (the Python entry point a C path falls
+ * back to: each install rewrites it, so recipes planned by another version of hpccont are
+ * never replayed). */
+int store_add_common(struct buf *b, const char *cwd, const char *entry);
 
 /* The state directory of uid (0), or -1 when there is no private one the C paths may use. */
 int store_dir(char *out, size_t size, uid_t uid);

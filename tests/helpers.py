@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,32 +112,33 @@ def private_copy(image: Path, dest: Path, mode: int = 0o644) -> Path:
     return dest
 
 
+def _launcher_target(bindir: Path, target: str, name: str) -> Path:
+    """``make -C launcher TARGET O=bindir``, as ``make install`` builds it beside the entry
+    points; the built file, made 0755."""
+    r = subprocess.run(["make", "-s", "-B", "-C", str(REPO / "launcher"), target, f"O={bindir}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"building {name} failed: {r.stderr.strip()}")
+    (bindir / name).chmod(0o755)
+    return bindir / name
+
+
 def build_fuse_cache(bindir: Path) -> "Path | None":
-    """launcher/fusecache.c built into ``bindir`` as ``make install`` does (beside the entry
-    points, where the runtime looks for it); None without a compiler or libfuse3's headers."""
+    """launcher/fusecache.c built into ``bindir`` (the runtime looks beside the entry points);
+    None without a compiler or libfuse3's headers."""
     import shutil
     if not shutil.which("cc") or not os.path.isdir("/usr/include/fuse3"):
         return None
-    r = subprocess.run(["make", "-s", "-B", "-C", str(REPO / "launcher"), "cache", f"O={bindir}"],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"building fusecache.so failed: {r.stderr.strip()}")
-    (bindir / "hpccont-fusecache.so").chmod(0o755)
-    return bindir / "hpccont-fusecache.so"
+    return _launcher_target(bindir, "cache", "hpccont-fusecache.so")
 
 
 def build_step_builder(bindir: Path) -> "Path | None":
-    """launcher/step.c built into ``bindir`` as ``make install`` does (beside the entry points:
-    the SPANK plugin runs it from beside its launcher); None without a compiler."""
+    """launcher/step.c built into ``bindir`` (the SPANK plugin runs it from beside its
+    launcher); None without a compiler."""
     import shutil
     if not shutil.which("cc"):
         return None
-    r = subprocess.run(["make", "-s", "-B", "-C", str(REPO / "launcher"), "step", f"O={bindir}"],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"building hpccont-step failed: {r.stderr.strip()}")
-    (bindir / "hpccont-step").chmod(0o755)
-    return bindir / "hpccont-step"
+    return _launcher_target(bindir, "step", "hpccont-step")
 
 
 def mounts_mentioning(fragment: str) -> list:
@@ -193,6 +195,20 @@ def debootstrap_rootfs(name: str, include=(), suite: str = "bookworm") -> Path:
         subprocess.run(["chroot", str(tree), "apt-get", "clean"], check=False)
         (tree / ".complete").write_text("ok\n")
     return tree
+
+
+def admin_comment(cluster, job: str, tries: int = 25) -> "str | None":
+    """The job's AdminComment as ``squeue --json`` shows it, once set (the accounting program
+    sets it beside the step, so it may land just after srun returns), else what it was."""
+    import json
+    comments = []
+    for _ in range(tries):
+        q = json.loads(cluster.run(["squeue", "--json", "--states=all"]).stdout)
+        comments = [j.get("admin_comment") for j in q["jobs"] if str(j["job_id"]) == job]
+        if comments and comments[0]:
+            break
+        time.sleep(0.2)
+    return comments[0] if comments else None
 
 
 def accounting_records(log: Path, match, n: int = 1, timeout: float = 20) -> list:

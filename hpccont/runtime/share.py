@@ -159,20 +159,28 @@ def fast_material(kind: bytes, head: list, cwd: bytes, cmd=None) -> bytes:
     """The fast path's key, as launcher/fast.c builds it (NUL-terminated strings).  ``entry``
     is this entry point, the file fast.c falls back to: each install rewrites it, so recipes
     planned by another version of hpccont never match."""
-    from ..config import config_path
-    cfg_path = os.fsencode(config_path(os.environ))
     try:
         with open("/proc/self/environ", "rb") as f:      # as exec'd, before Python changed it
             block = f.read()
     except OSError:
         block = b""
     env = block.split(b"\0")[:-1] if block else []
-    parts = [FAST_MAGIC, kind, b"n=%d" % len(head), *head, b"cwd=" + cwd,
-             b"id=%d:%d:%d:%d" % (os.getuid(), os.geteuid(), os.getgid(), os.getegid()),
-             b"image=" + stamp(head[-1]), b"config=" + cfg_path + b":" + stamp(cfg_path),
-             b"passwd=" + stamp("/etc/passwd"), b"group=" + stamp("/etc/group"),
-             b"entry=" + stamp(sys.argv[0]), b"env=%d" % len(env), *env]
+    parts = [FAST_MAGIC, kind, b"n=%d" % len(head), *head,
+             *common_material(cwd, os.fsencode(sys.argv[0])),
+             b"image=" + stamp(head[-1]), b"env=%d" % len(env), *env]
     return b"\0".join(parts) + b"\0"
+
+
+def common_material(cwd: bytes, entry: bytes) -> list:
+    """What every C path's key holds, in launcher/store.c's order (store_add_common): the
+    working directory, the ids, the stamps of the site config, /etc/passwd, /etc/group and
+    the entry point the C side falls back to."""
+    from ..config import config_path
+    cfg_path = os.fsencode(config_path(os.environ))
+    return [b"cwd=" + cwd,
+            b"id=%d:%d:%d:%d" % (os.getuid(), os.geteuid(), os.getgid(), os.getegid()),
+            b"config=" + cfg_path + b":" + stamp(cfg_path), b"passwd=" + stamp("/etc/passwd"),
+            b"group=" + stamp("/etc/group"), b"entry=" + stamp(entry)]
 
 
 def command_class(cmd: list) -> str:

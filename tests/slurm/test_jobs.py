@@ -348,13 +348,7 @@ def test_accounting_records_image_and_digest(submit, busybox_sif, world_tmp, slu
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert any(x["job"] == job and x["sha256"] == want for x in rows)
     # The job's AdminComment carries the image too (squeue --json shows it while the job is known).
-    for _ in range(25):
-        q = json.loads(slurm_cluster.run(["squeue", "--json", "--states=all"]).stdout)
-        comments = [j.get("admin_comment") for j in q["jobs"] if str(j["job_id"]) == job]
-        if comments and comments[0]:
-            break
-        time.sleep(0.2)
-    assert comments == [f"hpccont:{sif}@sha256:{want}"]
+    assert helpers.admin_comment(slurm_cluster, job) == f"hpccont:{sif}@sha256:{want}"
 
 
 # -- the step's container, entered by the plugin in C ----------------------------------------------

@@ -7,7 +7,6 @@ The image's /etc/hostname says "container" and its /etc/os-release names the tes
 host names node1..node3 come from each node's UTS namespace, so ``hostname`` tells on which
 node a task ran and ``cat /etc/hostname`` that it ran in the image.
 """
-import json
 import os
 import re
 import time
@@ -165,13 +164,8 @@ def test_accounting_one_record_per_node(submit_multinode, mn_image, slurm_multin
         {("0", str(mn_image), "hpcuser", "squashfs")}, mine
     assert len({x["sha256"] for x in mine}) == 1
     # The step's first node alone writes the AdminComment (one RPC to slurmctld per step).
-    for _ in range(25):
-        q = json.loads(slurm_multinode.run(["squeue", "--json", "--states=all"]).stdout)
-        comments = [j.get("admin_comment") for j in q["jobs"] if str(j["job_id"]) == job]
-        if comments and comments[0]:
-            break
-        time.sleep(0.2)
-    assert comments == [f"hpccont:{mn_image}@sha256:{mine[0]['sha256']}"]
+    assert helpers.admin_comment(slurm_multinode, job) == \
+        f"hpccont:{mn_image}@sha256:{mine[0]['sha256']}"
 
 
 # -- sbatch ----------------------------------------------------------------------------------------

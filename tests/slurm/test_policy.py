@@ -295,20 +295,16 @@ def test_install_plugin(make_image, tmp_path, hpccont, install):
     assert r.returncode == 0 and r.stdout.startswith("hpccont ")
     assert "wrap_batch=no" in line
     assert "slurm_cli_pre_submit" in (tmp_path / "cli_filter.lua").read_text()
-    # the image server's caching adapter beside the launcher that builds the steps' containers
-    adapter = tmp_path / "usr/lib/hpccont/bin/hpccont-fusecache.so"
-    if install["fusecache"] is not None:
-        assert adapter.read_bytes() == install["fusecache"].read_bytes() and f"installed {adapter}" in said
-        assert adapter.stat().st_uid == 0 and not adapter.stat().st_mode & 0o022
-    else:
-        assert not adapter.exists() and "run without it" in said
-    # and the step builder the plugin runs in place of that launcher's prepare
-    builder = tmp_path / "usr/lib/hpccont/bin/hpccont-step"
-    if install["step"] is not None:
-        assert builder.read_bytes() == install["step"].read_bytes() and f"installed {builder}" in said
-        assert builder.stat().st_uid == 0 and not builder.stat().st_mode & 0o022
-    else:
-        assert not builder.exists() and "planned and built by Python" in said
+    # beside the launcher that builds the steps' containers: the image server's caching
+    # adapter, and the step builder the plugin runs in place of that launcher's prepare
+    for key, name, missing in (("fusecache", "hpccont-fusecache.so", "run without it"),
+                               ("step", "hpccont-step", "planned and built by Python")):
+        copy = tmp_path / "usr/lib/hpccont/bin" / name
+        if install[key] is not None:
+            assert copy.read_bytes() == install[key].read_bytes() and f"installed {copy}" in said
+            assert copy.stat().st_uid == 0 and not copy.stat().st_mode & 0o022
+        else:
+            assert not copy.exists() and missing in said
     bad = hpccont("slurm", "install-plugin", "--source", src, "--prefix", tmp_path / "u2", "--wrap-batch", "maybe",
                   "--plugstack", tmp_path / "p2", "--no-cli-filter")
     assert bad.returncode == 9 and "wrap_batch" in bad.stderr and len(bad.stderr.splitlines()) == 1

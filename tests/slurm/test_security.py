@@ -9,7 +9,6 @@ a file every user can append to; uid 0 in the initial user namespace is the esca
 inside the user's own namespace, as squashfuse has in a rootless container, is the user).
 """
 import hashlib
-import json
 import os
 import subprocess
 import time
@@ -100,13 +99,8 @@ def test_fake_scontrol_and_sitecustomize_never_run_as_root(submit, images, share
     job = _job_id(r)
     assert _wait_for_records(slurm_cluster, job)
     # The AdminComment was still set: by the real scontrol, found by absolute path.
-    for _ in range(25):
-        q = json.loads(slurm_cluster.run(["squeue", "--json", "--states=all"]).stdout)
-        comments = [j.get("admin_comment") for j in q["jobs"] if str(j["job_id"]) == job]
-        if comments and comments[0]:
-            break
-        time.sleep(0.2)
-    assert comments and comments[0].startswith("hpccont:")
+    comment = helpers.admin_comment(slurm_cluster, job)
+    assert comment and comment.startswith("hpccont:")
     # The user's own scontrol use (none here) is theirs; nothing planted ran as root.
     assert 0 not in uids()
 

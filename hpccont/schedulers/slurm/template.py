@@ -56,19 +56,15 @@ def material(argv: list, cwd: str, environ_block: bytes) -> bytes:
     prepare`` up to ``--`` with the step's name left out, the working directory, the ids, the
     stamps of the site config, /etc/passwd, /etc/group and the launcher, and the environment
     as exec'd without VARYING."""
-    from ...config import config_path
-    from ...runtime.share import stamp
+    from ...runtime.share import common_material
     words = [os.fsencode(a) for a in argv[3:]]
     if b"--" in words:
         words = words[:words.index(b"--")]
     words = [b"-" if i and words[i - 1] == b"--step" else w for i, w in enumerate(words)]
-    cfg = os.fsencode(config_path(os.environ))
     env = [e for e in (environ_block.split(b"\0")[:-1] if environ_block else [])
            if e.split(b"=", 1)[0].decode("utf-8", "surrogateescape") not in VARYING]
-    parts = [STEP_MAGIC, b"n=%d" % len(words), *words, b"cwd=" + os.fsencode(cwd),
-             b"id=%d:%d:%d:%d" % (os.getuid(), os.geteuid(), os.getgid(), os.getegid()),
-             b"config=" + cfg + b":" + stamp(cfg), b"passwd=" + stamp("/etc/passwd"),
-             b"group=" + stamp("/etc/group"), b"entry=" + stamp(os.fsencode(argv[0])),
+    parts = [STEP_MAGIC, b"n=%d" % len(words), *words,
+             *common_material(os.fsencode(cwd), os.fsencode(argv[0])),
              b"env=%d" % len(env), *env]
     return b"\0".join(parts) + b"\0"
 

@@ -91,7 +91,10 @@ def _alive(pid: int) -> bool:
 
 
 def _comm(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _templates(test_user):
@@ -149,6 +152,72 @@ def test_c_keeper_leaves_with_its_parent(install, builder, job, test_user):
     assert _wait(lambda: not _alive(keeper)), "the keeper outlived the process it serves"
     assert _wait(lambda: not helpers.fuse_processes(str(job["image"]))), \
         "the FUSE server outlived its keeper"
+
+
+# A task as the plugin starts one: recipe.c enters the keeper's container and execs.
+TASK = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "recipe.h"
+extern char **environ;
+int main(int argc, char **argv)
+{
+	struct recipe r;
+	FILE *f = fopen(argv[1], "rb");
+	char *data = malloc(1 << 20);
+	size_t len = fread(data, 1, 1 << 20, f);
+
+	(void)argc;
+	if (recipe_parse(&r, data, len) != 0)
+		return 2;
+	recipe_exec(&r, argv + 2, environ);
+	return 3;
+}
+"""
+
+
+@pytest.fixture
+def task_driver(shared_tmp):
+    src = shared_tmp / "task.c"
+    src.write_text(TASK)
+    exe = shared_tmp / "task"
+    plugin = helpers.REPO / "spank_plugin"
+    r = subprocess.run(["cc", "-std=gnu99", "-Wall", f"-I{plugin}", "-o", str(exe), str(src),
+                        str(plugin / "recipe.c")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    exe.chmod(0o755)
+    return exe
+
+
+def test_c_keeper_takes_its_tasks_along_when_its_parent_dies(install, builder, job, test_user,
+                                                             task_driver):
+    """slurmstepd gone mid-step: the keeper kills what runs in its container, then leaves."""
+    first, shell = _prepare(install, builder, job, "401.0")
+    _end(shell, first)
+    second, shell = _prepare(install, builder, job, "402.0")
+    keeper = int(second["p"][0])
+    assert _comm(keeper) == "hpccont-step"
+    guest = subprocess.Popen(["runuser", "-u", helpers.TEST_USER, "--", str(task_driver),
+                              str(job["cwd"] / "recipe-402.0"), "/bin/sleep", "300"],
+                             cwd=job["cwd"])
+    mnt = os.readlink(f"/proc/{keeper}/ns/mnt")
+
+    def in_container():
+        return [p for p in os.listdir("/proc") if p.isdigit() and int(p) != keeper
+                and _ns(p) == mnt and _comm(int(p)) == "sleep"]
+    assert _wait(lambda: in_container()), "the task never entered the container"
+    _gone(shell)
+    assert _wait(lambda: not _alive(keeper)), "the keeper outlived the process it serves"
+    assert _wait(lambda: not in_container()), "a task outlived the keeper"
+    guest.wait(timeout=30)
+    assert _wait(lambda: not helpers.fuse_processes(str(job["image"])))
+
+
+def _ns(pid: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return ""
 
 
 def test_a_bind_source_replaced_sends_the_step_back_to_python(install, builder, job, test_user):

@@ -700,24 +700,44 @@ def check_step_builder(ctx: Context) -> Result:
     the user, in place of that launcher's prepare, and it builds a step's container in C from
     the template an earlier step recorded (docs/slurm.md)."""
     from .schedulers.slurm.template import BUILDER
-    name = "step-builder"
+    # it runs as each user of each step: one who could replace it would run as the others
+    return _beside_launcher(ctx, "step-builder", BUILDER,
+                            "every step's container is planned and built by Python (~60-80 ms "
+                            "more per node and step, measured)",
+                            "steps with a template start without Python")
+
+
+def check_account_writer(ctx: Context) -> Result:
+    """hpccont-account (launcher/account.c) beside the plugstack's launcher: the plugin runs
+    it as root in place of that launcher's account, and it writes a step's accounting entry
+    from root's template of an earlier one (docs/slurm.md)."""
+    from .schedulers.slurm.accounting import WRITER
+    # it runs as root: the plugin itself refuses one that anybody else could replace
+    return _beside_launcher(ctx, "account-writer", WRITER,
+                            "every step's accounting entry is written by Python as root "
+                            "(~20 ms of CPU per node and step, measured)",
+                            "steps with a template are accounted without Python")
+
+
+def _beside_launcher(ctx: Context, name: str, program: str, missing_means: str,
+                     ok_means: str) -> Result:
+    """A C program the plugin runs from beside its launcher: OK, WARN when absent (what the
+    steps lose: ``missing_means``), FAIL as root when somebody else could replace it."""
     missing = _slurm_missing(ctx, name)
     if missing:
         return missing
     launcher = _plugin_launcher(ctx)
     if launcher is None:
         return Result(SKIP, name, "no hpccont launcher in the plugstack (see 'plugstack')")
-    builder = os.path.join(os.path.dirname(launcher), BUILDER)
-    if not os.path.isfile(builder) or not os.access(builder, os.X_OK):
-        return Result(WARN, name, f"no {builder}: every step's container is planned and built "
-                      "by Python (~60-80 ms more per node and step, measured)",
+    path = os.path.join(os.path.dirname(launcher), program)
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        return Result(WARN, name, f"no {path}: {missing_means}",
                       "make install, then rerun 'hpccont slurm install-plugin'")
-    # it runs as each user of each step: one who could replace it would run as the others
-    bad = unsafe_reason(builder) if ctx.is_root else None
+    bad = unsafe_reason(path) if ctx.is_root else None
     if bad:
-        return Result(FAIL, name, f"{builder}: {bad}",
+        return Result(FAIL, name, f"{path}: {bad}",
                       "rerun 'hpccont slurm install-plugin' as root into root-owned directories")
-    return Result(OK, name, f"{builder}: steps with a template start without Python")
+    return Result(OK, name, f"{path}: {ok_means}")
 
 
 def _plugin_launcher(ctx: Context) -> Optional[str]:
@@ -1168,6 +1188,7 @@ CHECKS: Dict[str, Callable[[Context], Result]] = {
     "plugstack": check_plugstack,
     "spank-plugin": check_spank_plugin,
     "step-builder": check_step_builder,
+    "account-writer": check_account_writer,
     "cli-filter": check_cli_filter,
     "spool-tmpfs": check_spool_tmpfs,
     "pmix": check_pmix,

@@ -47,50 +47,7 @@
 
 #define STEP_MAGIC "hpccont-step-1"
 #define PLACEHOLDER '\001'         /* template.PLACEHOLDER: the step's "JOB.STEP" */
-/* The first step number Slurm reserves (batch, extern, interactive...): those steps run a
- * script from the spool or nothing, and are always planned by Python. */
-#define SPECIAL_STEPS 0xfffffff0u
-
 extern char **environ;
-
-/* template.VARYING: the job variables that differ from step to step whatever the user does;
- * they are left out of the key (a template may not depend on them, see template.py).  srun
- * names a job it creates after its command (SLURM_JOB_NAME); the last two are a PMIx
- * step's. */
-static const char *varying[] = {
-	"SLURM_JOB_ID", "SLURM_JOBID", "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_SRUN_COMM_PORT",
-	"SLURM_STEP_LAUNCHER_PORT", "SLURM_TASK_PID", "SLURM_JOB_START_TIME",
-	"SLURM_JOB_END_TIME", "SLURM_PTY_PORT", "SLURM_STEP_RESV_PORTS", "SLURM_JOB_NAME",
-	"PMIX_SERVER_TMPDIR", "SLURM_PMIXP_ABORT_AGENT_PORT", NULL
-};
-
-static void fallback(char **argv)
-{
-	struct stat self, target;
-
-	/* argv[0] is the launcher the plugin would have run; run under its own name, this
-	 * program would exec itself for ever */
-	if (argv[0] == NULL || stat("/proc/self/exe", &self) != 0 || stat(argv[0], &target) != 0 ||
-	    (self.st_dev == target.st_dev && self.st_ino == target.st_ino)) {
-		fprintf(stderr, "hpccont-step: run by the SPANK plugin in place of \"hpccont slurm "
-			"prepare\", with argv[0] naming that launcher\n");
-		_exit(2);
-	}
-	execve(argv[0], argv, environ);
-	fprintf(stderr, "hpccont: cannot execute %s: %s\n", argv[0], strerror(errno));
-	_exit(127);
-}
-
-static int is_varying(const char *entry)
-{
-	size_t n = strcspn(entry, "=");
-	int i;
-
-	for (i = 0; varying[i]; i++)
-		if (strlen(varying[i]) == n && strncmp(entry, varying[i], n) == 0)
-			return 1;
-	return 0;
-}
 
 /* template.material: the key, as NUL-terminated strings.  `words`: the arguments after
  * "slurm prepare", up to "--", the step's name left out. */
@@ -110,12 +67,12 @@ static int material(struct buf *b, const char *entry, char **argv, int nwords, c
 	if (store_add_common(b, cwd, entry))     /* entry: the launcher this falls back to */
 		return -1;
 	for (e = environ; *e; e++)
-		n += !is_varying(*e);
+		n += !store_is_varying(*e);
 	snprintf(line, sizeof(line), "env=%d", n);
 	if (store_add(b, line))
 		return -1;
 	for (e = environ; *e; e++)
-		if (!is_varying(*e) && store_add(b, *e))
+		if (!store_is_varying(*e) && store_add(b, *e))
 			return -1;
 	return 0;
 }
@@ -164,22 +121,6 @@ static char *substitute(const char *data, size_t len, const char *name, size_t *
 	}
 	*out_len = n;
 	return out;
-}
-
-/* "JOB.STEP" of an ordinary step, both numbers as the plugin prints them; -1 otherwise. */
-static int ordinary_step(const char *name)
-{
-	unsigned long job, step;
-	char *end;
-
-	errno = 0;
-	job = strtoul(name, &end, 10);
-	if (errno || end == name || *end != '.')
-		return -1;
-	step = strtoul(end + 1, &end, 10);
-	if (errno || *end || job == 0 || step >= SPECIAL_STEPS)
-		return -1;
-	return 0;
 }
 
 /* Every other process in this mount namespace (the step's tasks, what they started). */
@@ -305,32 +246,32 @@ int main(int argc, char **argv)
 	/* hpccont slurm prepare --step J.S [--arg A] [--opt O]... -- COMMAND... */
 	if (argc < 6 || geteuid() == 0 || strcmp(argv[1], "slurm") || strcmp(argv[2], "prepare") ||
 	    store_dir(dir, sizeof(dir), getuid()) != 0)
-		fallback(argv);
+		store_fallback(argv, "hpccont-step", "prepare");
 	for (nwords = 0; 3 + nwords < argc && strcmp(argv[3 + nwords], "--"); nwords++)
 		if (strcmp(argv[3 + nwords], "--step") == 0 && 4 + nwords < argc)
 			name = argv[4 + nwords];
-	if (3 + nwords >= argc || name == NULL || ordinary_step(name) != 0)
-		fallback(argv);
+	if (3 + nwords >= argc || name == NULL || store_ordinary_step(name) != 0)
+		store_fallback(argv, "hpccont-step", "prepare");
 	/* recipe.run_prepare: slurmstepd's directory until the tasks change to the step's */
 	if (pwd && *pwd && stat(pwd, &st) == 0 && S_ISDIR(st.st_mode) && chdir(pwd) == 0)
 		snprintf(cwd, sizeof(cwd), "%s", pwd);
 	else if (getcwd(cwd, sizeof(cwd)) == NULL)
-		fallback(argv);
+		store_fallback(argv, "hpccont-step", "prepare");
 	if (material(&m, argv[0], argv + 3, nwords, cwd) != 0 ||
 	    (data = store_read(dir, "step", &m, &len, path, sizeof(path))) == NULL)
-		fallback(argv);
+		store_fallback(argv, "hpccont-step", "prepare");
 	free(m.data);
 	if (!stamps_hold(data, len) || (filled = substitute(data, len, name, &filled_len)) == NULL)
-		fallback(argv);
+		store_fallback(argv, "hpccont-step", "prepare");
 	free(data);
 	if (recipe_parse(&r, filled, filled_len) != 0 || r.build == NULL)
-		fallback(argv);
+		store_fallback(argv, "hpccont-step", "prepare");
 	pid = start_keeper(&r, argv + 4 + nwords, path);
 	if (pid <= 0)
-		fallback(argv);          /* Python plans the step again (and records it again) */
+		store_fallback(argv, "hpccont-step", "prepare");          /* Python plans the step again (and records it again) */
 	if (print_recipe(r.data, r.len, pid) != 0) {
 		kill(pid, SIGKILL);
-		fallback(argv);
+		store_fallback(argv, "hpccont-step", "prepare");
 	}
 	return 0;
 }

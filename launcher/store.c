@@ -2,6 +2,7 @@
  * The user's recipe store (store.h).
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
@@ -167,4 +168,62 @@ int store_add_common(struct buf *b, const char *cwd, const char *entry)
 	store_stamp(entry, st, sizeof(st));
 	snprintf(line, sizeof(line), "entry=%s", st);
 	return store_add(b, line);
+}
+
+/* template.VARYING (hpccont/schedulers/slurm/template.py has the list and says why).  srun
+ * names a job it creates after its command (SLURM_JOB_NAME); the last two are a PMIx
+ * step's. */
+static const char *varying[] = {
+	"SLURM_JOB_ID", "SLURM_JOBID", "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_SRUN_COMM_PORT",
+	"SLURM_STEP_LAUNCHER_PORT", "SLURM_TASK_PID", "SLURM_JOB_START_TIME",
+	"SLURM_JOB_END_TIME", "SLURM_PTY_PORT", "SLURM_STEP_RESV_PORTS", "SLURM_JOB_NAME",
+	"PMIX_SERVER_TMPDIR", "SLURM_PMIXP_ABORT_AGENT_PORT", NULL
+};
+
+int store_is_varying(const char *entry)
+{
+	size_t n = strcspn(entry, "=");
+	int i;
+
+	for (i = 0; varying[i]; i++)
+		if (strlen(varying[i]) == n && strncmp(entry, varying[i], n) == 0)
+			return 1;
+	return 0;
+}
+
+/* The first step number Slurm reserves (batch, extern, interactive...). */
+#define SPECIAL_STEPS 0xfffffff0u
+
+int store_ordinary_step(const char *name)
+{
+	unsigned long job, step;
+	char *end;
+
+	errno = 0;
+	job = strtoul(name, &end, 10);
+	if (errno || end == name || *end != '.')
+		return -1;
+	step = strtoul(end + 1, &end, 10);
+	if (errno || *end || job == 0 || step >= SPECIAL_STEPS)
+		return -1;
+	return 0;
+}
+
+extern char **environ;
+
+void store_fallback(char **argv, const char *self_name, const char *mode)
+{
+	struct stat self, target;
+
+	/* argv[0] is the launcher the plugin would have run; run under its own name, this
+	 * program would exec itself for ever */
+	if (argv[0] == NULL || stat("/proc/self/exe", &self) != 0 || stat(argv[0], &target) != 0 ||
+	    (self.st_dev == target.st_dev && self.st_ino == target.st_ino)) {
+		fprintf(stderr, "%s: run by the SPANK plugin in place of \"hpccont slurm %s\", with "
+			"argv[0] naming that launcher\n", self_name, mode);
+		_exit(2);
+	}
+	execve(argv[0], argv, environ);
+	fprintf(stderr, "hpccont: cannot execute %s: %s\n", argv[0], strerror(errno));
+	_exit(127);
 }

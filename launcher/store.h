@@ -43,4 +43,16 @@ int store_dir(char *out, size_t size, uid_t uid);
 char *store_read(const char *dir, const char *kind, const struct buf *m, size_t *len,
 		 char *path, size_t size);
 
+/* template.VARYING: is this "NAME=VALUE" one of the job variables that differ from step to
+ * step whatever the user does (left out of the step and accounting keys)? */
+int store_is_varying(const char *entry);
+
+/* 0 for "JOB.STEP" of an ordinary step (both numbers as the plugin prints them), -1 for
+ * anything else: the batch, extern and interactive steps are always left to Python. */
+int store_ordinary_step(const char *name);
+
+/* Exec argv[0], the Python launcher "hpccont slurm MODE" would have run, with the same
+ * arguments and environment (never this program itself). */
+void store_fallback(char **argv, const char *self_name, const char *mode) __attribute__((noreturn));
+
 #endif

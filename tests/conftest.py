@@ -56,13 +56,14 @@ def user_dir(shared_tmp, test_user):
 def install(world_tmp):
     """{'hpccont': path, 'container-exec': path, 'run-singularity': path, 'bin': dir, 'lib': dir,
     'fusecache': the image server's caching adapter beside them, 'step': the Slurm step builder
-    beside them, each None where it cannot be built}."""
+    and 'account': the accounting writer beside them, each None where it cannot be built}."""
     lib = helpers.copy_package(world_tmp / "lib")      # byte-compiled, as installs are
     subprocess.run(["chmod", "-R", "a+rX", str(lib)], check=True)
     paths = helpers.write_launchers(world_tmp / "bin", lib)
     paths["bin"] = str(world_tmp / "bin")
     paths["fusecache"] = helpers.build_fuse_cache(world_tmp / "bin")   # as make install does
     paths["step"] = helpers.build_step_builder(world_tmp / "bin")     # the same
+    paths["account"] = helpers.build_account_writer(world_tmp / "bin")
     paths["lib"] = str(lib)
     return paths
 

@@ -141,6 +141,15 @@ def build_step_builder(bindir: Path) -> "Path | None":
     return _launcher_target(bindir, "step", "hpccont-step")
 
 
+def build_account_writer(bindir: Path) -> "Path | None":
+    """launcher/account.c built into ``bindir`` (the SPANK plugin runs it, as root, from
+    beside its launcher); None without a compiler."""
+    import shutil
+    if not shutil.which("cc"):
+        return None
+    return _launcher_target(bindir, "account", "hpccont-account")
+
+
 def mounts_mentioning(fragment: str) -> list:
     """Host mount table lines mentioning ``fragment`` (to prove nothing was left mounted)."""
     with open("/proc/self/mountinfo") as f:

@@ -86,7 +86,7 @@ def cmd_prepare(argv: List[str]) -> int:
 def cmd_account(argv: List[str]) -> int:
     from ..schedulers import slurm
     step, args, spank, _, ident, jobenv, node = _plugin_argv(argv)
-    _exit_at_once(slurm.run_account(step, args, spank, jobenv, ident, node))
+    _exit_at_once(slurm.run_account(step, args, spank, jobenv, ident, node, sys.argv))
 
 
 def _exit_at_once(status: int) -> None:
@@ -296,27 +296,27 @@ def cmd_install_plugin(argv: List[str]) -> int:
         so = os.path.join(dest_dir, "hpccont_spank.so")
         _install_file(os.path.join(build, "hpccont_spank.so"), so)
     # The steps' containers are built by that launcher: the image server's caching adapter
-    # must sit beside it too (the runtime looks beside the entry point), and so must the step
-    # builder the plugin runs in its place when it can (launcher/step.c).
+    # must sit beside it too (the runtime looks beside the entry point), and so must the C
+    # programs the plugin runs in its place when it can (launcher/step.c, launcher/account.c).
     from ..runtime.apply import FUSE_CACHE, beside_entry_point, installed_fuse_cache
+    from ..schedulers.slurm.accounting import WRITER
     from ..schedulers.slurm.template import BUILDER
-    adapter = installed_fuse_cache()
-    if adapter:
-        _install_file(adapter, os.path.join(os.path.dirname(launcher), FUSE_CACHE))
-    builder = beside_entry_point(BUILDER)
-    builder = builder if os.path.isfile(builder) else ""
-    if builder:
-        _install_file(builder, os.path.join(os.path.dirname(launcher), BUILDER))
+    said = [f"installed {so}", f"installed {launcher}"]
+    beside = os.path.dirname(launcher)
+    for name, found, without in (
+            (FUSE_CACHE, installed_fuse_cache(), "steps' image servers run without it"),
+            (BUILDER, beside_entry_point(BUILDER),
+             "every step's container is planned and built by Python"),
+            (WRITER, beside_entry_point(WRITER),
+             "every step's accounting entry is written by Python")):
+        if found and os.path.isfile(found):
+            _install_file(found, os.path.join(beside, name))
+            said.append(f"installed {beside}/{name}")
+        else:
+            said.append(f"no {name} beside this hpccont (make install builds it): {without}")
     plugstack = ns.plugstack or os.path.join(_slurm_conf_dir(), "plugstack.conf.d", "hpccont.conf")
     _write(plugstack, plugstack_line(so, values))
-    sys.stdout.write(f"installed {so}\ninstalled {launcher}\n"
-                     + (f"installed {os.path.dirname(launcher)}/{FUSE_CACHE}\n" if adapter else
-                        f"no {FUSE_CACHE} beside this hpccont (make install builds it): "
-                        "steps' image servers run without it\n")
-                     + (f"installed {os.path.dirname(launcher)}/{BUILDER}\n" if builder else
-                        f"no {BUILDER} beside this hpccont (make install builds it): every "
-                        "step's container is planned and built by Python\n")
-                     + f"wrote {plugstack}\n")
+    sys.stdout.write("\n".join(said) + f"\nwrote {plugstack}\n")
     if not ns.no_cli_filter:
         filt = ns.cli_filter or os.path.join(_slurm_conf_dir(), "cli_filter.lua")
         with open(os.path.join(ns.source, "cli_filter.lua")) as f:

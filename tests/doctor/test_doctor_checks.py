@@ -771,20 +771,23 @@ def test_fuse_cache_beside_the_slurm_plugins_launcher(install, tree):
     assert r.status == OK and str(tree.bin / "hpccont-fusecache.so") in r.found, r.line()
 
 
-def test_step_builder_beside_the_slurm_plugins_launcher(install, tree):
-    """WARN without hpccont-step beside the plugstack's launcher (every step planned by
-    Python), OK with it, FAIL as root when someone else could replace it (it runs as each
-    step's user)."""
-    if install["step"] is None:
-        pytest.skip("no C compiler: hpccont-step not built")
-    builder = tree.bin / "hpccont-step"
-    r = run(tree.context(), "step-builder")
-    assert r.status == WARN and str(builder) in r.found and "install-plugin" in r.fix, r.line()
-    shutil.copy(install["step"], builder)
-    builder.chmod(0o755)
-    r = run(tree.context(), "step-builder")
-    assert r.status == OK and str(builder) in r.found, r.line()
-    builder.chmod(0o775)
-    os.chown(builder, 0, 1)
-    r = run(tree.context(), "step-builder")
-    assert r.status == FAIL and str(builder) in r.found, r.line()
+@pytest.mark.parametrize("key,check,program", [("step", "step-builder", "hpccont-step"),
+                                               ("account", "account-writer", "hpccont-account")])
+def test_c_programs_beside_the_slurm_plugins_launcher(install, tree, key, check, program):
+    """WARN without hpccont-step (every step planned by Python) or hpccont-account (every
+    accounting entry written by Python) beside the plugstack's launcher, OK with it, FAIL as
+    root when someone else could replace it (the builder runs as each step's user, the
+    writer as root)."""
+    if install[key] is None:
+        pytest.skip(f"no C compiler: {program} not built")
+    path = tree.bin / program
+    r = run(tree.context(), check)
+    assert r.status == WARN and str(path) in r.found and "install-plugin" in r.fix, r.line()
+    shutil.copy(install[key], path)
+    path.chmod(0o755)
+    r = run(tree.context(), check)
+    assert r.status == OK and str(path) in r.found, r.line()
+    path.chmod(0o775)
+    os.chown(path, 0, 1)
+    r = run(tree.context(), check)
+    assert r.status == FAIL and str(path) in r.found, r.line()

@@ -349,6 +349,20 @@ def test_accounting_records_image_and_digest(submit, busybox_sif, world_tmp, slu
     assert any(x["job"] == job and x["sha256"] == want for x in rows)
     # The job's AdminComment carries the image too (squeue --json shows it while the job is known).
     assert helpers.admin_comment(slurm_cluster, job) == f"hpccont:{sif}@sha256:{want}"
+    # The same step again: its entry comes from root's template of the first (launcher/account.c,
+    # which only reads the template; Python's account rewrites it), and says the same.
+    templates = sorted(Path(slurm_cluster.accounting + ".templates").glob("account-*"),
+                       key=lambda p: p.stat().st_mtime_ns)
+    assert templates, "no accounting template was recorded"
+    before = {p: p.stat().st_ino for p in templates}
+    again = _lines(_ok(submit("srun", f"--container={sif}", "sh", "-c", "echo $SLURM_JOB_ID")))[-1]
+    second = helpers.accounting_records(slurm_cluster.accounting, lambda x: x["job"] == again)
+    assert len(second) == 1
+    assert {k: v for k, v in second[0].items() if k not in ("job", "time")} == \
+        {k: v for k, v in mine[0].items() if k not in ("job", "time")}
+    assert {p: p.stat().st_ino for p in templates if p.exists()} == before, \
+        "the second entry was written by Python again"
+    assert helpers.admin_comment(slurm_cluster, again) == f"hpccont:{sif}@sha256:{want}"
 
 
 # -- the step's container, entered by the plugin in C ----------------------------------------------

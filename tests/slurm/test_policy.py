@@ -298,7 +298,8 @@ def test_install_plugin(make_image, tmp_path, hpccont, install):
     # beside the launcher that builds the steps' containers: the image server's caching
     # adapter, and the step builder the plugin runs in place of that launcher's prepare
     for key, name, missing in (("fusecache", "hpccont-fusecache.so", "run without it"),
-                               ("step", "hpccont-step", "planned and built by Python")):
+                               ("step", "hpccont-step", "planned and built by Python"),
+                               ("account", "hpccont-account", "written by Python")):
         copy = tmp_path / "usr/lib/hpccont/bin" / name
         if install[key] is not None:
             assert copy.read_bytes() == install[key].read_bytes() and f"installed {copy}" in said

@@ -153,6 +153,14 @@ def make_entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
                 ) -> Optional[AccountingEntry]:
     """The accounting line for a step on this node, or None when the step has no container.
     ``ident``: the job's user, as whom the image is opened (None: the caller's own rights)."""
+    made = _entry(step, args, spank, environ, ident)
+    return made[0] if made else None
+
+
+def _entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
+           environ: Mapping[str, str], ident: Optional[JobIdentity]
+           ) -> Optional[Tuple[AccountingEntry, str]]:
+    """make_entry, and the stamp of the image file it hashed ("" when none)."""
     import time
     try:
         opts = job_options(spank, environ)
@@ -172,7 +180,7 @@ def make_entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
                      uid=ident.uid if ident is not None else -1,
                      image=opts.image or "", kind="", sha256="", size=0, options=dict(spank))
     cwd = environ.get("PWD") or environ.get("SLURM_SUBMIT_DIR") or "/"
-    fd = -1
+    fd, image_stamp = -1, ""
     try:
         if is_registry_ref(opts.image or ""):
             rec.reference = opts.image or ""
@@ -186,12 +194,13 @@ def make_entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
                 timeout=args.prepare_timeout if rec.reference else 30)
         if rec.kind != "sandbox":
             rec.sha256, rec.size = file_digest(fd, args.accounting)
+            image_stamp = fd_stamp(fd)
     except (HpccontError, OSError) as e:
         rec.error = e.one_line() if isinstance(e, HpccontError) else str(e)
     finally:
         if fd >= 0:
             os.close(fd)
-    return rec
+    return rec, image_stamp
 
 
 def append_entry(rec: AccountingEntry, log: str) -> None:
@@ -243,7 +252,9 @@ def sets_admin_comment(step: StepId, node: Optional[int]) -> bool:
 
 def run_account(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
                jobenv: Mapping[str, str], ident: Optional[JobIdentity],
-               node: Optional[int] = None) -> int:
+               node: Optional[int] = None, argv: Optional[List[str]] = None) -> int:
+    """``argv``: the command line as the plugin ran it, whose key a template is written under
+    (None: no template)."""
     if os.geteuid() != 0:
         raise SchedulerError("'hpccont slurm account' is run by slurmstepd as root")
     if ident is None:
@@ -252,13 +263,131 @@ def run_account(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
     log_dir = os.path.dirname(os.path.abspath(args.accounting))
     os.makedirs(log_dir, mode=0o755, exist_ok=True)
     _root_only_dir(log_dir)
-    rec = make_entry(step, args, spank, accounting_environ(jobenv), ident)
-    if rec is None:
+    environ = accounting_environ(jobenv)
+    made = _entry(step, args, spank, environ, ident)
+    if made is None:
         return 0
+    rec, image_stamp = made
     append_entry(rec, args.accounting)
     if args.admin_comment and not rec.error and sets_admin_comment(step, node):
         set_admin_comment(rec, args)
+    # account.c looks beside the log the plugstack names (the default is Python's to know)
+    if argv is not None and f"accounting={args.accounting}" in argv and \
+            templatable(step, rec, image_stamp, spank, environ):
+        write_template(argv, rec, image_stamp, args)
     return 0
+
+
+# -- the same entry without an interpreter ------------------------------------------------------
+# Every step on every node runs this program: an interpreter as root, ~20 ms of CPU beside the
+# step's own start, for a line that differs from the last step's only in the step, the node
+# and the time.  So after writing an entry it records an *accounting template* in a directory
+# only root can write: the entry with those four values left open, the image file's stamp and
+# the AdminComment command, under a key of everything the entry was made from.
+# launcher/account.c (hpccont-account, which the plugin runs in this program's place when it
+# is beside the launcher) computes the same key, opens the image as the user just as
+# locate_image_as_user does, and writes the entry only when the file it was handed is the
+# one hashed (same device, inode, size, mtime and ctime); anything else runs this program.
+ACCOUNT_MAGIC = b"hpccont-account-1"
+WRITER = "hpccont-account"
+# The entry's open values, in the template's line: job, node, step, time.
+OPEN_VALUES = {"job": "\x01", "node": "\x02", "step": "\x03", "time": "\x04"}
+
+
+def template_dir(log: str) -> str:
+    return log + ".templates"
+
+
+def fd_stamp(fd: int) -> str:
+    """share.stamp of an open file (account.c compares its own fstat with it)."""
+    st = os.fstat(fd)
+    return "%d:%d:%d:%d.%09d:%d.%09d" % (
+        st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9,
+        st.st_ctime_ns // 10**9, st.st_ctime_ns % 10**9)
+
+
+def template_material(argv: List[str]) -> bytes:
+    """The key, as account.c builds it (NUL-terminated strings): the words after ``slurm
+    account`` up to ``--``, the step's name and the node's index as "-", the job variables of
+    template.VARYING left out (with their ``--jobenv``); then what every C path's key holds,
+    with "/" as the directory (account.c works from there) and argv[0] as the entry."""
+    from ...runtime.share import common_material
+    from .template import VARYING
+    words = [os.fsencode(a) for a in argv[3:]]
+    if b"--" in words:
+        words = words[:words.index(b"--")]
+    kept, i = [], 0
+    while i < len(words):
+        w = words[i]
+        if w == b"--jobenv" and i + 1 < len(words) and \
+                words[i + 1].split(b"=", 1)[0].decode("utf-8", "surrogateescape") in VARYING:
+            i += 2
+            continue
+        kept.append(b"-" if i and words[i - 1] in (b"--step", b"--node") else w)
+        i += 1
+    parts = [ACCOUNT_MAGIC, b"n=%d" % len(kept), *kept,
+             *common_material(b"/", os.fsencode(argv[0]))]
+    return b"\0".join(parts) + b"\0"
+
+
+def templatable(step: StepId, rec: AccountingEntry, image_stamp: str,
+                spank: Mapping[str, Optional[str]], environ: Mapping[str, str]) -> bool:
+    """An ordinary step's entry for an image file that a new search would find again."""
+    from .task import found_first
+    if step.kind != "step" or rec.error or rec.reference or not image_stamp:
+        return False
+    try:
+        image = job_options(spank, environ).image or ""
+    except HpccontError:
+        return False
+    cwd = environ.get("PWD") or environ.get("SLURM_SUBMIT_DIR") or "/"
+    return found_first(image, rec.image, environ, cwd)
+
+
+def template_fields(rec: AccountingEntry, image_stamp: str, args: PluginArgs) -> list:
+    """What account.c needs, as recipe fields: 'i' the image as found (opened again as the
+    user), 'k' its stamp, 'l' the entry with OPEN_VALUES' bytes in place of those values;
+    where the step's first node sets the AdminComment, 'x' scontrol, 'a' its arguments after
+    JobId=, 'E' its environment (ValueError: the entry cannot be a template)."""
+    from ...cache import dumps
+    from ...privsep import ROOT_ENV, system_program
+    values = rec.to_dict()
+    values.update(OPEN_VALUES)
+    line = dumps(values, sort_keys=True)
+    for byte in OPEN_VALUES.values():
+        escaped = "\\u%04x" % ord(byte)
+        if line.count(escaped) != 1:       # a value of the entry's own holds the byte
+            raise ValueError("no template")
+        line = line.replace(escaped, byte)
+    fields = [("i", rec.image), ("k", image_stamp), ("l", line)]
+    if args.admin_comment:
+        env = dict(ROOT_ENV)
+        if args.slurm_conf:
+            env["SLURM_CONF"] = args.slurm_conf
+        fields += [("x", system_program("scontrol")), ("a", f"AdminComment={admin_comment(rec)}")]
+        fields += [("E", f"{k}={v}") for k, v in env.items()]
+    return fields
+
+
+def write_template(argv: List[str], rec: AccountingEntry, image_stamp: str,
+                   args: PluginArgs) -> None:
+    """Best effort: without a template the next step runs this program again."""
+    from ...runtime.share import write_recipe
+    d = template_dir(args.accounting)
+    try:
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        _root_only_dir(d)
+        fields = template_fields(rec, image_stamp, args)
+        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            write_recipe(dir_fd, "account", template_material(argv), fields)
+        finally:
+            os.close(dir_fd)
+    except (HpccontError, OSError, ValueError):
+        pass
 
 
 def read_entries(log: str) -> List[dict]:

@@ -78,12 +78,10 @@ def prepare_step(step: StepId, args: PluginArgs, spank: Mapping[str, Optional[st
         return None
     from ...runtime import join
     from . import template
-    from .task import search_dirs
     plan, cfg, req, delta, full_env = planned
     d = join.state_dir(cfg)
-    dirs = search_dirs(environ, cwd)
     why = template.unrecordable(step, plan, cfg, req, job_options(spank, environ).image or "",
-                                dirs[0] if dirs else cwd)
+                                environ, cwd)
     capture = template.Capture(template.build_file(d), program) if why is None else None
     # slurmstepd forked us: if it dies, the keeper must not outlive it (see the plugin).
     pid, scripts = join.ensure_keeper(plan, cfg, persistent=True, watch_pid=os.getppid(),

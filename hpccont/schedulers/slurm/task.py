@@ -99,6 +99,19 @@ def find_image(image: str, environ: Mapping[str, str], cwd: str, image_dirs: Lis
         raise ImageError(f"container image {image!r} not found (looked in {where})") from None
 
 
+def found_first(image: str, path: str, environ: Mapping[str, str], cwd: str) -> bool:
+    """Whether ``image`` finds ``path`` whatever appears later in the other places searched:
+    an absolute name, or a relative one found in the first directory searched.  The C paths
+    that reuse a search's result (step and accounting templates) open ``path`` again; a file
+    that later appears in an earlier directory would be found first by a new search."""
+    if is_registry_ref(image):
+        return False
+    if os.path.isabs(image):
+        return True
+    dirs = search_dirs(environ, cwd)
+    return os.path.normpath(os.path.join(dirs[0] if dirs else cwd, image)) == path
+
+
 def image_kind(path: str) -> str:
     """sif | squashfs | sandbox, or ImageError with the reason (as the user: permissions count).
 

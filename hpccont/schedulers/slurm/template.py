@@ -25,7 +25,6 @@ and the FUSE server (cold.c's usable).
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 STEP_MAGIC = b"hpccont-step-1"
@@ -78,10 +77,11 @@ def own_environ() -> bytes:
         return b""
 
 
-def unrecordable(step, plan, cfg: dict, req, image_option: str, first_dir: str) -> str | None:
+def unrecordable(step, plan, cfg: dict, req, image_option: str, environ, cwd: str) -> str | None:
     """Why this step's container cannot be recorded as a template, or None."""
     from ...runtime.cold import unrecordable as cold_unrecordable
     from ..common import is_registry_ref
+    from .task import found_first
     if step.kind != "step":
         return f"a {step.kind} step (planned every time)"
     if not builder_installed():
@@ -89,18 +89,16 @@ def unrecordable(step, plan, cfg: dict, req, image_option: str, first_dir: str) 
     why = cold_unrecordable(plan, cfg, req, keeper=True)
     if why:
         return why
-    # A relative name is searched in several directories: only the first one's file is
-    # sure to be found again whatever appears in the others.
     if is_registry_ref(image_option):
         return "an image from a registry"
-    if not os.path.isabs(image_option) and \
-            os.path.normpath(os.path.join(first_dir, image_option)) != plan.image.path:
+    if not found_first(image_option, plan.image.path, environ, cwd):
         return "an image found past the first directory searched"
     return None
 
 
 def named(text: str, name: str) -> str:
     """``text`` with each whole occurrence of the step's name replaced by PLACEHOLDER."""
+    import re         # not at the top: the accounting program reads VARYING from here
     return re.sub(r"(?<![0-9])" + re.escape(name) + r"(?![0-9])", PLACEHOLDER, text)
 
 

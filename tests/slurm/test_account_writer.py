@@ -170,3 +170,14 @@ def test_run_under_its_own_name_it_refuses(writer, site):
     r = subprocess.run([str(writer), "slurm", "account", "--step", "1.0", "--"], env=ROOT_ENV,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "hpccont-account" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_account_c_has_the_same_rules():
+    """account.c keeps its own copy of the entry's rules: the same magic and open values as
+    accounting.py."""
+    from hpccont.schedulers.slurm import accounting
+    src = (helpers.REPO / "launcher" / "account.c").read_text()
+    assert f'#define ACCOUNT_MAGIC "{accounting.ACCOUNT_MAGIC.decode()}"' in src
+    assert [ord(accounting.OPEN_VALUES[k]) for k in ("job", "node", "step", "time")] == [1, 2, 3, 4]
+    assert "values[1] = job;" in src and "values[2] = node;" in src and \
+        "values[3] = dot + 1;" in src and "values[4] = now;" in src

@@ -351,7 +351,7 @@ def test_accounting_records_image_and_digest(submit, busybox_sif, world_tmp, slu
     assert helpers.admin_comment(slurm_cluster, job) == f"hpccont:{sif}@sha256:{want}"
     # The same step again: its entry comes from root's template of the first (launcher/account.c,
     # which only reads the template; Python's account rewrites it), and says the same.
-    templates = sorted(Path(slurm_cluster.accounting + ".templates").glob("account-*"),
+    templates = sorted(Path(f"{slurm_cluster.accounting}.templates").glob("account-*"),
                        key=lambda p: p.stat().st_mtime_ns)
     assert templates, "no accounting template was recorded"
     before = {p: p.stat().st_ino for p in templates}

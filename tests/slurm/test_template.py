@@ -178,11 +178,12 @@ def test_material_leaves_out_the_step_and_its_varying_variables():
 
 
 def test_step_c_has_the_same_rules():
-    """step.c keeps its own copy of the key's rules (it runs before any Python): the same
-    VARYING names, magic and placeholder as template.py."""
+    """step.c and store.c keep their own copy of the key's rules (they run before any
+    Python): the same VARYING names, magic and placeholder as template.py."""
     import re
     src = (helpers.REPO / "launcher" / "step.c").read_text()
-    names = re.search(r"static const char \*varying\[\] = \{(.*?)NULL", src, re.S).group(1)
+    store = (helpers.REPO / "launcher" / "store.c").read_text()
+    names = re.search(r"static const char \*varying\[\] = \{(.*?)NULL", store, re.S).group(1)
     assert tuple(re.findall(r'"([A-Z_]+)"', names)) == template.VARYING
     assert f'#define STEP_MAGIC "{template.STEP_MAGIC.decode()}"' in src
     assert "#define PLACEHOLDER '\\001'" in src and template.PLACEHOLDER == "\x01"

@@ -233,18 +233,15 @@ static int image_fd(const char *path, const char *user)
 	return fd;
 }
 
-/* store_stamp of an open file. */
+/* store_stamp of an open regular file. */
 static void fd_stamp(int fd, char *out, size_t size)
 {
 	struct stat st;
 
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
 		snprintf(out, size, "-");
-		return;
-	}
-	snprintf(out, size, "%llu:%llu:%lld:%lld.%09ld:%lld.%09ld", (unsigned long long)st.st_dev,
-		 (unsigned long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
-		 st.st_mtim.tv_nsec, (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+	else
+		store_stamp_of(&st, out, size);
 }
 
 /* A value JSON (ensure_ascii) writes as it is: printable ASCII, no quote, no backslash. */

@@ -34,7 +34,7 @@ int store_add(struct buf *b, const char *s)
 	return 0;
 }
 
-/* The file stamp share.py's _stamp writes: device, inode, size, mtime and ctime (ns). */
+/* The file stamp share.py's stamp writes: device, inode, size, mtime and ctime (ns). */
 void store_stamp(const char *path, char *out, size_t size)
 {
 	struct stat st;
@@ -43,9 +43,14 @@ void store_stamp(const char *path, char *out, size_t size)
 		snprintf(out, size, "-");
 		return;
 	}
-	snprintf(out, size, "%llu:%llu:%lld:%lld.%09ld:%lld.%09ld", (unsigned long long)st.st_dev,
-		 (unsigned long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
-		 st.st_mtim.tv_nsec, (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+	store_stamp_of(&st, out, size);
+}
+
+void store_stamp_of(const struct stat *st, char *out, size_t size)
+{
+	snprintf(out, size, "%llu:%llu:%lld:%lld.%09ld:%lld.%09ld", (unsigned long long)st->st_dev,
+		 (unsigned long long)st->st_ino, (long long)st->st_size, (long long)st->st_mtim.tv_sec,
+		 st->st_mtim.tv_nsec, (long long)st->st_ctim.tv_sec, st->st_ctim.tv_nsec);
 }
 
 /* config.config_path: $HPCCONT_CONFIG where no site config is installed (never for users

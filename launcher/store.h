@@ -26,6 +26,10 @@ int store_add(struct buf *b, const char *s);
 /* share.stamp: "dev:ino:size:mtime:ctime" (ns), or "-" for a path that cannot be stat'ed. */
 void store_stamp(const char *path, char *out, size_t size);
 
+/* The same stamp of a stat result (share.stamp_of). */
+struct stat;
+void store_stamp_of(const struct stat *st, char *out, size_t size);
+
 /* config.config_path as a launch sees it. */
 const char *store_config_path(void);
 

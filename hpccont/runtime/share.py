@@ -92,6 +92,11 @@ def stamp(path) -> bytes:
         st = os.stat(path)
     except (OSError, ValueError):
         return b"-"
+    return stamp_of(st)
+
+
+def stamp_of(st: os.stat_result) -> bytes:
+    """stamp of a stat result (store.c's store_stamp_of)."""
     return b"%d:%d:%d:%d.%09d:%d.%09d" % (
         st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9,
         st.st_ctime_ns // 10**9, st.st_ctime_ns % 10**9)

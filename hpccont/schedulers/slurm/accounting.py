@@ -159,8 +159,8 @@ def make_entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
 
 def _entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
            environ: Mapping[str, str], ident: Optional[JobIdentity]
-           ) -> Optional[Tuple[AccountingEntry, str]]:
-    """make_entry, and the stamp of the image file it hashed ("" when none)."""
+           ) -> Optional[Tuple[AccountingEntry, Optional[os.stat_result]]]:
+    """make_entry, and the fstat of the image file it hashed (None when none)."""
     import time
     try:
         opts = job_options(spank, environ)
@@ -180,7 +180,7 @@ def _entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
                      uid=ident.uid if ident is not None else -1,
                      image=opts.image or "", kind="", sha256="", size=0, options=dict(spank))
     cwd = environ.get("PWD") or environ.get("SLURM_SUBMIT_DIR") or "/"
-    fd, image_stamp = -1, ""
+    fd, image_st = -1, None
     try:
         if is_registry_ref(opts.image or ""):
             rec.reference = opts.image or ""
@@ -194,13 +194,13 @@ def _entry(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
                 timeout=args.prepare_timeout if rec.reference else 30)
         if rec.kind != "sandbox":
             rec.sha256, rec.size = file_digest(fd, args.accounting)
-            image_stamp = fd_stamp(fd)
+            image_st = os.fstat(fd)
     except (HpccontError, OSError) as e:
         rec.error = e.one_line() if isinstance(e, HpccontError) else str(e)
     finally:
         if fd >= 0:
             os.close(fd)
-    return rec, image_stamp
+    return rec, image_st
 
 
 def append_entry(rec: AccountingEntry, log: str) -> None:
@@ -267,14 +267,14 @@ def run_account(step: StepId, args: PluginArgs, spank: Dict[str, Optional[str]],
     made = _entry(step, args, spank, environ, ident)
     if made is None:
         return 0
-    rec, image_stamp = made
+    rec, image_st = made
     append_entry(rec, args.accounting)
     if args.admin_comment and not rec.error and sets_admin_comment(step, node):
         set_admin_comment(rec, args)
     # account.c looks beside the log the plugstack names (the default is Python's to know)
     if argv is not None and f"accounting={args.accounting}" in argv and \
-            templatable(step, rec, image_stamp, spank, environ):
-        write_template(argv, rec, image_stamp, args)
+            templatable(step, rec, image_st, spank, environ):
+        write_template(argv, rec, image_st, args)
     return 0
 
 
@@ -296,14 +296,6 @@ OPEN_VALUES = {"job": "\x01", "node": "\x02", "step": "\x03", "time": "\x04"}
 
 def template_dir(log: str) -> str:
     return log + ".templates"
-
-
-def fd_stamp(fd: int) -> str:
-    """share.stamp of an open file (account.c compares its own fstat with it)."""
-    st = os.fstat(fd)
-    return "%d:%d:%d:%d.%09d:%d.%09d" % (
-        st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9,
-        st.st_ctime_ns // 10**9, st.st_ctime_ns % 10**9)
 
 
 def template_material(argv: List[str]) -> bytes:
@@ -330,11 +322,11 @@ def template_material(argv: List[str]) -> bytes:
     return b"\0".join(parts) + b"\0"
 
 
-def templatable(step: StepId, rec: AccountingEntry, image_stamp: str,
+def templatable(step: StepId, rec: AccountingEntry, image_st: Optional[os.stat_result],
                 spank: Mapping[str, Optional[str]], environ: Mapping[str, str]) -> bool:
     """An ordinary step's entry for an image file that a new search would find again."""
     from .task import found_first
-    if step.kind != "step" or rec.error or rec.reference or not image_stamp:
+    if step.kind != "step" or rec.error or rec.reference or image_st is None:
         return False
     try:
         image = job_options(spank, environ).image or ""
@@ -344,13 +336,14 @@ def templatable(step: StepId, rec: AccountingEntry, image_stamp: str,
     return found_first(image, rec.image, environ, cwd)
 
 
-def template_fields(rec: AccountingEntry, image_stamp: str, args: PluginArgs) -> list:
+def template_fields(rec: AccountingEntry, image_st: os.stat_result, args: PluginArgs) -> list:
     """What account.c needs, as recipe fields: 'i' the image as found (opened again as the
-    user), 'k' its stamp, 'l' the entry with OPEN_VALUES' bytes in place of those values;
+    user), 'k' its stamp (share.stamp_of the fstat hashed), 'l' the entry with OPEN_VALUES' bytes in place of those values;
     where the step's first node sets the AdminComment, 'x' scontrol, 'a' its arguments after
     JobId=, 'E' its environment (ValueError: the entry cannot be a template)."""
     from ...cache import dumps
     from ...privsep import ROOT_ENV, system_program
+    from ...runtime.share import stamp_of
     values = rec.to_dict()
     values.update(OPEN_VALUES)
     line = dumps(values, sort_keys=True)
@@ -359,7 +352,7 @@ def template_fields(rec: AccountingEntry, image_stamp: str, args: PluginArgs) ->
         if line.count(escaped) != 1:       # a value of the entry's own holds the byte
             raise ValueError("no template")
         line = line.replace(escaped, byte)
-    fields = [("i", rec.image), ("k", image_stamp), ("l", line)]
+    fields = [("i", rec.image), ("k", stamp_of(image_st).decode()), ("l", line)]
     if args.admin_comment:
         env = dict(ROOT_ENV)
         if args.slurm_conf:
@@ -369,7 +362,7 @@ def template_fields(rec: AccountingEntry, image_stamp: str, args: PluginArgs) ->
     return fields
 
 
-def write_template(argv: List[str], rec: AccountingEntry, image_stamp: str,
+def write_template(argv: List[str], rec: AccountingEntry, image_st: os.stat_result,
                    args: PluginArgs) -> None:
     """Best effort: without a template the next step runs this program again."""
     from ...runtime.share import write_recipe
@@ -380,7 +373,7 @@ def write_template(argv: List[str], rec: AccountingEntry, image_stamp: str,
         except FileExistsError:
             pass
         _root_only_dir(d)
-        fields = template_fields(rec, image_stamp, args)
+        fields = template_fields(rec, image_st, args)
         dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             write_recipe(dir_fd, "account", template_material(argv), fields)

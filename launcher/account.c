@@ -80,27 +80,27 @@ static int parse_request(int argc, char **argv, struct request *q)
 	return i < argc && q->step && q->user && q->log && q->log[0] == '/' ? 0 : -1;
 }
 
-/* accounting.template_material: the words (the step's name and the node's index as "-", the
- * VARYING job variables left out), then the common part with "/" and the launcher. */
+/* A VARYING job variable's "--jobenv NAME=VALUE": not part of the key. */
+static int varying_at(char **words, int i, int nwords)
+{
+	return strcmp(words[i], "--jobenv") == 0 && i + 1 < nwords && store_is_varying(words[i + 1]);
+}
+
+/* accounting.template_material: the number of words kept, the words (the step's name and the
+ * node's index as "-", the VARYING job variables left out), then the common part with "/" and
+ * the launcher. */
 static int material(struct buf *b, char **words, int nwords, const char *entry)
 {
 	char line[32];
 	int i, kept = 0;
 
-	for (i = 0; i < nwords; i++) {
-		if (strcmp(words[i], "--jobenv") == 0 && i + 1 < nwords &&
-		    store_is_varying(words[i + 1])) {
-			i++;
-			continue;
-		}
-		kept++;
-	}
+	for (i = 0; i < nwords; i++)
+		varying_at(words, i, nwords) ? i++ : kept++;
 	snprintf(line, sizeof(line), "n=%d", kept);
 	if (store_add(b, ACCOUNT_MAGIC) || store_add(b, line))
 		return -1;
 	for (i = 0; i < nwords; i++) {
-		if (strcmp(words[i], "--jobenv") == 0 && i + 1 < nwords &&
-		    store_is_varying(words[i + 1])) {
+		if (varying_at(words, i, nwords)) {
 			i++;
 			continue;
 		}

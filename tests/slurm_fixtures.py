@@ -138,7 +138,7 @@ def site_install(site_root, install, spank_so):
     prefix = site_root / "opt"
     shutil.copytree(install["lib"], prefix / "lib")
     paths = helpers.write_launchers(prefix / "bin", prefix / "lib")
-    for extra in ("fusecache", "step"):      # beside the launcher, as install-plugin puts them
+    for extra in ("fusecache", "step", "account"):    # beside the launcher, as install-plugin does
         if install.get(extra) is not None:
             shutil.copy(install[extra], prefix / "bin" / Path(install[extra]).name)
     paths["bin"], paths["lib"] = str(prefix / "bin"), str(prefix / "lib")

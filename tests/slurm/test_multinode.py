@@ -166,6 +166,25 @@ def test_accounting_one_record_per_node(submit_multinode, mn_image, slurm_multin
     # The step's first node alone writes the AdminComment (one RPC to slurmctld per step).
     assert helpers.admin_comment(slurm_multinode, job) == \
         f"hpccont:{mn_image}@sha256:{mine[0]['sha256']}"
+    # The same step again: each node writes its entry from root's template of its first one
+    # (launcher/account.c only reads the templates; Python's account rewrites them).
+    templates = list(Path(f"{slurm_multinode.accounting}.templates").glob("account-*"))
+    assert len(templates) >= len(NODES), templates
+    before = {p: p.stat().st_ino for p in templates}
+    r = _ok(submit_multinode("srun", "-N3", "-n6", f"--container={mn_image}", "sh", "-c",
+                             "echo $SLURM_JOB_ID"))
+    again = _lines(r.stdout)[0]
+    second = helpers.accounting_records(slurm_multinode.accounting, lambda x: x["job"] == again,
+                                        n=len(NODES))
+    drop = ("job", "time")
+    assert sorted(({k: v for k, v in x.items() if k not in drop} for x in second),
+                  key=lambda x: x["node"]) == \
+        sorted(({k: v for k, v in x.items() if k not in drop} for x in mine),
+               key=lambda x: x["node"])
+    assert {p: p.stat().st_ino for p in templates if p.exists()} == before, \
+        "a node's second entry was written by Python again"
+    assert helpers.admin_comment(slurm_multinode, again) == \
+        f"hpccont:{mn_image}@sha256:{mine[0]['sha256']}"
 
 
 # -- sbatch ----------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@
  * structures' layout).  libfuse 3.17 renamed the entry point a server links against
  * (_fuse_session_new_317): there nothing is wrapped and the server runs as it would alone.
  *
+ * inflate.c, linked into the same object, decodes the server's gzip blocks with libdeflate.
+ *
  * The server's handlers answer synchronously (squashfuse's do); to take a handle from its
  * open without answering the kernel, fuse_reply_open/fuse_reply_err are interposed and, while
  * `capture` is armed on this thread, record the answer instead of sending it.

@@ -66,7 +66,8 @@ SESSION_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 FUSE_SERVERS = {"squashfuse_ll": "squashfuse_ll", "squashfuse": "squashfuse"}
 # launcher/fusecache.c, installed beside the entry point: preloaded into a low-level image
 # server, it negotiates the kernel caching squashfuse leaves off (no-open, cached listings and
-# links).  Only squashfuse_ll: the high-level server's table is libfuse's own.
+# links), and its launcher/inflate.c decodes gzip blocks with libdeflate.  Only squashfuse_ll:
+# the high-level server's table is libfuse's own.
 FUSE_CACHE = "hpccont-fusecache.so"
 CACHED_SERVERS = ("squashfuse_ll",)
 # Looked up here rather than through the user's PATH: faster, and a user's PATH must not pick

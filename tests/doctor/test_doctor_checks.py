@@ -717,9 +717,9 @@ def test_launcher_in_front_of_the_entry_point(install, tmp_path):
         assert r.status == FAIL and "not run" in r.found and "writable" in r.found, r.line()
 
 
-def test_fuse_cache_beside_the_entry_point(install, tmp_path):
-    """The caching adapter beside hpccont and a squashfuse_ll linked with libfuse3: OK; no
-    adapter: WARN with the build line; a server not linked with libfuse3: WARN; the
+def test_fuse_cache_beside_the_entry_point(install, tmp_path, monkeypatch):
+    """The caching adapter beside hpccont and a squashfuse_ll linked with libfuse3: OK, naming
+    libdeflate; no libdeflate: WARN; no adapter: WARN with the build line; a server not linked with libfuse3: WARN; the
     high-level server configured: WARN; turned off by the site: SKIP."""
     if install["fusecache"] is None:
         pytest.skip("no C compiler or no libfuse3 headers (libfuse3-dev): adapter not built")
@@ -736,7 +736,11 @@ def test_fuse_cache_beside_the_entry_point(install, tmp_path):
     r = run(Context(bin_dirs=(str(good),), slurm_conf=no_slurm), "fuse-cache")
     # the entry point's own directory: where the runtime looks (beside sys.argv[0])
     assert r.status == OK and f"{install['fusecache']}, preloaded into" in r.found, r.line()
-    assert "libfuse3.so" in r.found
+    assert "libfuse3.so" in r.found and "gzip blocks by libdeflate.so.0" in r.found
+    monkeypatch.setattr(doctor, "LIBDEFLATE", "libdeflate-absent.so.0")    # a node without it
+    r = run(Context(bin_dirs=(str(good),), slurm_conf=no_slurm), "fuse-cache")
+    assert r.status == WARN and "decompress with zlib" in r.found and "libdeflate" in r.fix
+    monkeypatch.undo()
     bare = tmp_path / "bare"        # an entry point with no adapter beside it
     fake_program(bare, "squashfuse_ll", "squashfuse 0.1.105")
     shutil.copy(install["hpccont"], bare / "hpccont")

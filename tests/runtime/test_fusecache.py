@@ -5,7 +5,8 @@ the adapter is compared with the tree it serves without, entry by entry; FUSE ro
 counted with the kernel's own ``fuse:fuse_request_send`` tracepoint, in a tracing instance of
 this test's own, filtered to one connection (root only).  Then the runtime: the server that
 ``hpccont exec`` starts has it preloaded (the Python path and a cold recipe built in C), and
-not when the site turns it off.
+not when the site turns it off.  Last, its gzip decoder (launcher/inflate.c): zlib's answers
+from libdeflate, in a process preloading it and in the real server.
 """
 import contextlib
 import errno
@@ -216,6 +217,130 @@ def test_handles_come_back_after_the_kernel_forgets(server, adapter, image, tmp_
         assert counts.get("FUSE_LOOKUP", 0) > 700, counts
         assert again == want
         assert proc.poll() is None
+
+
+
+# -- gzip blocks by libdeflate (launcher/inflate.c) ------------------------------------------
+
+LIBDEFLATE = "libdeflate.so.0"
+
+
+def _have_libdeflate() -> bool:
+    import ctypes
+    try:
+        ctypes.CDLL(LIBDEFLATE)
+    except OSError:
+        return False
+    return True
+
+
+NEEDS_LIBDEFLATE = pytest.mark.skipif(not _have_libdeflate(),
+                                      reason=f"no {LIBDEFLATE} (Debian: libdeflate0)")
+
+# In a process that preloads the adapter, as the server does: its uncompress() and libz's own,
+# on the same inputs (whole, a buffer one byte short, a flipped byte, a truncated stream).
+UNCOMPRESS_PROBE = r"""
+import ctypes, json, os, zlib
+libz = ctypes.CDLL("libz.so.1", mode=os.RTLD_NOW | ctypes.RTLD_GLOBAL)
+data = b"".join(b"line %d of a module\n" % i for i in range(20000))
+comp = zlib.compress(data, 9)
+bad = bytearray(comp); bad[len(bad) // 2] ^= 0xFF
+cases = ((comp, len(data)), (comp, len(data) - 1), (bytes(bad), len(data)), (comp[:-10], len(data)))
+def call(fn, src, size):
+    out = ctypes.create_string_buffer(size)
+    n = ctypes.c_ulong(size)
+    rc = fn(out, ctypes.byref(n), src, ctypes.c_ulong(len(src)))
+    return [rc, n.value if rc == 0 else None, out.raw[:n.value] == data if rc == 0 else None]
+ours = [call(ctypes.CDLL(None).uncompress, *c) for c in cases]
+theirs = [call(libz.uncompress, *c) for c in cases]
+maps = open("/proc/self/maps").read()
+print(json.dumps({"ours": ours, "zlib": theirs, "libdeflate": "libdeflate" in maps}))
+"""
+
+
+@NEEDS_LIBDEFLATE
+def test_uncompress_gives_zlibs_answers(adapter):
+    """The adapter's uncompress() returns what zlib's does, byte for byte and error for error,
+    and it is libdeflate that decoded (mapped in once the first block came); without the
+    preload nothing maps libdeflate (what this test would see if the adapter fell through)."""
+    import json
+    import sys
+    seen = {}
+    for name, preload in (("preloaded", adapter), ("plain", "")):
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        if preload:
+            env["LD_PRELOAD"] = preload
+        r = subprocess.run([sys.executable, "-c", UNCOMPRESS_PROBE], env=env,
+                           capture_output=True, text=True, timeout=60, check=True)
+        seen[name] = json.loads(r.stdout)
+    ours = seen["preloaded"]
+    assert ours["libdeflate"] and not seen["plain"]["libdeflate"]
+    assert ours["ours"] == ours["zlib"]
+    assert ours["ours"][0][0] == 0 and ours["ours"][0][2] is True, ours
+    assert all(rc != 0 for rc, _, _ in ours["ours"][1:]), ours
+
+
+@pytest.fixture(scope="module")
+def gzip_image(tmp_path_factory):
+    """A gzip squashfs (Apptainer's default) of files spanning many blocks, compressible and
+    not, and the same image with one byte of its first data block flipped."""
+    root = tmp_path_factory.mktemp("inflate-tree") / "tree"
+    root.mkdir()
+    (root / "text.txt").write_bytes(b"".join(b"row %d: %s\n" % (i, b"x" * (i % 50))
+                                             for i in range(60000)))
+    (root / "random.bin").write_bytes(os.urandom(700 * 1024 + 5))
+    shutil.copy2(helpers.BUSYBOX, root / "busybox")
+    out = root.parent / "gzip.sqsh"
+    subprocess.run(["mksquashfs", str(root), str(out), "-noappend", "-quiet", "-no-progress",
+                    "-comp", "gzip"], check=True,
+                   stdout=subprocess.DEVNULL)
+    bad = root.parent / "gzip-bad.sqsh"
+    raw = bytearray(out.read_bytes())
+    raw[96 + 2000] ^= 0xFF      # data blocks follow the 96-byte superblock
+    bad.write_bytes(bytes(raw))
+    return out, bad
+
+
+def _chunks(root: Path) -> dict:
+    """Per file, each 128 KiB chunk's digest, or the errno reading it gave."""
+    out = {}
+    for name in sorted(os.listdir(root)):
+        fd = os.open(root / name, os.O_RDONLY)
+        try:
+            size, got = os.fstat(fd).st_size, []
+            for off in range(0, size, 128 * 1024):
+                try:
+                    got.append(hashlib.sha256(os.pread(fd, 128 * 1024, off)).hexdigest()[:16])
+                except OSError as e:
+                    got.append(errno.errorcode[e.errno])
+            out[name] = got
+        finally:
+            os.close(fd)
+    return out
+
+
+@NEEDS_ROOT
+@NEEDS_LIBDEFLATE
+def test_gzip_images_are_served_the_same_through_libdeflate(server, adapter, gzip_image,
+                                                            tmp_path):
+    """A gzip image served with the adapter: every byte as squashfuse_ll alone serves it, and
+    the server has libdeflate mapped (so it decoded them); a corrupt block gives the same
+    error, in the same place, with and without it, and the server goes on serving."""
+    good, bad = gzip_image
+    for image in (good, bad):
+        with served(server, image, tmp_path / f"plain-{image.stem}") as (plain, _, _), \
+                served(server, image, tmp_path / f"ours-{image.stem}", adapter) \
+                as (ours, _, proc):
+            want = _chunks(plain)
+            assert _chunks(ours) == want
+            assert "libdeflate" in Path(f"/proc/{proc.pid}/maps").read_text()
+            assert proc.poll() is None
+            errors = [c for chunks in want.values() for c in chunks if c == "EIO"]
+            if image == bad:
+                assert errors, want          # the flipped byte did land in a data block
+            else:
+                assert not errors and (ours / "text.txt").read_bytes() == \
+                    (plain / "text.txt").read_bytes()
 
 
 def _servers_of(fragment: str) -> list:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import helpers
+from hpccont import doctor
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
 
@@ -222,20 +223,8 @@ def test_handles_come_back_after_the_kernel_forgets(server, adapter, image, tmp_
 
 # -- gzip blocks by libdeflate (launcher/inflate.c) ------------------------------------------
 
-LIBDEFLATE = "libdeflate.so.0"
-
-
-def _have_libdeflate() -> bool:
-    import ctypes
-    try:
-        ctypes.CDLL(LIBDEFLATE)
-    except OSError:
-        return False
-    return True
-
-
-NEEDS_LIBDEFLATE = pytest.mark.skipif(not _have_libdeflate(),
-                                      reason=f"no {LIBDEFLATE} (Debian: libdeflate0)")
+NEEDS_LIBDEFLATE = pytest.mark.skipif(not doctor._loadable(doctor.LIBDEFLATE),
+                                      reason=f"no {doctor.LIBDEFLATE} (Debian: libdeflate0)")
 
 # In a process that preloads the adapter, as the server does: its uncompress() and libz's own,
 # on the same inputs (whole, a buffer one byte short, a flipped byte, a truncated stream).

@@ -4,7 +4,8 @@ VENV := $(PREFIX)/venv
 PY := $(VENV)/bin/python
 
 DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev binutils procps \
-	squashfs-tools squashfuse fuse3 libfuse3-dev libdeflate0 fuse-overlayfs busybox-static util-linux uidmap \
+	squashfs-tools squashfuse fuse3 libfuse3-dev libdeflate0 fuse-overlayfs busybox-static \
+	util-linux uidmap \
 	debootstrap ca-certificates \
 	slurmctld slurmd slurm-client libslurm-dev munge libpmix-dev lua-posix \
 	openmpi-bin libopenmpi-dev mpich libmpich-dev \

@@ -719,8 +719,9 @@ def test_launcher_in_front_of_the_entry_point(install, tmp_path):
 
 def test_fuse_cache_beside_the_entry_point(install, tmp_path, monkeypatch):
     """The caching adapter beside hpccont and a squashfuse_ll linked with libfuse3: OK, naming
-    libdeflate; no libdeflate: WARN; no adapter: WARN with the build line; a server not linked with libfuse3: WARN; the
-    high-level server configured: WARN; turned off by the site: SKIP."""
+    libdeflate; no libdeflate: WARN; no adapter: WARN with the build line; a server not
+    linked with libfuse3: WARN; the high-level server configured: WARN; turned off by the
+    site: SKIP."""
     if install["fusecache"] is None:
         pytest.skip("no C compiler or no libfuse3 headers (libfuse3-dev): adapter not built")
     real = shutil.which("squashfuse_ll")

@@ -80,6 +80,53 @@ def test_export_none_still_gets_the_container(submit, images):
     assert _lines(r) == ["container"]
 
 
+def _client_reexecs(submit, shared_tmp, *argv, **kw):
+    """srun under strace as the user: its result, and how often the client exec'd itself again
+    (the cli_filter's route (a), /proc/self/exe with the option renamed)."""
+    trace = shared_tmp / f"srun-execs-{time.monotonic_ns()}.txt"
+    r = submit("strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), "srun", *argv, **kw)
+    calls = trace.read_text().splitlines() if trace.exists() else []
+    return r, sum('execve("/proc/self/exe"' in line for line in calls)
+
+
+def test_plain_srun_is_not_re_executed(submit, images, shared_tmp):
+    """The cli_filter's route (b) carries the image to a plain srun's step through the
+    environment: the client starts once, and the task still runs in the image."""
+    r, reexecs = _client_reexecs(submit, shared_tmp, f"--container={images['sqsh']}",
+                                 "cat", "/etc/hostname")
+    assert _lines(_ok(r)) == ["container"]
+    assert reexecs == 0, r.stderr
+
+
+def test_srun_re_executed_where_the_environment_cannot_carry_the_image(submit, images,
+                                                                         shared_tmp, slurm_cluster):
+    """--export=NONE keeps the client's environment from the step, and an oci.conf beside
+    slurm.conf means nodes that would act on Slurm's own (blanked) container value: both take
+    route (a), and still run in the image."""
+    r, reexecs = _client_reexecs(submit, shared_tmp, "--export=NONE",
+                                 f"--container={images['sqsh']}", "/bin/cat", "/etc/hostname")
+    assert (_lines(_ok(r)), reexecs) == (["container"], 1), r.stderr
+    oci = slurm_cluster.etc / "oci.conf"
+    oci.write_text("# Slurm's OCI runtime settings would be here\n")
+    oci.chmod(0o644)
+    try:
+        r, reexecs = _client_reexecs(submit, shared_tmp, f"--container={images['sqsh']}",
+                                     "cat", "/etc/hostname")
+    finally:
+        oci.unlink()
+    assert (_lines(_ok(r)), reexecs) == (["container"], 1), r.stderr
+
+
+def test_relative_image_found_where_srun_was_typed(submit, images, shared_tmp):
+    """Inside a job submitted elsewhere, an srun with --chdir elsewhere still finds a relative
+    image in the directory it was typed in (HPCCONT_SLURM_CWD, set on either route)."""
+    script = (f"#!/bin/sh\ncd {images['dir']}\n"
+              "srun --chdir=/ --container=busybox.sqsh cat /etc/hostname\n")
+    r, out = _sbatch_wait(submit, shared_tmp, script, name="typed-here.sh")
+    assert r.returncode == 0, r.stderr + out
+    assert out.split() == ["container"], out
+
+
 def test_container_options_reach_the_runtime(submit, images, shared_tmp):
     (shared_tmp / "data").mkdir()
     (shared_tmp / "data" / "f").write_text("bound\n")

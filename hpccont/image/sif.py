@@ -534,6 +534,13 @@ def read_sif(path: str) -> SifImage:
     return SifImage.open(path)
 
 
+def overlay_partition(descriptors: list[Descriptor]) -> Descriptor | None:
+    """The SIF's writable-overlay partition as Apptainer picks it: the first ext3 partition of
+    the overlay type; None when there is none."""
+    return next((d for d in descriptors if d.data_type == DATA_PARTITION
+                 and d.part_type == PART_OVERLAY and d.fs_type == FS_EXT3), None)
+
+
 def is_sif(prefix: bytes) -> bool:
     return prefix[MAGIC_OFFSET:MAGIC_OFFSET + len(MAGIC)] == MAGIC
 

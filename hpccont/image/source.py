@@ -28,6 +28,8 @@ class ImageSource:
     size: int = 0        # bytes of the filesystem (0: to end of file)
     fs_type: str = "squashfs"   # "squashfs" | "ext3" | "dir"
     handle: str = ""     # "/proc/self/fd/N": the file as verified, kept open (signature policy)
+    overlay_offset: int = 0   # a SIF's overlay partition (sif.overlay_partition; 0: none),
+    overlay_size: int = 0     # read with the header so that planning opens the image once
 
 
 # SIF partition fs type -> ImageSource.fs_type (None: the runtime cannot mount it)
@@ -112,4 +114,7 @@ def _sif_source(path: str, apath: str, raw: bytes, size: int, fd: int) -> ImageS
             raise SifError(f"{path}: corrupted SIF: primary partition (object {part.id}) "
                            "is not a squashfs filesystem")
         _check_squashfs(path, sb, part.size, "SIF partition")
-    return ImageSource(kind="sif", path=apath, offset=part.offset, size=part.size, fs_type=fs)
+    overlay = sif.overlay_partition(descriptors)
+    return ImageSource(kind="sif", path=apath, offset=part.offset, size=part.size, fs_type=fs,
+                       overlay_offset=overlay.offset if overlay else 0,
+                       overlay_size=overlay.size if overlay else 0)

@@ -32,10 +32,10 @@ def plan_overlays(specs: list, image, writable: bool, writable_tmpfs: bool) -> l
             raise UsageError("--writable cannot be used with a writable --overlay "
                              "(add :ro to the overlay, or leave out --writable)")
     if image.kind == "sif":
-        part = sif_overlay_partition(image.path)
-        if part is not None:
-            out.append({"kind": "ext3", "path": image.path, "offset": part[0], "size": part[1],
-                        "readonly": not writable, "why": "overlay partition of the image"})
+        if image.overlay_offset:
+            out.append({"kind": "ext3", "path": image.path, "offset": image.overlay_offset,
+                        "size": image.overlay_size, "readonly": not writable,
+                        "why": "overlay partition of the image"})
         elif writable:
             raise ImageError(f"--writable: {image.path} has no overlay partition (add one "
                              f"with 'hpccont overlay create --size 1024 {image.path}', or use "
@@ -101,11 +101,8 @@ def sif_overlay_partition(path: str):
         img = sif.read_sif(path)
     except (OSError, ImageError):
         return None
-    for d in img.descriptors:
-        if (d.data_type == sif.DATA_PARTITION and d.part_type == sif.PART_OVERLAY
-                and d.fs_type == sif.FS_EXT3):
-            return d.offset, d.size
-    return None
+    d = sif.overlay_partition(img.descriptors)
+    return (d.offset, d.size) if d else None
 
 
 def check_own_sandbox(path: str) -> None:

@@ -216,3 +216,27 @@ def test_contain_keeps_only_hosts_and_localtime_of_site_binds(busybox_sif):
     kept = [m.target for m in _plan(busybox_sif, cfg=cfg, contain=True).mounts
             if "mounts.binds" in m.why]
     assert kept == ["/etc/hosts"]
+
+
+def test_sif_plan_opens_the_image_once(busybox_sif, tmp_path, monkeypatch):
+    """The header read finds the overlay partition too: planning a SIF launch opens the image
+    once (on NFS or Lustre every open is a metadata round trip), with and without one."""
+    from hpccont.image import overlay
+    with_part = tmp_path / "with-overlay.sif"
+    with_part.write_bytes(busybox_sif.read_bytes())
+    assert overlay.create(str(with_part), 64, sparse=True) == "sif"
+    opened = []
+    real_open = os.open
+
+    def counting_open(path, *args, **kw):
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    bare = _plan(busybox_sif)
+    part = _plan(with_part)
+    assert opened.count(str(busybox_sif)) == 1 and opened.count(str(with_part)) == 1, opened
+    assert [o["why"] for o in bare.overlays] == []
+    assert [(o["why"], o["readonly"]) for o in part.overlays] == [
+        ("overlay partition of the image", True)]
+    assert part.overlays[0]["offset"] == part.image.overlay_offset > part.image.offset

@@ -14,6 +14,12 @@
  * another key, a dead keeper, root, an option the recipe was not made for, a host that changed
  * under a cold recipe) execs the Python entry point with the same arguments and environment,
  * which plans as always.
+ *
+ * Identical launches that start together with nothing to replay (a job starting 32 at once;
+ * the first ones after a shared container's keeper left) would all run Python, though the
+ * first of them writes the recipe the others could use.  So they elect one (elect()): it runs
+ * Python holding a lock that goes once its recipe is written (hpccont/runtime/pending.py), the
+ * others wait for that lock and look again.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -40,6 +47,8 @@
 #define ENTRY_BINDIR PY_BINDIR
 #endif
 #define MAX_CANDIDATES 6
+#define PENDING_FD 1023          /* runtime/pending.FD: where the elected launch's lock goes */
+#define PENDING_WAIT_S 120       /* then the others run Python after all */
 
 extern char **environ;
 
@@ -109,15 +118,54 @@ static int lock_file(const char *path, int op, int cloexec)
 	return fd;
 }
 
+static void woken(int sig)
+{
+	(void)sig;
+}
+
+/* The election among identical launches with no recipe to replay, on `pending` (the first
+ * image candidate's recipe name + ".pending", in the private store).  1: this launch runs
+ * Python, the lock on PENDING_FD (dup2: not close-on-exec, so it crosses the exec);
+ * 0: another launch held it and has finished (its recipe may be there now); -1: neither. */
+static int elect(const char *pending)
+{
+	struct sigaction sa = { .sa_handler = woken }, old;
+	int fd = open(pending, O_RDONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+	int got;
+
+	if (fd < 0)
+		return -1;
+	if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+		got = fcntl(PENDING_FD, F_GETFD) < 0 && errno == EBADF &&
+		      dup2(fd, PENDING_FD) == PENDING_FD;
+		close(fd);               /* the copy at PENDING_FD (if any) keeps the lock */
+		return got ? 1 : -1;
+	}
+	if (errno != EWOULDBLOCK) {
+		close(fd);
+		return -1;
+	}
+	/* Wait for the elected launch, a bounded time: an alarm interrupts flock (no SA_RESTART). */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGALRM, &sa, &old);
+	alarm(PENDING_WAIT_S);
+	got = flock(fd, LOCK_SH);
+	alarm(0);
+	sigaction(SIGALRM, &old, NULL);
+	close(fd);
+	return got == 0 ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
 	const char *kind = kind_of(argv[0] ? argv[0] : "");
 	char dir[PATH_MAX], cwd[PATH_MAX], path[PATH_MAX + 32];
+	char pending[PATH_MAX + 48] = "";
 	struct buf m = {0};
 	struct recipe r;
 	char *data = NULL, **cmd = NULL;
 	size_t len = 0;
-	int first, i, tried = 0, lock = -1, guests = -1, dashdash = 0;
+	int first, i, tried, lock = -1, guests = -1, dashdash, round;
 
 	if (argc < 2 || geteuid() == 0 || getcwd(cwd, sizeof(cwd)) == NULL ||
 	    store_dir(dir, sizeof(dir), getuid()) != 0)
@@ -129,46 +177,59 @@ int main(int argc, char **argv)
 			fallback(argv, kind);
 		first = 2;
 	}
-	/* The image is the first word that is not an option, unless that word is an option's
-	 * value: each such word is tried as the image, and only a head that a Python launch
-	 * planned (ending in its image) has a recipe.  run-singularity IMAGE ARGS: argv[1]. */
-	for (i = first; i < argc && tried < MAX_CANDIDATES; i++) {
-		if (first == 2 && !dashdash && argv[i][0] == '-') {
-			dashdash = strcmp(argv[i], "--") == 0;
-			continue;
+	/* Round 0 as found; round 1 after waiting for an elected launch that had the lock. */
+	for (round = 0; round < 2; round++) {
+		cmd = NULL;
+		tried = dashdash = 0;
+		/* The image is the first word that is not an option, unless that word is an
+		 * option's value: each such word is tried as the image, and only a head that a
+		 * Python launch planned (ending in its image) has a recipe.  run-singularity IMAGE
+		 * ARGS: argv[1]. */
+		for (i = first; i < argc && tried < MAX_CANDIDATES; i++) {
+			if (first == 2 && !dashdash && argv[i][0] == '-') {
+				dashdash = strcmp(argv[i], "--") == 0;
+				continue;
+			}
+			tried++;
+			if (material(&m, kind, argv + 1, i, cwd) != 0)
+				break;
+			data = store_read(dir, "fast", &m, &len, path, sizeof(path));
+			if (tried == 1)
+				snprintf(pending, sizeof(pending), "%s.pending", path);
+			if (data == NULL)
+				data = store_read(dir, "cold", &m, &len, path, sizeof(path));
+			if (data != NULL) {
+				if (recipe_parse(&r, data, len) == 0)
+					cmd = argv + i + 1;
+				break;
+			}
+			if (first == 1 || dashdash)
+				break;
 		}
-		tried++;
-		if (material(&m, kind, argv + 1, i, cwd) != 0)
-			break;
-		data = store_read(dir, "fast", &m, &len, path, sizeof(path));
-		if (data == NULL)
-			data = store_read(dir, "cold", &m, &len, path, sizeof(path));
-		if (data != NULL) {
-			if (recipe_parse(&r, data, len) == 0)
-				cmd = argv + i + 1;
-			break;
+		if (cmd != NULL && recipe_fits(&r, cmd)) {
+			if (r.build && r.exact)
+				cold_build(&r, cmd, path);   /* returns only when nothing has changed */
+			if (!r.build && r.exact && r.lock && r.guests) {
+				/* join.apply_joined's order: .lock, then .guests shared; the guests
+				 * descriptor stays open through the exec (the command holds the
+				 * container while it runs). */
+				lock = lock_file(r.lock, LOCK_EX, 1);
+				if (lock >= 0)
+					guests = lock_file(r.guests, LOCK_SH, 0);
+				if (guests >= 0 && recipe_keeper_alive(&r, getuid()))
+					recipe_exec(&r, cmd, environ);   /* returns only when nothing has changed */
+				if (guests >= 0)
+					close(guests);
+				if (lock >= 0)
+					close(lock);
+				guests = lock = -1;
+			}
 		}
-		if (first == 1 || dashdash)
+		/* Nothing replayed: elect the launch that runs Python, or wait for it. */
+		if (round == 1 || !pending[0] || elect(pending) != 0)
 			break;
 	}
 	free(m.data);
-	if (cmd == NULL || !recipe_fits(&r, cmd))
-		fallback(argv, kind);
-	if (r.build && r.exact)
-		cold_build(&r, cmd, path);        /* returns only when nothing has changed */
-	if (r.build || !r.exact || !r.lock || !r.guests)
-		fallback(argv, kind);
-	/* join.apply_joined's order: .lock, then .guests shared; the guests descriptor stays open
-	 * through the exec (the command holds the container while it runs). */
-	lock = lock_file(r.lock, LOCK_EX, 1);
-	if (lock >= 0)
-		guests = lock_file(r.guests, LOCK_SH, 0);
-	if (guests >= 0 && recipe_keeper_alive(&r, getuid()))
-		recipe_exec(&r, cmd, environ);   /* returns only when nothing has changed */
-	if (guests >= 0)
-		close(guests);
-	if (lock >= 0)
-		close(lock);
 	fallback(argv, kind);
 	return 127;
 }

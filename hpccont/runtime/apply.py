@@ -278,6 +278,8 @@ def _forward_signals(pid: int) -> None:
 def _wait_and_exit_as(pid: int, reap_all: bool = False) -> None:
     """Wait for ``pid`` (reaping any other child meanwhile when ``reap_all``: an init), then
     end this process as it ended: its exit status, or 128 + the signal that killed it."""
+    from . import pending
+    pending.release()           # launches waiting for this one must not wait for its command
     while True:
         try:
             done, status = os.waitpid(-1 if reap_all else pid, 0)

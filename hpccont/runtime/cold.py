@@ -80,7 +80,16 @@ def launcher_installed() -> bool:
 
 
 def recorder(plan, cfg: dict, req) -> "Recorder | None":
-    """A Recorder for this launch when the fast path could repeat it, else None."""
+    """A Recorder for this launch when the fast path could repeat it, else None (then
+    launches waiting in fast.c for its recipe are let go at once: runtime/pending.py)."""
+    rec = _recorder(plan, cfg, req)
+    if rec is None:
+        from . import pending
+        pending.release()
+    return rec
+
+
+def _recorder(plan, cfg: dict, req) -> "Recorder | None":
     if not launcher_installed() or unrecordable(plan, cfg, req) is not None:
         return None
     from .share import fast_inputs, fast_material

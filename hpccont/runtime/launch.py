@@ -35,7 +35,9 @@ def launch(req: ContainerRequest, cfg=None, environ=None, cwd=None, share=None) 
 
     ``share``: --share (True) / --no-share (False) / neither (None), see runtime/share.py."""
     from .. import config
+    from . import pending
     from .plan import make_plan
+    pending.adopt()
     cfg = cfg if cfg is not None else config.load()
     # A plain dict: planning reads the environment many times, and each os.environ lookup
     # encodes its key and decodes the value again.

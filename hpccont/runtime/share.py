@@ -129,7 +129,10 @@ def launch_shared(plan, cfg: dict, key: str, req, environ) -> None:
     plan.join = "share:" + key
     fast = fast_inputs(req)
     then = None
-    if fast is not None:
+    if fast is None:
+        from . import pending
+        pending.release()       # no recipe to wait for (runtime/pending.py)
+    else:
         material = fast_material(*fast)
         host_cwd, d = os.getcwd(), state_dir(cfg)
         then = lambda p, step, pid, dir_fd, name: _exec_and_record(  # noqa: E731
@@ -269,6 +272,8 @@ def write_recipe(dir_fd: int, kind: str, material: bytes, fields) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    from . import pending
+    pending.release()           # launches waiting in fast.c for this recipe may go on
     _prune(dir_fd, kind)
 
 

@@ -157,6 +157,59 @@ def test_32_concurrent_first_launches_make_one_mount(install, image, test_user, 
     assert len(keepers) == 2, keepers           # one FUSE server, one keeper: one mount
 
 
+def _wave(entry, n, args, shared_tmp, tag, env=None):
+    """``n`` identical launches at once as the test user, in a session of their own, each
+    traced for its own execs (not its children's: a keeper would hold strace until it left);
+    their outputs and traces."""
+    script = shared_tmp / f"wave-{tag}.sh"
+    script.write_text(
+        "#!/bin/sh\ni=0\nwhile [ $i -lt %d ]; do\n"
+        "  strace -qq -e trace=execve -o %s/trace-%s.$i %s %s > %s/out-%s.$i 2>&1 &\n"
+        "  i=$((i+1))\ndone\nwait\n" % (n, shared_tmp, tag, entry, " ".join(args), shared_tmp,
+                                         tag))
+    script.chmod(0o755)
+    r = helpers.as_user([str(script)], env=env, timeout=240)
+    assert r.returncode == 0, r.stderr
+    return ([(shared_tmp / f"out-{tag}.{i}").read_text() for i in range(n)],
+            [(shared_tmp / f"trace-{tag}.{i}").read_text() for i in range(n)])
+
+
+def _pending_files():
+    return set(Path(f"/tmp/hpccont-{_uid('hpcuser')}").glob("*.pending"))
+
+
+def test_first_launches_together_run_python_once(fast, image, test_user, shared_tmp):
+    """Eight identical launches at once with no recipe to replay, twice (the second time the
+    first wave's recipe names a keeper that has left): fast.c elects one to run Python, which
+    mounts and writes the recipe; the others wait for it and join from C."""
+    python = f'execve("{fast["py"]}/hpccont"'
+    before = _pending_files()
+    for wave in ("first", "again"):
+        outs, traces = _wave(fast["dir"] / "hpccont", 8, ["exec", str(image), "readlink",
+                             "/proc/self/ns/mnt"], shared_tmp, wave, env={"HPCCONT_SHARE": "1"})
+        assert len(set(outs)) == 1 and outs[0].startswith("mnt:["), outs
+        assert sum(python in t for t in traces) == 1, wave
+        _stop_keepers(image)                      # the recipe names a keeper that is gone
+        assert _none_left(image)
+    assert _pending_files() <= before         # the election's lock files went with the locks
+
+
+def test_elected_launch_without_a_recipe_lets_the_others_go(fast, image, test_user, shared_tmp):
+    """A launch Python never records (--pid: its own PID namespace, Python stays outside as a
+    parent) must not hold the others until its command ends: the four commands overlap, each
+    still running when all four have started."""
+    marks = shared_tmp / "marks"
+    marks.mkdir()
+    marks.chmod(0o777)
+    before = _pending_files()
+    probe = f"'mktemp {marks}/m.XXXXXX >/dev/null; sleep 3; ls {marks} | wc -l'"
+    outs, traces = _wave(fast["dir"] / "hpccont", 4, ["exec", "--pid", str(image), "sh", "-c",
+                         probe], shared_tmp, "pid")
+    assert [o.split() for o in outs] == [["4"]] * 4, outs
+    assert all(f'execve("{fast["py"]}/hpccont"' in t for t in traces)
+    assert _pending_files() <= before
+
+
 def _pairs(out):
     return sorted(line for line in out.splitlines() if not line.startswith("env:_="))
 

@@ -54,6 +54,7 @@ import sys
 
 from ..errors import BindError, CommandNotFound, CommandNotExecutable, LaunchError
 from . import kernel
+from . import pending   # at the top: released inside the container, where the package may not be
 from . import prefetch
 from .envscripts import env_scripts, image_environment, shell_prefix
 from .identity import group_content, passwd_content
@@ -278,7 +279,6 @@ def _forward_signals(pid: int) -> None:
 def _wait_and_exit_as(pid: int, reap_all: bool = False) -> None:
     """Wait for ``pid`` (reaping any other child meanwhile when ``reap_all``: an init), then
     end this process as it ended: its exit status, or 128 + the signal that killed it."""
-    from . import pending
     pending.release()           # launches waiting for this one must not wait for its command
     while True:
         try:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import sys
 
+from . import pending   # recipes are written inside the container, where the package may not be
+
 # Plan fields that only the exec uses: launches differing in them still share a container.
 EXEC_ONLY = ("env", "env_overrides", "env_dirs", "cwd", "argv", "join", "warnings", "action",
              "message_level", "umask")
@@ -130,7 +132,6 @@ def launch_shared(plan, cfg: dict, key: str, req, environ) -> None:
     fast = fast_inputs(req)
     then = None
     if fast is None:
-        from . import pending
         pending.release()       # no recipe to wait for (runtime/pending.py)
     else:
         material = fast_material(*fast)
@@ -272,7 +273,6 @@ def write_recipe(dir_fd: int, kind: str, material: bytes, fields) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    from . import pending
     pending.release()           # launches waiting in fast.c for this recipe may go on
     _prune(dir_fd, kind)
 

@@ -131,6 +131,7 @@ static int elect(const char *pending)
 {
 	struct sigaction sa = { .sa_handler = woken }, old;
 	int fd = open(pending, O_RDONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+	unsigned int left;
 	int got;
 
 	if (fd < 0)
@@ -145,7 +146,14 @@ static int elect(const char *pending)
 		close(fd);
 		return -1;
 	}
-	/* Wait for the elected launch, a bounded time: an alarm interrupts flock (no SA_RESTART). */
+	/* Wait for the elected launch, a bounded time: an alarm interrupts flock (no SA_RESTART).
+	 * An alarm the caller left pending crosses exec: keep it, and do not wait. */
+	left = alarm(0);
+	if (left != 0) {
+		alarm(left);
+		close(fd);
+		return -1;
+	}
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGALRM, &sa, &old);
 	alarm(PENDING_WAIT_S);

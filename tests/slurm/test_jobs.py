@@ -100,11 +100,14 @@ def test_plain_srun_is_not_re_executed(submit, images, shared_tmp):
 
 def test_srun_re_executed_where_the_environment_cannot_carry_the_image(submit, images,
                                                                          shared_tmp, slurm_cluster):
-    """--export=NONE keeps the client's environment from the step, and an oci.conf beside
-    slurm.conf means nodes that would act on Slurm's own (blanked) container value: both take
-    route (a), and still run in the image."""
+    """--export=NONE (or SLURM_EXPORT_ENV=NONE) keeps the client's environment from the step,
+    and an oci.conf beside slurm.conf means nodes that would act on Slurm's own (blanked)
+    container value: each takes route (a), and still runs in the image."""
     r, reexecs = _client_reexecs(submit, shared_tmp, "--export=NONE",
                                  f"--container={images['sqsh']}", "/bin/cat", "/etc/hostname")
+    assert (_lines(_ok(r)), reexecs) == (["container"], 1), r.stderr
+    r, reexecs = _client_reexecs(submit, shared_tmp, f"--container={images['sqsh']}",
+                                 "/bin/cat", "/etc/hostname", env={"SLURM_EXPORT_ENV": "NONE"})
     assert (_lines(_ok(r)), reexecs) == (["container"], 1), r.stderr
     oci = slurm_cluster.etc / "oci.conf"
     oci.write_text("# Slurm's OCI runtime settings would be here\n")

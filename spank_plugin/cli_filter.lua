@@ -115,8 +115,8 @@ end
 
 -- "--container=" (what --container=$IMG gives with IMG unset) must not run the job on the
 -- host, and two different images must not leave one of them silently ignored.
-local function check_typed(options)
-   local typed = typed_images(read_cmdline() or {}, options)
+local function check_typed(options, args)
+   local typed = typed_images(args or {}, options)
    for _, v in ipairs(typed) do
       if v == "" then
          error("empty image (an unset variable?); use --container=none for no container")
@@ -179,14 +179,13 @@ local function env_reaches_step(options, args)
 end
 
 -- Route (a): never returns when it works.
-local function reexec(options, value)
+local function reexec(options, value, args)
    if not have_posix or getenv(GUARD) then return false end
    -- sbatch reading its script from stdin has consumed it already.
    if options.type == "sbatch" and (options.argv == nil or options.argv[1] == nil)
          and (options.wrap == nil or options.wrap == "") then
       return false
    end
-   local args = read_cmdline()
    if not args then return false end
    args = rewrite(args, value)
    if not args then return false end
@@ -229,15 +228,16 @@ local function route(options)
       -- an inner srun's own rewrite.
       setenv(GUARD, nil)
    end
-   check_typed(options)
+   local args = read_cmdline()   -- the client's command line, read once
+   check_typed(options, args)
    warn_without_image(options)
    local value = options.container
    if value == nil or value == "" then return end
    if is_oci_bundle(value) then return end
-   if have_posix and env_reaches_step(options, read_cmdline() or {}) then
+   if have_posix and env_reaches_step(options, args or {}) then
       via_environment(options, value)
       typed_here()
-   elseif not reexec(options, value) then
+   elseif not reexec(options, value, args) then
       via_environment(options, value)
    end
 end

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 
+from . import pending
 from .plan_types import PRIVATE_TO_LAUNCH
 from .recipe import encode
 
@@ -84,7 +85,6 @@ def recorder(plan, cfg: dict, req) -> "Recorder | None":
     launches waiting in fast.c for its recipe are let go at once: runtime/pending.py)."""
     rec = _recorder(plan, cfg, req)
     if rec is None:
-        from . import pending
         pending.release()
     return rec
 
